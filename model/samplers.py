@@ -68,7 +68,8 @@ def time_grid(steps: int, method: str) -> torch.Tensor:
     if method == "euler-maruyama":
         if steps == 1:
             return torch.tensor([1.0, 0.0], dtype=torch.float64)
-        return torch.cat([torch.linspace(1.0, SDE_LAST_TIME, steps, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+        stochastic = torch.linspace(1.0, SDE_LAST_TIME, steps, dtype=torch.float64)
+        return torch.cat([stochastic, torch.zeros(1, dtype=torch.float64)])
     return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``groupdiff bench``: each prints a table and writes JSON."""
