@@ -1,0 +1,1 @@
+"""Subcommands of the ``groupdiff`` CLI, one module each."""

@@ -1,0 +1,25 @@
+"""``groupdiff bench``: benchmarks that print a table and write JSON."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmarks: print a table and write JSON")
+    benches = p.add_subparsers(dest="bench", required=True)
+    model = benches.add_parser("model", help="forward time per image against group size, with analytic FLOPs")
+    model.add_argument("--cases", nargs="+", default=["tiny", "S/2"], choices=["tiny", "S/2", "XL/2"])
+    model.add_argument("--group-sizes", nargs="+", type=int, default=[1, 2, 4, 8])
+    model.add_argument("--repeats", type=int, default=5)
+    model.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    model.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 runs under autocast")
+    model.add_argument("--images", type=int, default=None, help="images per forward pass (default: per case)")
+    model.add_argument("--out", default="docs/results/bench_model.json")
+    model.set_defaults(run=run_bench_model)
+
+
+def run_bench_model(args: argparse.Namespace) -> None:
+    from groupdiff.bench.model import run
+
+    run(args.cases, args.group_sizes, args.repeats, args.out, args.invocation, args.device, args.dtype, args.images)
