@@ -1,0 +1,50 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from groupdiff.config import ConfigError, dump_config, load_config
+
+
+@dataclass
+class Inner:
+    rate: float = 0.1
+    sizes: tuple[int, ...] = (1, 2)
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    steps: int = 10
+    window: tuple[float, float] = (0.0, 1.0)
+    encoder: str | None = None
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("steps: 20\ninner:\n  rate: 1\n")
+    config = load_config(Outer, path, ["inner.sizes=[4, 8]", "window=[0.2, 0.9]", "encoder=effnet"])
+    assert config == Outer(steps=20, window=(0.2, 0.9), encoder="effnet", inner=Inner(rate=1.0, sizes=(4, 8)))
+    dumped = dump_config(config, tmp_path / "resolved.yaml")
+    assert load_config(Outer, dumped) == config
+
+
+def test_toml_files(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('name = "t"\n[inner]\nrate = 0.5\n')
+    assert load_config(Outer, path).inner.rate == 0.5
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [(["stepz=3"], r"unknown key\(s\) \['stepz'\]"), (["steps=ten"], "config.steps: expected int"),
+     (["inner.rate=[1]"], "config.inner.rate"), (["window=[1]"], "expected 2 values"), (["steps"], "key=value")],
+)
+def test_bad_overrides_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Outer, None, overrides)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Outer, tmp_path / "nope.yaml")
