@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +78,11 @@ def save_model(
     model: GroupDiT,
     ema: GroupDiT | None = None,
     metadata: dict[str, Any] | None = None,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model`` (and its EMA) with the config that rebuilds it; ``metadata`` records where it came
-    from (training config, data, encoder). Returns the checkpoint folder."""
+    from (training config, data, encoder). ``write_extra(folder)`` adds files (a trainer's optimizer
+    state) inside the same atomic write. Returns the checkpoint folder."""
     weights = {"model": model} | ({"ema": ema} if ema is not None else {})
     with atomic_directory(directory) as tmp:
         hashes = {}
@@ -94,6 +96,8 @@ def save_model(
             "weights": {kind: {"file": WEIGHT_FILES[kind], "sha256": digest} for kind, digest in hashes.items()},
             "metadata": metadata or {},
         })
+        if write_extra is not None:
+            write_extra(tmp)
     return Path(directory)
 
 

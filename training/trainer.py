@@ -1,0 +1,299 @@
+"""The GroupDiff trainer: one process or many under `torchrun` (DDP).
+
+Every step, each rank takes its slice of the group batch plan, runs the flow-matching loss on its
+conditional singles (group size 1) and its groups (group size N, per-member times), and the ranks
+average gradients. All randomness of a step (noise, times, sample ids) comes from a generator seeded
+by ``(seed, step, rank)``, so a resumed run repeats exactly what an uninterrupted run would do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from groupdiff.config import dump_config, to_dict
+from groupdiff.evaluation import save_group_grid
+from groupdiff.model import GroupDiT, Guidance, flow_matching_loss, model_config, random_sample_ids, save_model
+from groupdiff.model.checkpoint import CheckpointError, load_state, read_checkpoint_info
+from groupdiff.model.generate import generate
+from groupdiff.model.pretrained import init_from_pretrained
+
+from .config import TRAJECTORY_FIELDS, TrainConfig
+from .distributed import Distributed
+from .optim import EMA, build_optimizer, learning_rate
+from .plan import GroupBatchPlan, StepBatch, group_timesteps
+from .prepared import PreparedData
+from .train_state import read_train_state, write_train_state
+
+LATEST = "latest"
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The generator of one rank's step: independent of how many steps ran before it in this process."""
+    return torch.Generator().manual_seed(hash((seed, step, rank, "groupdiff-step")) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def build_model(config: TrainConfig, data: PreparedData) -> GroupDiT:
+    _, channels, height, width = data.samples.shape
+    if height != width:
+        raise ValueError(f"training needs square samples, got {height}x{width}")
+    overrides = {"max_group_size": config.plan.group_size, **config.model_overrides}
+    model_cfg = model_config(
+        config.model, input_size=height, in_channels=channels, num_classes=data.num_classes, **overrides
+    )
+    if config.plan.group_size > model_cfg.max_group_size:
+        raise ValueError(f"plan.group_size {config.plan.group_size} exceeds max_group_size {model_cfg.max_group_size}")
+    return GroupDiT(model_cfg)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, data: PreparedData, dist: Distributed, resume: str | None = None):
+        self.config = config
+        self.data = data
+        self.dist = dist
+        self.out = Path(config.out)
+        self.device = dist.device
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        self.model = build_model(config, data).to(self.device)
+        if config.init_from:
+            init_from_pretrained(self.model, config.init_from, config.init_source)
+        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
+        self.optimizer = build_optimizer(self.model, config.optim)
+        self.ddp = (
+            DistributedDataParallel(self.model, device_ids=[dist.local_rank] if self.device.type == "cuda" else None)
+            if dist.enabled else None
+        )
+        neighbours = data.neighbours(config.plan.query)
+        self.plan = GroupBatchPlan(
+            config.plan, neighbours, len(data.samples), config.batch_size, dist.world_size, config.seed
+        )
+        self.samples = data.samples.to(self.device)
+        self.labels = data.labels.to(self.device)
+        self.autocast_dtype = self._autocast_dtype()
+        self.step = 0
+        self.stop_requested = False
+        if resume:
+            self._resume(resume)
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+    def _autocast_dtype(self) -> torch.dtype | None:
+        precision = self.config.precision
+        if precision == "auto":
+            cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            return torch.bfloat16 if cuda_bf16 else None
+        return torch.bfloat16 if precision == "bf16" else None
+
+    def _resume(self, resume: str) -> None:
+        folder = self.latest_checkpoint() if resume == "auto" else Path(resume)
+        if folder is None:
+            return  # nothing to resume: start fresh
+        info = read_checkpoint_info(folder)
+        saved = info.get("metadata", {}).get("train_config")
+        if saved is None:
+            raise CheckpointError(f"{folder} was not written by the trainer; it has no train_config to resume")
+        current = to_dict(self.config)
+        mismatched = [k for k in TRAJECTORY_FIELDS if saved.get(k) != current[k]]
+        if mismatched:
+            details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {current[k]!r}" for k in mismatched)
+            raise CheckpointError(f"{folder} was trained with a different setup ({details})")
+        try:
+            self.model.load_state_dict(load_state(folder, "model"))
+            self.ema.model.load_state_dict(load_state(folder, "ema"))
+        except RuntimeError as error:
+            raise CheckpointError(f"{folder}: weights do not fit the model: {error}") from None
+        state = read_train_state(folder, self.optimizer)
+        self.step = int(state["step"])
+        if self.dist.is_main:
+            self._truncate_log(self.step)
+            tqdm.write(f"resumed from {folder} at step {self.step}")
+
+    def latest_checkpoint(self) -> Path | None:
+        pointer = self.out / "checkpoints" / LATEST
+        return self.out / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
+
+    # -- one step -------------------------------------------------------------------------------------------
+    def _micro_batches(self, batch: StepBatch) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(singles, groups, null flags) of each gradient-accumulation micro-batch."""
+        k = self.config.grad_accumulation
+        parts = (batch.singles.tensor_split(k), batch.groups.tensor_split(k), batch.null_groups.tensor_split(k))
+        return list(zip(*parts, strict=True))
+
+    def _losses(self, micro_batches, generator: torch.Generator):
+        """Yield the summed per-sample loss of each forward of this rank's step, singles first."""
+        config, network = self.config, self.ddp or self.model
+        n = config.plan.group_size
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        )
+        for singles, groups, null in micro_batches:
+            if len(singles):
+                idx = singles.to(self.device)
+                t = torch.rand(len(idx), generator=generator).to(self.device)
+                noise = torch.randn(self.samples[idx].shape, generator=generator).to(self.device)
+                ids = torch.zeros(len(idx), dtype=torch.long, device=self.device)
+                with autocast:
+                    loss = flow_matching_loss(network, self.samples[idx], t, self.labels[idx], noise, 1, ids)
+                yield loss.sum()
+            if len(groups):
+                idx = groups.reshape(-1).to(self.device)  # (G·N,) group-major
+                labels = torch.where(null.repeat_interleave(n).to(self.device), self.model.null_class, self.labels[idx])
+                t = group_timesteps(len(groups), n, config.plan.noise_variation, generator).to(self.device)
+                noise = torch.randn(self.samples[idx].shape, generator=generator).to(self.device)
+                ids = random_sample_ids(len(idx), n, self.model.config.max_group_size, generator).to(self.device)
+                with autocast:
+                    loss = flow_matching_loss(network, self.samples[idx], t, labels, noise, n, ids)
+                yield loss.sum()
+
+    def train_step(self) -> float:
+        """One optimizer step; returns this rank's mean loss."""
+        batch = self.plan.batch(self.step, self.dist.rank)
+        if self.config.record_indices:
+            self._record(batch)
+        generator = step_generator(self.config.seed, self.step, self.dist.rank)
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config.optim, self.step)
+        micro_batches = self._micro_batches(batch)
+        forwards = sum(bool(len(singles)) + bool(len(groups)) for singles, groups, _ in micro_batches)
+        total, loss_sum = batch.num_images, 0.0
+        for i, loss in enumerate(self._losses(micro_batches, generator)):
+            last = i == forwards - 1  # DDP averages gradients once, after the last backward
+            sync = nullcontext() if (last or self.ddp is None) else self.ddp.no_sync()
+            with sync:
+                (loss / total).backward()
+            loss_sum += loss.item()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.model, self.step)
+        self.step += 1
+        return loss_sum / total
+
+    def _record(self, batch: StepBatch) -> None:
+        folder = self.out / "seen"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"rank-{self.dist.rank}.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": self.step, "singles": batch.singles.tolist(),
+                                     "groups": batch.groups.tolist()}) + "\n")
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def train(self) -> Path | None:
+        config = self.config
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            dump_config(config, self.out / "config.yaml")
+        previous = signal.signal(signal.SIGTERM, self._request_stop)
+        progress = tqdm(total=config.steps, initial=self.step, desc="train", disable=not self.dist.is_main,
+                        dynamic_ncols=True)
+        last_saved = None
+        window_start, window_images, window_loss, window_steps = time.perf_counter(), 0, 0.0, 0
+        try:
+            while self.step < config.steps:
+                loss = self.train_step()
+                window_loss, window_steps = window_loss + loss, window_steps + 1
+                window_images += config.batch_size
+                progress.update(1)
+                stop = self.dist.any(self.stop_requested)
+                finished = self.step >= config.steps
+                if self.step % config.log_every == 0 or finished or stop:
+                    elapsed = time.perf_counter() - window_start
+                    mean_loss = self.dist.sum(window_loss / window_steps) / self.dist.world_size
+                    record = {"step": self.step, "loss": mean_loss, "lr": learning_rate(config.optim, self.step - 1),
+                              "images_per_s": window_images / elapsed, "epoch": self.step / self.plan.steps_per_epoch}
+                    if self.dist.is_main:
+                        record["s_cross"] = self.cross_sample_score()
+                        self._log(record)
+                        progress.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{record['images_per_s']:.0f}")
+                    window_start, window_images, window_loss, window_steps = time.perf_counter(), 0, 0.0, 0
+                if self.step % config.checkpoint_every == 0 or finished or stop:
+                    last_saved = self.save_checkpoint()
+                if self.dist.is_main and (finished or (config.sample.every and self.step % config.sample.every == 0)):
+                    self.sample_grid()
+                if stop:
+                    if self.dist.is_main:
+                        tqdm.write(f"stopped by SIGTERM at step {self.step}; resume with --resume")
+                    break
+        finally:
+            progress.close()
+            signal.signal(signal.SIGTERM, previous)
+        return last_saved
+
+    def _request_stop(self, signum, frame) -> None:
+        self.stop_requested = True
+
+    # -- outputs --------------------------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.out / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines a killed run wrote after its last checkpoint; the resumed run writes them again."""
+        path = self.out / "log.jsonl"
+        if path.is_file():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def save_checkpoint(self) -> Path:
+        folder = self.out / "checkpoints" / f"step-{self.step:07d}"
+        if self.dist.is_main:
+            metadata = {
+                "train_config": to_dict(self.config),
+                "step": self.step,
+                "data": {"root": str(self.data.root), "space": self.data.space, "scale_factor": self.data.scale_factor,
+                         "class_names": self.data.class_names, "query": self.config.plan.query},
+            }
+            state = {"step": self.step, "world_size": self.dist.world_size}
+            save_model(folder, self.model, self.ema.model, metadata,
+                       write_extra=lambda tmp: write_train_state(tmp, self.optimizer, state))
+            pointer = folder.parent / LATEST
+            tmp_pointer = pointer.with_suffix(".tmp")
+            tmp_pointer.write_text(folder.name + "\n")
+            os.replace(tmp_pointer, pointer)
+            self._prune_checkpoints()
+        self.dist.barrier()
+        return folder
+
+    def _prune_checkpoints(self) -> None:
+        folders = sorted(p for p in (self.out / "checkpoints").glob("step-*") if p.is_dir())
+        for old in folders[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old)
+
+    @torch.no_grad()
+    def cross_sample_score(self) -> float | None:
+        """Mean ``S_cross`` of the EMA model on a fixed probe of groups at t = 0.5 (None without groups)."""
+        n = self.config.plan.group_size
+        if n < 2 or self.plan.groups_per_rank == 0:
+            return None
+        probe = self.plan.batch(0, 0).groups[:4].reshape(-1).to(self.device)
+        generator = torch.Generator().manual_seed(self.config.seed)
+        x0 = self.samples[probe]
+        noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        t = torch.full((len(probe),), 0.5, device=self.device)
+        labels = torch.full_like(self.labels[probe], self.model.null_class)
+        x_t = 0.5 * x0 + 0.5 * noise
+        _, attention = self.ema.model.forward_with_attention(x_t, t, labels, n)
+        return float(attention.score.mean())
+
+    def sample_grid(self) -> Path:
+        """Rows of classes 0, 1, …: each row one group (or independent images for group size 1)."""
+        cfg = self.config.sample
+        n = self.config.plan.group_size
+        rows = min(cfg.rows, self.data.num_classes)
+        per_row = n if n > 1 else 4
+        classes = torch.arange(rows)
+        labels, group_size = (classes, n) if n > 1 else (classes.repeat_interleave(per_row), 1)
+        guidance = Guidance(cfg.guidance_scale, cfg.guidance_mode if n > 1 else "plain", cfg.guidance_interval)
+        samples = generate(self.ema.model, labels, group_size, cfg.steps, cfg.sampler, guidance, seed=self.config.seed)
+        images = self.data.decode(samples)
+        return save_group_grid(self.out / "samples" / f"step-{self.step:07d}.png", images, per_row, upscale=2)
+
