@@ -15,7 +15,7 @@ import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -32,8 +32,10 @@ from .config import TRAJECTORY_FIELDS, TrainConfig
 from .distributed import Distributed
 from .optim import EMA, build_optimizer, learning_rate
 from .plan import GroupBatchPlan, StepBatch, group_timesteps
-from .prepared import PreparedData
 from .train_state import read_train_state, write_train_state
+
+if TYPE_CHECKING:
+    from .prepared import PreparedData
 
 LATEST = "latest"
 
