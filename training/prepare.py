@@ -1,0 +1,291 @@
+"""`groupdiff prepare`: dataset -> model-ready samples, embeddings and neighbour indices.
+
+Stages, each skipped on a re-run when its output exists and was made from the same settings
+(recorded as a "fingerprint" in prepare.json, which is rewritten after every stage so an
+interrupted run resumes):
+
+1. dataset (idx files or an image folder)
+2. autoencoder: train or load, save under ``autoencoder/`` (latent space only)
+3. samples: pixels in [-1, 1], or posterior-mean latents times 1/std
+4. embeddings, one file per feature encoder
+5. neighbours: top-k search, statistics and the Fig. 4 PNG per encoder (class/random: virtual)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from groupdiff.config import dump_config, to_dict
+
+from .autoencoder import (
+    AutoencoderConfig,
+    encode_latents,
+    latent_scale_factor,
+    load_pretrained,
+    read_marker,
+    save_autoencoder,
+    train_autoencoder,
+)
+from .data import FASHION_MNIST_DIR, ImageFolder, batches, load_fashion_mnist, load_idx_dataset, to_model_range
+from .encoders import FEATURE_KINDS, EncoderConfig, build_encoder, check_encoder_config, embed
+from .neighbours import (
+    SEARCH_METHODS,
+    GroupNeighbours,
+    load_neighbours,
+    neighbour_figure,
+    neighbour_stats,
+    save_neighbours,
+    search,
+)
+
+
+@dataclass
+class DataConfig:
+    """``fashion-mnist`` is ``idx`` with Debian's path and the Fashion-MNIST class names; ``split``
+    applies to idx data (``all`` = train then test), ``image_size`` to image folders (ADM crop)."""
+
+    dataset: Literal["fashion-mnist", "idx", "image-folder"] = "fashion-mnist"
+    path: str | None = None
+    split: Literal["train", "test", "all"] = "train"
+    image_size: int = 256
+    limit: int | None = None
+    class_names: list[str] | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class NeighbourConfig:
+    """Top-``k`` cosine neighbours; candidates are those with similarity >= ``tau`` (paper: 0.7)."""
+
+    k: int = 100
+    tau: float = 0.7
+    method: Literal["auto", "exact", "faiss-flat", "faiss-ivf"] = "auto"
+    nlist: int | None = None
+    nprobe: int = 10
+    figure_queries: int = 8
+    figure_columns: int = 8
+
+
+def _default_encoders() -> list[EncoderConfig]:
+    return [EncoderConfig("efficientnet"), EncoderConfig("class"), EncoderConfig("random")]
+
+
+@dataclass
+class PrepareConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    space: Literal["pixel", "latent"] = "pixel"
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    encoders: list[EncoderConfig] = field(default_factory=_default_encoders)
+    neighbours: NeighbourConfig = field(default_factory=NeighbourConfig)
+    device: str = "cpu"
+    seed: int = 0
+
+
+def validate(config: PrepareConfig) -> None:
+    """Everything that can be checked before a long stage starts."""
+    names = [e.key for e in config.encoders]
+    if not names:
+        raise ValueError("at least one encoder is needed (efficientnet, open_clip, dinov2, class or random)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"encoder names must be unique, got {names}; set 'name' to tell them apart")
+    for encoder in config.encoders:
+        check_encoder_config(encoder)
+    if config.space == "latent" and config.autoencoder.source == "pretrained" and not config.autoencoder.path:
+        raise ValueError("autoencoder.source=pretrained needs autoencoder.path (a local diffusers folder)")
+    if config.neighbours.k < 1 or not -1.0 <= config.neighbours.tau <= 1.0:
+        raise ValueError("neighbours.k must be >= 1 and neighbours.tau in [-1, 1]")
+    if config.neighbours.method not in SEARCH_METHODS:
+        raise ValueError(f"neighbours.method must be one of {list(SEARCH_METHODS)}")
+    if config.data.limit is not None and config.data.limit < 2:
+        raise ValueError("data.limit must be at least 2")
+
+
+def load_dataset(config: DataConfig):
+    if config.dataset == "fashion-mnist":
+        return load_fashion_mnist(config.path or FASHION_MNIST_DIR, config.split, config.limit)
+    if config.path is None:
+        raise ValueError(f"data.path is required for dataset {config.dataset!r}")
+    if config.dataset == "idx":
+        return load_idx_dataset(config.path, config.split, config.limit, config.class_names)
+    folder = ImageFolder(config.path, config.image_size, config.limit)
+    if config.class_names:
+        raise ValueError("data.class_names does not apply to image folders (the folder names are the classes)")
+    return folder
+
+
+class Stages:
+    """prepare.json as it grows: fingerprints of finished stages, rewritten after every stage."""
+
+    def __init__(self, out: Path, config: PrepareConfig):
+        self.out, self.path = out, out / "prepare.json"
+        old = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.previous: dict[str, Any] = old.get("stages", {})
+        self.previous_info = old
+        self.info: dict[str, Any] = {"complete": False, "config": to_dict(config), "stages": {}, "encoders": {}}
+
+    def done(self, name: str, fingerprint: Any, *outputs: Path) -> dict | None:
+        """The earlier record of ``name`` when it ran with the same fingerprint and its outputs exist."""
+        record = self.previous.get(name)
+        if record and record["fingerprint"] == fingerprint and all(p.exists() for p in outputs):
+            self.info["stages"][name] = {**record, "reused": True}
+            return record
+        return None
+
+    def record(self, name: str, fingerprint: Any, seconds: float, **extra) -> None:
+        self.info["stages"][name] = {"fingerprint": fingerprint, "seconds": round(seconds, 2), "reused": False, **extra}
+        self.write()
+
+    def write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.info, indent=2))
+        tmp.replace(self.path)
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+    tmp.replace(path)
+
+
+def _data_fingerprint(config: DataConfig) -> dict:
+    return {k: v for k, v in to_dict(config).items() if k != "num_workers"}
+
+
+def _autoencoder_stage(config: PrepareConfig, dataset, stages: Stages):
+    folder = stages.out / "autoencoder"
+    ae = config.autoencoder
+    settings = to_dict(ae) if ae.source == "train" else {"source": "pretrained", "path": ae.path}
+    fingerprint = {"data": _data_fingerprint(config.data), "autoencoder": settings}
+    marker = read_marker(folder)
+    start = time.perf_counter()
+    if marker is not None and marker["fingerprint"] == fingerprint:
+        print(f"autoencoder: reusing {folder}")
+        stages.info["stages"]["autoencoder"] = {"fingerprint": fingerprint, "reused": True}
+        return load_pretrained(folder).to(config.device), marker["report"]
+    if ae.source == "train":
+        vae, report = train_autoencoder(ae, dataset, config.device, config.data.num_workers)
+    else:
+        vae, report = load_pretrained(ae.path).to(config.device), {"source": ae.path}
+    save_autoencoder(vae, folder, {"fingerprint": fingerprint, "report": report})
+    stages.record("autoencoder", fingerprint, time.perf_counter() - start)
+    return vae, report
+
+
+def _samples_stage(config: PrepareConfig, dataset, stages: Stages, vae) -> dict:
+    path = stages.out / "samples.safetensors"
+    fingerprint = {"data": _data_fingerprint(config.data), "space": config.space,
+                   "autoencoder": stages.info["stages"].get("autoencoder", {}).get("fingerprint")}
+    if config.space == "latent":
+        fingerprint["scale_factor"] = config.autoencoder.scale_factor
+    record = stages.done("samples", fingerprint, path)
+    if record:
+        return record["result"]
+    start = time.perf_counter()
+    labels = dataset.labels.clone()
+    if config.space == "pixel":
+        parts = [to_model_range(images) for images, _ in batches(dataset, 1024, config.data.num_workers)]
+        samples, result = torch.cat(parts), {"scale_factor": 1.0}  # (N, C, H, W) in [-1, 1]
+    else:
+        latents = encode_latents(vae, dataset, config.autoencoder.encode_batch_size, config.device,
+                                 config.data.num_workers)  # (N, c, h, w)
+        scale = config.autoencoder.scale_factor or latent_scale_factor(latents)
+        samples = latents * scale
+        result = {"scale_factor": scale, "latent_mean": latents.mean().item(), "latent_std": latents.std().item()}
+    result["shape"] = list(samples.shape[1:])
+    _save(path, {"samples": samples.float(), "labels": labels})
+    stages.record("samples", fingerprint, time.perf_counter() - start, result=result)
+    return result
+
+
+def _embedding_stage(config: PrepareConfig, encoder_config: EncoderConfig, dataset, stages: Stages):
+    name = encoder_config.key
+    path = stages.out / "embeddings" / f"{name}.safetensors"
+    settings = {k: v for k, v in to_dict(encoder_config).items() if k != "batch_size"}
+    fingerprint = {"data": _data_fingerprint(config.data), "encoder": settings}
+    record = stages.done(f"embeddings/{name}", fingerprint, path)
+    if record:
+        return load_file(str(path))["features"], record["result"]
+    start = time.perf_counter()
+    encoder = build_encoder(encoder_config).to(config.device)
+    features, rate = embed(encoder, dataset, encoder_config.batch_size, config.data.num_workers, desc=f"embed {name}")
+    result = {"dim": features.shape[1], "resolution": encoder.resolution, "images_per_second": round(rate, 1)}
+    _save(path, {"features": features}, {"encoder": name, "kind": encoder_config.kind})
+    stages.record(f"embeddings/{name}", fingerprint, time.perf_counter() - start, result=result)
+    return features, result
+
+
+def _neighbour_stage(config: PrepareConfig, encoder_config: EncoderConfig, dataset, stages: Stages) -> dict:
+    name, kind = encoder_config.key, encoder_config.kind
+    figure = stages.out / "neighbours" / f"{name}.png"
+    nb = config.neighbours
+    start = time.perf_counter()
+    entry: dict[str, Any] = {"kind": kind}
+    if kind in FEATURE_KINDS:
+        features, entry["embedding"] = _embedding_stage(config, encoder_config, dataset, stages)
+        path = stages.out / "neighbours" / f"{name}.safetensors"
+        search_settings = {k: v for k, v in to_dict(nb).items() if not k.startswith("figure")}
+        fingerprint = {"embedding": stages.info["stages"][f"embeddings/{name}"]["fingerprint"],
+                       "search": search_settings}
+        record = stages.done(f"neighbours/{name}", fingerprint, path)
+        if record:  # the figure is cheap and may have new settings: always redrawn
+            neighbour_figure(figure, dataset, load_neighbours(path), nb.figure_queries, nb.figure_columns,
+                             seed=config.seed)
+            entry["stats"] = record["result"]
+            return entry
+        start = time.perf_counter()
+        neighbours = search(features, nb.k, nb.tau, nb.method, nb.nlist, nb.nprobe, desc=f"neighbours {name}")
+        save_neighbours(path, neighbours)
+    else:
+        groups = dataset.labels if kind == "class" else torch.zeros_like(dataset.labels)
+        neighbours, fingerprint = GroupNeighbours.of_groups(groups), {"kind": kind}
+    stats = neighbour_stats(neighbours, dataset.labels)
+    neighbour_figure(figure, dataset, neighbours, nb.figure_queries, nb.figure_columns, seed=config.seed)
+    stages.record(f"neighbours/{name}", fingerprint, time.perf_counter() - start, result=stats)
+    entry["stats"] = stats
+    return entry
+
+
+def run_prepare(config: PrepareConfig, out_dir: str | Path) -> dict:
+    """Run every stage into ``out_dir``; returns the contents of prepare.json."""
+    validate(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    total = time.perf_counter()
+    stages = Stages(out, config)
+    dump_config(config, out / "config.yaml")
+
+    start = time.perf_counter()
+    dataset = load_dataset(config.data)
+    stages.info["dataset"] = {"source": dataset.source, "num_images": len(dataset),
+                              "image_shape": list(dataset.image_shape), "class_names": dataset.class_names,
+                              "seconds": round(time.perf_counter() - start, 2)}
+    print(f"dataset: {len(dataset)} images {tuple(dataset.image_shape)} from {dataset.source}")
+
+    vae = None
+    stages.info["space"] = config.space
+    if config.space == "latent":
+        vae, report = _autoencoder_stage(config, dataset, stages)
+        config_items = {k: v for k, v in vae.config.items() if not k.startswith("_")}  # "_name_or_path" etc.
+        stages.info["autoencoder"] = {"config": config_items, "report": report}
+    samples = _samples_stage(config, dataset, stages, vae)
+    stages.info["scale_factor"] = samples["scale_factor"]
+    stages.info["sample_shape"] = samples["shape"]
+
+    for encoder_config in config.encoders:
+        entry = _neighbour_stage(config, encoder_config, dataset, stages)
+        stages.info["encoders"][encoder_config.key] = entry
+        print(f"{encoder_config.key}: " + ", ".join(f"{k} {v:.3f}" for k, v in entry["stats"].items()))
+
+    stages.info["total_seconds"] = round(time.perf_counter() - total, 2)
+    stages.info["complete"] = True
+    stages.write()
+    return stages.info
+

@@ -1,0 +1,94 @@
+"""Reader API for a folder written by `groupdiff prepare`: what the batch plan and trainer consume.
+
+Layout (see docs/data.md)::
+
+    prepare.json                      resolved config, dataset, autoencoder, scale factor, stats, timings
+    config.yaml                       the resolved PrepareConfig
+    samples.safetensors               samples (N, C, H, W) float32 model-ready, labels (N,) int64
+    autoencoder/                      diffusers AutoencoderKL (latent space only)
+    embeddings/<encoder>.safetensors  features (N, D) float32, L2-normalised
+    neighbours/<encoder>.safetensors  indices (N, k), similarities (N, k); tau in metadata
+    neighbours/<encoder>.png          query rows with their top neighbours (paper Fig. 4)
+
+``class`` and ``random`` have no files under embeddings/ or neighbours/*.safetensors: their
+neighbours are virtual (`GroupNeighbours`), built from the labels on request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .neighbours import GroupNeighbours, Neighbours, load_neighbours
+
+VIRTUAL_ENCODERS = ("class", "random")
+
+__all__ = ["Neighbours", "GroupNeighbours", "PreparedData", "load_prepared"]
+
+
+@dataclass
+class PreparedData:
+    root: Path
+    samples: torch.Tensor  # (N, C, H, W) float32: pixels in [-1, 1], or latents * scale_factor
+    labels: torch.Tensor  # (N,) int64
+    num_classes: int
+    class_names: list[str]
+    space: str  # "pixel" or "latent"
+    scale_factor: float  # 1.0 in pixel space
+    info: dict  # the parsed prepare.json
+    _autoencoder: object = field(default=None, repr=False)
+
+    def encoders(self) -> list[str]:
+        """Names with a neighbour index, in config order, e.g. ``["efficientnet", "class", "random"]``."""
+        return list(self.info["encoders"])
+
+    def neighbours(self, encoder: str) -> Neighbours:
+        """Top-k neighbours for a feature encoder; virtual same-class / any-item neighbours (similarity
+        1.0, tau 0, see `GroupNeighbours`) for ``class`` / ``random``."""
+        if encoder not in self.info["encoders"]:
+            raise ValueError(f"{self.root}: no neighbours for encoder {encoder!r}; prepared: {self.encoders()}")
+        kind = self.info["encoders"][encoder]["kind"]
+        if kind == "class":
+            return GroupNeighbours.of_groups(self.labels)
+        if kind == "random":
+            return GroupNeighbours.of_groups(torch.zeros_like(self.labels))
+        return load_neighbours(self.root / "neighbours" / f"{encoder}.safetensors")
+
+    def decode(self, samples: torch.Tensor) -> torch.Tensor:
+        """Model-space samples (B, C, H, W) -> images (B, C', H', W') in [-1, 1]."""
+        if self.space == "pixel":
+            return samples.clamp(-1, 1)
+        from .autoencoder import decode_latents, load_pretrained
+
+        if self._autoencoder is None:
+            self._autoencoder = load_pretrained(self.root / "autoencoder")
+        return decode_latents(self._autoencoder, samples.float() / self.scale_factor)
+
+
+def load_prepared(root: str | Path) -> PreparedData:
+    """Open a prepared folder; FileNotFoundError / ValueError when it is missing or incomplete."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"prepared data folder not found: {root}")
+    info_path, samples_path = root / "prepare.json", root / "samples.safetensors"
+    if not info_path.is_file() or not samples_path.is_file():
+        raise ValueError(f"{root} is not a finished `groupdiff prepare` folder (needs prepare.json and "
+                         "samples.safetensors)")
+    info = json.loads(info_path.read_text())
+    if not info.get("complete"):
+        raise ValueError(f"{root}: `groupdiff prepare` did not finish; run it again to complete the folder")
+    tensors = load_file(str(samples_path))
+    return PreparedData(
+        root=root,
+        samples=tensors["samples"],
+        labels=tensors["labels"].to(torch.int64),
+        num_classes=len(info["dataset"]["class_names"]),
+        class_names=list(info["dataset"]["class_names"]),
+        space=info["space"],
+        scale_factor=float(info["scale_factor"]),
+        info=info,
+    )
