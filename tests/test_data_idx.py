@@ -2,12 +2,19 @@
 
 import gzip
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from groupdiff.training.data import load_idx_dataset, read_idx
+from groupdiff.training.data import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    load_fashion_mnist,
+    load_idx_dataset,
+    read_idx,
+)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -76,3 +83,10 @@ def test_idx_dataset_rejects_mismatched_lengths(tmp_path):
     write_split(tmp_path, "train", np.zeros((4, 2, 2), np.uint8), np.zeros(3, np.uint8))
     with pytest.raises(ValueError, match="expected uint8 images"):
         load_idx_dataset(tmp_path, "train")
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="Debian dataset-fashion-mnist missing")
+def test_fashion_mnist_from_debian():
+    data = load_fashion_mnist(split="test")
+    assert data.images.shape == (10_000, 1, 28, 28) and data.class_names == FASHION_MNIST_CLASSES
+    assert torch.bincount(data.labels).tolist() == [1000] * 10

@@ -11,9 +11,10 @@ from PIL import Image
 
 from groupdiff.cli import main
 from groupdiff.config import load_config
-from groupdiff.training.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
+from groupdiff.training.autoencoder import AutoencoderConfig, build_autoencoder
+from groupdiff.training.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, to_model_range
 from groupdiff.training.neighbours import GroupNeighbours, Neighbours
-from groupdiff.training.prepare import PrepareConfig, run_prepare
+from groupdiff.training.prepare import PrepareConfig, load_dataset, run_prepare
 from groupdiff.training.prepared import load_prepared
 
 pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="Debian dataset-fashion-mnist missing")
@@ -94,6 +95,8 @@ def test_latent_space_with_a_tiny_autoencoder(tmp_path):
     report = info["autoencoder"]["report"]
     assert report["heldout_images"] == 20 and report["heldout_mse"] > 0 and "heldout_psnr_db" in report
     assert (tmp_path / "autoencoder" / "diffusion_pytorch_model.safetensors").is_file()
+    saved = json.loads((tmp_path / "autoencoder" / "config.json").read_text())
+    assert saved["scaling_factor"] == pytest.approx(data.scale_factor)
     images = data.decode(data.samples[:2])
     assert images.shape == (2, 1, 28, 28) and images.abs().max() <= 1.0
     again = run_prepare(load_config(PrepareConfig, None, SMALL + TINY_AE + ["encoders=[{kind: class}]"]), tmp_path)
@@ -134,3 +137,20 @@ def test_reader_refuses_missing_or_unfinished_folders(tmp_path):
         load_prepared(tmp_path / "missing")
     with pytest.raises(ValueError, match="not a finished"):
         load_prepared(tmp_path)
+
+
+def test_latent_space_with_a_pretrained_autoencoder_from_a_local_folder(tmp_path):
+    vae = build_autoencoder(AutoencoderConfig(block_out_channels=(8, 8, 8), norm_num_groups=4), 1, 28).eval()
+    vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
+    overrides = ["data.limit=50", "space=latent", "encoders=[{kind: random}]", "autoencoder.source=pretrained",
+                 f"autoencoder.path={tmp_path / 'vae'}", "autoencoder.scale_factor=0.5"]
+    config = load_config(PrepareConfig, None, overrides)
+    info = run_prepare(config, tmp_path / "out")
+    data = load_prepared(tmp_path / "out")
+    assert data.samples.shape == (50, 4, 7, 7) and data.scale_factor == 0.5  # two downsamplings, fixed factor
+    assert info["autoencoder"]["report"]["source"] == str(tmp_path / "vae")
+    assert info["autoencoder"]["report"]["heldout_images"] == 50  # spot check of a foreign VAE
+    images = load_dataset(config.data).images[:3]
+    with torch.no_grad():
+        expected = vae.encode(to_model_range(images)).latent_dist.mean * 0.5
+    torch.testing.assert_close(data.samples[:3], expected, atol=1e-5, rtol=1e-4)

@@ -149,7 +149,7 @@ def neighbour_stats(neighbours: Neighbours, labels: torch.Tensor) -> dict[str, f
     """Mean number of candidates (>= tau), share of items with at least 1 / 3 / 7 (a group of 2 / 4 /
     8 is possible), and the 10-NN label agreement (for virtual neighbours: the expected share of
     candidates with the anchor's label)."""
-    counts = neighbours.counts_above_tau().float()
+    counts = neighbours.counts_above_tau().double()
     stats = {
         "tau": neighbours.tau,
         "mean_candidates": counts.mean().item(),

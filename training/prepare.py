@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.data import Subset
 
 from groupdiff.config import dump_config, to_dict
 
@@ -30,10 +31,18 @@ from .autoencoder import (
     latent_scale_factor,
     load_pretrained,
     read_marker,
+    reconstruction_error,
     save_autoencoder,
     train_autoencoder,
 )
-from .data import FASHION_MNIST_DIR, ImageFolder, batches, load_fashion_mnist, load_idx_dataset, to_model_range
+from .data import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    ImageFolder,
+    batches,
+    load_idx_dataset,
+    to_model_range,
+)
 from .encoders import FEATURE_KINDS, EncoderConfig, build_encoder, check_encoder_config, embed
 from .neighbours import (
     SEARCH_METHODS,
@@ -109,7 +118,8 @@ def validate(config: PrepareConfig) -> None:
 
 def load_dataset(config: DataConfig):
     if config.dataset == "fashion-mnist":
-        return load_fashion_mnist(config.path or FASHION_MNIST_DIR, config.split, config.limit)
+        names = config.class_names or FASHION_MNIST_CLASSES
+        return load_idx_dataset(config.path or FASHION_MNIST_DIR, config.split, config.limit, names)
     if config.path is None:
         raise ValueError(f"data.path is required for dataset {config.dataset!r}")
     if config.dataset == "idx":
@@ -127,7 +137,6 @@ class Stages:
         self.out, self.path = out, out / "prepare.json"
         old = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.previous: dict[str, Any] = old.get("stages", {})
-        self.previous_info = old
         self.info: dict[str, Any] = {"complete": False, "config": to_dict(config), "stages": {}, "encoders": {}}
 
     def done(self, name: str, fingerprint: Any, *outputs: Path) -> dict | None:
@@ -173,7 +182,12 @@ def _autoencoder_stage(config: PrepareConfig, dataset, stages: Stages):
     if ae.source == "train":
         vae, report = train_autoencoder(ae, dataset, config.device, config.data.num_workers)
     else:
-        vae, report = load_pretrained(ae.path).to(config.device), {"source": ae.path}
+        vae = load_pretrained(ae.path).to(config.device)
+        if vae.config.in_channels != dataset.image_shape[0]:
+            raise ValueError(f"the autoencoder in {ae.path} takes {vae.config.in_channels} channels, the data has "
+                             f"{dataset.image_shape[0]}")
+        sample = Subset(dataset, range(min(len(dataset), 256)))  # a spot check: it was trained elsewhere
+        report = {"source": ae.path, **reconstruction_error(vae, sample, ae.encode_batch_size, config.device)}
     save_autoencoder(vae, folder, {"fingerprint": fingerprint, "report": report})
     stages.record("autoencoder", fingerprint, time.perf_counter() - start)
     return vae, report
@@ -198,6 +212,8 @@ def _samples_stage(config: PrepareConfig, dataset, stages: Stages, vae) -> dict:
                                  config.data.num_workers)  # (N, c, h, w)
         scale = config.autoencoder.scale_factor or latent_scale_factor(latents)
         samples = latents * scale
+        vae.register_to_config(scaling_factor=scale)  # so diffusers users of autoencoder/ see the same factor
+        vae.save_config(stages.out / "autoencoder")
         result = {"scale_factor": scale, "latent_mean": latents.mean().item(), "latent_std": latents.std().item()}
     result["shape"] = list(samples.shape[1:])
     _save(path, {"samples": samples.float(), "labels": labels})
