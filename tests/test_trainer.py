@@ -32,11 +32,15 @@ def prepared(tmp_path_factory):
     return out
 
 
-def train(prepared, out, *extra, steps=6):
+def command(prepared, out, steps, *settings, resume=False):
     args = ["train", "--config", "fmnist-tiny", "--data", str(prepared), "--out", str(out), "--steps", str(steps)]
-    for item in [*TINY, *extra]:
+    for item in [*TINY, *settings]:
         args += ["--set", item]
-    return main(args)
+    return args + (["--resume"] if resume else [])
+
+
+def train(prepared, out, *settings, steps=6, resume=False):
+    return main(command(prepared, out, steps, *settings, resume=resume))
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -48,7 +52,7 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 def test_a_run_stopped_and_resumed_ends_with_the_same_weights(prepared, tmp_path):
     assert train(prepared, tmp_path / "straight", steps=6) == 0
     assert train(prepared, tmp_path / "resumed", steps=3) == 0
-    assert train(prepared, tmp_path / "resumed", "--resume", steps=6) == 0
+    assert train(prepared, tmp_path / "resumed", steps=6, resume=True) == 0
     straight = weights(tmp_path / "straight/checkpoints/step-0000006")
     resumed = weights(tmp_path / "resumed/checkpoints/step-0000006")
     assert straight.keys() == resumed.keys()
@@ -80,24 +84,17 @@ def test_bad_input_is_a_clear_error(prepared, tmp_path, capsys):
     assert train(prepared, tmp_path / "b", "plan.groop_size=4") == 2
     assert "unknown key(s) ['groop_size']" in capsys.readouterr().err
     assert train(prepared, tmp_path / "c", "plan.group_size=300", "plan.query=class", "batch_size=640") == 2
-    assert "group_size" in capsys.readouterr().err
+    assert "lower tau or the group size 300" in capsys.readouterr().err
 
 
 def test_resume_refuses_a_mismatched_or_corrupt_checkpoint(prepared, tmp_path, capsys):
     assert train(prepared, tmp_path / "run", steps=3) == 0
-    assert train(prepared, tmp_path / "run", "plan.group_share=0.5", "--resume", steps=6) == 2
+    assert train(prepared, tmp_path / "run", "plan.group_share=0.5", steps=6, resume=True) == 2
     assert "different setup" in capsys.readouterr().err
     weights_file = tmp_path / "run/checkpoints/step-0000003/model.safetensors"
     weights_file.write_bytes(weights_file.read_bytes()[:-64])
-    assert train(prepared, tmp_path / "run", "--resume", steps=6) == 2
+    assert train(prepared, tmp_path / "run", steps=6, resume=True) == 2
     assert "corrupt" in capsys.readouterr().err
-
-
-def command(prepared, out, steps, *extra):
-    args = ["train", "--config", "fmnist-tiny", "--data", str(prepared), "--out", str(out), "--steps", str(steps)]
-    for item in [*TINY, *extra]:
-        args += ["--set", item]
-    return args
 
 
 def test_sigterm_saves_a_checkpoint_that_resumes(prepared, tmp_path):
@@ -113,7 +110,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(prepared, tmp_path):
     assert "stopped by SIGTERM" in output
     stopped_at = int((out / "checkpoints/latest").read_text().strip().split("-")[1])
     assert 2 <= stopped_at < 100000
-    assert train(prepared, out, "--resume", steps=stopped_at + 2) == 0
+    assert train(prepared, out, steps=stopped_at + 2, resume=True) == 0
     assert (out / f"checkpoints/step-{stopped_at + 2:07d}").is_dir()
 
 
