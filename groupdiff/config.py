@@ -10,6 +10,7 @@ import dataclasses
 import tomllib
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -141,3 +142,18 @@ def dump_config(config: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     return path
+
+
+def find_config(name: str, kind: str) -> Path:
+    """A config file path, or a recipe shipped in ``groupdiff/recipes``: ``fmnist-tiny`` and
+    ``train-fmnist-tiny`` both name ``recipes/train-fmnist-tiny.yaml`` for ``kind="train"``."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    recipes = resources.files("groupdiff") / "recipes"
+    stem = path.stem if path.suffix in (".yaml", ".yml", ".toml") else path.name
+    for candidate in (f"{stem}.yaml", f"{kind}-{stem}.yaml"):
+        if (recipes / candidate).is_file():
+            return Path(str(recipes / candidate))
+    known = sorted(p.name[len(kind) + 1 : -len(".yaml")] for p in recipes.iterdir() if p.name.startswith(f"{kind}-"))
+    raise ConfigError(f"no config file or {kind} recipe named {name!r}; recipes: {', '.join(known)}")

@@ -24,7 +24,7 @@ def test_bad_input_exits_with_code_2(tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(tmp_path / "missing")]) == 2
     assert "checkpoint folder not found" in capsys.readouterr().err
     assert main(["sample", "--untrained", "DiT-T/2", "--class", "11", "--steps", "1"]) == 2
-    assert "--class must lie in 0..9" in capsys.readouterr().err
+    assert "--class [11] outside 0..9" in capsys.readouterr().err
 
 
 def test_bench_model_prints_a_table_and_writes_json(tmp_path, capsys):

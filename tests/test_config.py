@@ -48,3 +48,16 @@ def test_bad_overrides_name_the_key(overrides, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(Outer, tmp_path / "nope.yaml")
+
+
+def test_recipes_are_found_by_short_and_full_name(tmp_path):
+    from groupdiff.config import find_config
+
+    assert find_config("fmnist-tiny", "train").name == "train-fmnist-tiny.yaml"
+    assert find_config("train-fmnist-tiny", "train") == find_config("fmnist-tiny", "train")
+    assert find_config("prepare-fmnist-pixel", "prepare").name == "prepare-fmnist-pixel.yaml"
+    own = tmp_path / "mine.yaml"
+    own.write_text("steps: 3\n")
+    assert find_config(str(own), "train") == own
+    with pytest.raises(ConfigError, match="recipes: .*fmnist-tiny"):
+        find_config("fmnist-huge", "train")

@@ -181,3 +181,13 @@ def save_autoencoder(vae, folder: str | Path, record: dict) -> Path:
 def read_marker(folder: str | Path) -> dict | None:
     path = Path(folder) / MARKER
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def sample_decoder(space: str, scale_factor: float, autoencoder: str | Path | None):
+    """Model-space samples -> images in [-1, 1]: identity in pixel space, AE decode of ``x / scale`` in latents."""
+    if space == "pixel":
+        return lambda samples: samples.clamp(-1, 1)
+    if autoencoder is None:
+        raise ValueError("latent-space samples need the autoencoder folder that made the latents")
+    vae = load_pretrained(autoencoder)
+    return lambda samples: decode_latents(vae, samples.float() / scale_factor)

@@ -18,8 +18,22 @@ def register(subparsers) -> None:
     model.add_argument("--out", default="docs/results/bench_model.json")
     model.set_defaults(run=run_bench_model)
 
+    train = benches.add_parser("train", help="training images/s of a recipe at group sizes 1 and 4 (-l and -f)")
+    train.add_argument("--recipe", default="fmnist-tiny")
+    train.add_argument("--data", help="prepared data folder (default: the recipe's)")
+    train.add_argument("--steps", type=int, default=30, help="timed steps per variant")
+    train.add_argument("--warmup", type=int, default=3)
+    train.add_argument("--out", default="docs/results/bench_train.json")
+    train.set_defaults(run=run_bench_train)
+
 
 def run_bench_model(args: argparse.Namespace) -> None:
     from groupdiff.bench.model import run
 
     run(args.cases, args.group_sizes, args.repeats, args.out, args.invocation, args.device, args.dtype, args.images)
+
+
+def run_bench_train(args: argparse.Namespace) -> None:
+    from groupdiff.bench.train import run
+
+    run(args.recipe, args.data, args.steps, args.warmup, args.out, args.invocation)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from importlib import resources
-from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -22,17 +20,6 @@ def register(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def resolve_config_path(name: str) -> Path:
-    """A file path as given, else a recipe shipped in the package."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    recipe = resources.files("groupdiff") / "recipes" / f"{path.stem}.yaml"
-    if recipe.is_file():
-        return Path(str(recipe))
-    raise FileNotFoundError(f"config file not found: {name} (and no recipe named {path.stem!r})")
-
-
 def overrides_from_flags(args: argparse.Namespace) -> list[str]:
     """Convenience flags as ``key=value`` overrides; explicit ``--set`` comes last and wins."""
     overrides = []
@@ -48,10 +35,10 @@ def overrides_from_flags(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from groupdiff.config import load_config
+    from groupdiff.config import find_config, load_config
     from groupdiff.training.prepare import PrepareConfig, run_prepare
 
-    path = resolve_config_path(args.config) if args.config else None
+    path = find_config(args.config, "prepare") if args.config else None
     config = load_config(PrepareConfig, path, overrides_from_flags(args))
     info = run_prepare(config, args.out)
     print(f"wrote {args.out} ({info['dataset']['num_images']} images, space {info['space']}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -14,8 +15,11 @@ def register(subparsers) -> None:
     source.add_argument("--untrained", metavar="MODEL", default=None,
                         help="use freshly initialised weights of a registry size, e.g. DiT-T/2 (output is noise)")
     p.add_argument("--weights", choices=["model", "ema"], default="model")
-    p.add_argument("--class", dest="class_id", type=int, default=0, help="class id of every group")
-    p.add_argument("--groups", type=int, default=2, help="number of groups (grid rows)")
+    p.add_argument("--class", dest="classes", type=int, nargs="+", default=[0],
+                   help="class ids; group g gets classes[g mod len(classes)]")
+    p.add_argument("--groups", type=int, default=None, help="number of groups (grid rows; default: one per class)")
+    p.add_argument("--autoencoder", help="autoencoder folder for latent-space checkpoints "
+                                         "(default: the one recorded in the checkpoint)")
     p.add_argument("--group-size", type=int, default=4, help="images generated jointly per group")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", choices=SAMPLERS, default="heun")
@@ -32,22 +36,29 @@ def run(args: argparse.Namespace) -> None:
 
     from groupdiff.evaluation import save_group_grid
     from groupdiff.model import GroupDiT, Guidance, load_model, model_config
+    from groupdiff.model.checkpoint import read_checkpoint_info
     from groupdiff.model.generate import generate
+    from groupdiff.training.autoencoder import sample_decoder
 
     if args.checkpoint:
         model = load_model(args.checkpoint, weights=args.weights)
+        data = read_checkpoint_info(args.checkpoint)["metadata"].get("data", {})
     else:
         name = args.untrained or "DiT-T/2"
         model = GroupDiT(model_config(name, input_size=28, in_channels=1, num_classes=10)).eval()
+        data = {}
         print(f"note: {name} with untrained weights; the grid shows what an untrained model makes (noise)")
-    if args.groups < 1:
+    groups = args.groups or len(args.classes)
+    if groups < 1:
         raise ValueError("--groups must be at least 1")
-    if not 0 <= args.class_id < model.config.num_classes:
-        raise ValueError(f"--class must lie in 0..{model.config.num_classes - 1}")
+    bad = [c for c in args.classes if not 0 <= c < model.config.num_classes]
+    if bad:
+        raise ValueError(f"--class {bad} outside 0..{model.config.num_classes - 1}")
+    space = data.get("space", "pixel")
+    autoencoder = args.autoencoder or (Path(data["root"]) / "autoencoder" if "root" in data else None)
+    decode = sample_decoder(space, float(data.get("scale_factor", 1.0)), autoencoder)
     guidance = Guidance(args.guidance_scale, args.guidance_mode, tuple(args.guidance_interval))
-    labels = torch.full((args.groups,), args.class_id)
-    if model.config.in_channels not in (1, 3):
-        raise ValueError("this checkpoint works in a latent space; decoding latents arrives with the autoencoder")
-    images = generate(model, labels, args.group_size, args.steps, args.sampler, guidance, args.seed, progress=True)
-    path = save_group_grid(args.out, images, args.group_size, upscale=4)
-    print(f"wrote {path} ({args.groups} groups x {args.group_size} images, class {args.class_id})")
+    labels = torch.tensor(args.classes).repeat(groups)[:groups]
+    samples = generate(model, labels, args.group_size, args.steps, args.sampler, guidance, args.seed, progress=True)
+    path = save_group_grid(args.out, decode(samples), args.group_size, upscale=4)
+    print(f"wrote {path} ({groups} groups x {args.group_size} images, classes {labels.tolist()})")

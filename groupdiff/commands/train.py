@@ -7,21 +7,6 @@ checkpoint at the end of the current step; ``--resume`` continues from the lates
 from __future__ import annotations
 
 import argparse
-from importlib import resources
-from pathlib import Path
-
-
-def recipe_path(name_or_path: str) -> Path:
-    """A config file path, or the name of a shipped recipe (``fmnist-tiny`` -> recipes/train-fmnist-tiny.yaml)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    shipped = resources.files("groupdiff") / "recipes" / f"train-{name_or_path}.yaml"
-    if shipped.is_file():
-        return Path(str(shipped))
-    known = sorted(p.name[len("train-"):-len(".yaml")] for p in (resources.files("groupdiff") / "recipes").iterdir()
-                   if p.name.startswith("train-"))
-    raise FileNotFoundError(f"no config file or recipe named {name_or_path!r}; recipes: {', '.join(known)}")
 
 
 def register(subparsers) -> None:
@@ -38,7 +23,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from groupdiff.config import load_config
+    from groupdiff.config import find_config, load_config
     from groupdiff.training import distributed
     from groupdiff.training.config import TrainConfig
     from groupdiff.training.prepared import load_prepared
@@ -48,7 +33,7 @@ def run(args: argparse.Namespace) -> None:
     for key in ("data", "out", "steps"):
         if getattr(args, key) is not None:
             overrides.append(f"{key}={getattr(args, key)}")
-    config = load_config(TrainConfig, recipe_path(args.config), overrides)
+    config = load_config(TrainConfig, find_config(args.config, "train"), overrides)
     dist = distributed.setup(config.device)
     try:
         trainer = Trainer(config, load_prepared(config.data), dist, resume=args.resume)
