@@ -130,3 +130,12 @@ def test_torchrun_with_two_processes_shards_the_data(prepared, tmp_path):
         assert not set(step0["singles"]) & set(step1["singles"])
         assert not {g[0] for g in step0["groups"]} & {g[0] for g in step1["groups"]}  # anchors
     assert (out / "checkpoints/step-0000003/ema.safetensors").is_file()
+
+
+def test_gradient_accumulation_matches_one_big_batch(prepared, tmp_path):
+    assert train(prepared, tmp_path / "one", steps=3) == 0
+    assert train(prepared, tmp_path / "two", "grad_accumulation=2", steps=3) == 0
+    one = load_file(str(tmp_path / "one/checkpoints/step-0000003/model.safetensors"))
+    two = load_file(str(tmp_path / "two/checkpoints/step-0000003/model.safetensors"))
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-4, msg=key)

@@ -14,6 +14,8 @@ import shutil
 import signal
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +60,29 @@ def build_model(config: TrainConfig, data: PreparedData) -> GroupDiT:
     return GroupDiT(model_cfg)
 
 
+@dataclass
+class LossInputs:
+    """Inputs of one flow-matching forward, group-major at ``group_size`` (on the CPU until used)."""
+
+    index: torch.Tensor  # (B,) dataset indices
+    t: torch.Tensor  # (B,)
+    labels: torch.Tensor  # (B,), null class for unconditional samples
+    noise: torch.Tensor  # (B, C, H, W)
+    sample_ids: torch.Tensor  # (B,)
+    group_size: int
+
+    def split(self, chunks: int) -> list[LossInputs]:
+        """At most ``chunks`` parts, cut between groups."""
+        groups = torch.arange(len(self.index) // self.group_size).tensor_split(chunks)
+        parts = []
+        for part in groups:
+            if len(part):
+                rows = slice(int(part[0]) * self.group_size, (int(part[-1]) + 1) * self.group_size)
+                parts.append(LossInputs(self.index[rows], self.t[rows], self.labels[rows], self.noise[rows],
+                                        self.sample_ids[rows], self.group_size))
+        return parts
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, data: PreparedData, dist: Distributed, resume: str | None = None):
         self.config = config
@@ -80,7 +105,6 @@ class Trainer:
             config.plan, neighbours, len(data.samples), config.batch_size, dist.world_size, config.seed
         )
         self.samples = data.samples.to(self.device)
-        self.labels = data.labels.to(self.device)
         self.autocast_dtype = self._autocast_dtype()
         self.step = 0
         self.stop_requested = False
@@ -124,54 +148,55 @@ class Trainer:
         return self.out / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
 
     # -- one step -------------------------------------------------------------------------------------------
-    def _micro_batches(self, batch: StepBatch) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(singles, groups, null flags) of each gradient-accumulation micro-batch."""
-        k = self.config.grad_accumulation
-        parts = (batch.singles.tensor_split(k), batch.groups.tensor_split(k), batch.null_groups.tensor_split(k))
-        return list(zip(*parts, strict=True))
+    def _draw_inputs(self, batch: StepBatch, generator: torch.Generator) -> list[LossInputs]:
+        """All random inputs of this rank's step, drawn in one fixed order (singles, then groups), so
+        that splitting the step into accumulation micro-batches does not change what is drawn."""
+        n, sample_shape = self.config.plan.group_size, self.samples.shape[1:]
+        inputs = []
+        if len(batch.singles):
+            idx = batch.singles
+            inputs.append(LossInputs(
+                idx, torch.rand(len(idx), generator=generator), self.data.labels[idx],
+                torch.randn(len(idx), *sample_shape, generator=generator), torch.zeros(len(idx), dtype=torch.long), 1,
+            ))
+        if len(batch.groups):
+            idx = batch.groups.reshape(-1)  # (G·N,) group-major
+            labels = torch.where(batch.null_groups.repeat_interleave(n), self.model.null_class, self.data.labels[idx])
+            t = group_timesteps(len(batch.groups), n, self.config.plan.noise_variation, generator)
+            noise = torch.randn(len(idx), *sample_shape, generator=generator)
+            ids = random_sample_ids(len(idx), n, self.model.config.max_group_size, generator)
+            inputs.append(LossInputs(idx, t, labels, noise, ids, n))
+        return inputs
 
-    def _losses(self, micro_batches, generator: torch.Generator):
-        """Yield the summed per-sample loss of each forward of this rank's step, singles first."""
-        config, network = self.config, self.ddp or self.model
-        n = config.plan.group_size
+    def _loss(self, inputs: LossInputs) -> torch.Tensor:
+        """Summed per-sample flow-matching loss of one forward."""
+        network = self.ddp or self.model
+        x0 = self.samples[inputs.index.to(self.device)]
+        to = {"device": self.device}
         autocast = (
             torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         )
-        for singles, groups, null in micro_batches:
-            if len(singles):
-                idx = singles.to(self.device)
-                t = torch.rand(len(idx), generator=generator).to(self.device)
-                noise = torch.randn(self.samples[idx].shape, generator=generator).to(self.device)
-                ids = torch.zeros(len(idx), dtype=torch.long, device=self.device)
-                with autocast:
-                    loss = flow_matching_loss(network, self.samples[idx], t, self.labels[idx], noise, 1, ids)
-                yield loss.sum()
-            if len(groups):
-                idx = groups.reshape(-1).to(self.device)  # (G·N,) group-major
-                labels = torch.where(null.repeat_interleave(n).to(self.device), self.model.null_class, self.labels[idx])
-                t = group_timesteps(len(groups), n, config.plan.noise_variation, generator).to(self.device)
-                noise = torch.randn(self.samples[idx].shape, generator=generator).to(self.device)
-                ids = random_sample_ids(len(idx), n, self.model.config.max_group_size, generator).to(self.device)
-                with autocast:
-                    loss = flow_matching_loss(network, self.samples[idx], t, labels, noise, n, ids)
-                yield loss.sum()
+        with autocast:
+            loss = flow_matching_loss(network, x0, inputs.t.to(**to), inputs.labels.to(**to), inputs.noise.to(**to),
+                                      inputs.group_size, inputs.sample_ids.to(**to))
+        return loss.sum()
 
     def train_step(self) -> float:
         """One optimizer step; returns this rank's mean loss."""
         batch = self.plan.batch(self.step, self.dist.rank)
         if self.config.record_indices:
             self._record(batch)
-        generator = step_generator(self.config.seed, self.step, self.dist.rank)
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config.optim, self.step)
-        micro_batches = self._micro_batches(batch)
-        forwards = sum(bool(len(singles)) + bool(len(groups)) for singles, groups, _ in micro_batches)
+        drawn = self._draw_inputs(batch, step_generator(self.config.seed, self.step, self.dist.rank))
+        chunks = [part.split(self.config.grad_accumulation) for part in drawn]
+        forwards = [chunk for micro in zip_longest(*chunks) for chunk in micro if chunk is not None]
         total, loss_sum = batch.num_images, 0.0
-        for i, loss in enumerate(self._losses(micro_batches, generator)):
-            last = i == forwards - 1  # DDP averages gradients once, after the last backward
-            sync = nullcontext() if (last or self.ddp is None) else self.ddp.no_sync()
-            with sync:
+        for i, inputs in enumerate(forwards):
+            last = i == len(forwards) - 1  # DDP averages gradients once, after the last backward
+            with nullcontext() if (last or self.ddp is None) else self.ddp.no_sync():
+                loss = self._loss(inputs)
                 (loss / total).backward()
             loss_sum += loss.item()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
@@ -281,7 +306,7 @@ class Trainer:
         x0 = self.samples[probe]
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         t = torch.full((len(probe),), 0.5, device=self.device)
-        labels = torch.full_like(self.labels[probe], self.model.null_class)
+        labels = torch.full((len(probe),), self.model.null_class, device=self.device)
         x_t = 0.5 * x0 + 0.5 * noise
         _, attention = self.ema.model.forward_with_attention(x_t, t, labels, n)
         return float(attention.score.mean())
