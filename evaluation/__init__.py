@@ -1,5 +1,19 @@
-"""Evaluation: sample grids now; FID, precision/recall, class accuracy and group diversity to come."""
+"""Evaluation: sample grids, sample files (ADM .npz, PNG folders), FID and precision/recall on the TF
+Inception, the project's classifier (accuracy, fd_classifier), group diversity and S_cross."""
 
+from .evaluate import METRICS, EvalSettings, evaluate
 from .grid import group_grid, save_group_grid
+from .images import SampleSet, load_npz, load_png_folder, load_samples, save_npz
 
-__all__ = ["group_grid", "save_group_grid"]
+__all__ = [
+    "METRICS",
+    "EvalSettings",
+    "SampleSet",
+    "evaluate",
+    "group_grid",
+    "load_npz",
+    "load_png_folder",
+    "load_samples",
+    "save_group_grid",
+    "save_npz",
+]

@@ -1,0 +1,70 @@
+"""Draw an evaluation set from a checkpoint: class-balanced groups, fixed seeds, uint8 images.
+
+Group ``g`` is conditioned on class ``g mod num_classes``, so any sample count that is a multiple
+of ``group_size × num_classes`` is exactly class-balanced. Groups are generated in chunks of
+``batch_groups``; chunk ``c`` uses seed ``seed + c``, so a set is reproducible from (seed,
+batch_groups) and the seeds are recorded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from groupdiff.model import GroupDiT, Guidance, load_model
+from groupdiff.model.checkpoint import read_checkpoint_info
+from groupdiff.model.generate import generate
+from groupdiff.training.autoencoder import sample_decoder
+
+from .grid import to_uint8
+
+
+@dataclass
+class Generator:
+    model: GroupDiT
+    decode: object  # model-space samples -> images in [-1, 1]
+    space: str  # "pixel" or "latent"
+    checkpoint: str
+
+
+def load_generator(checkpoint: str | os.PathLike, weights: str = "ema", autoencoder: str | None = None) -> Generator:
+    """The model plus the decoder its training data needs (recorded in the checkpoint's metadata)."""
+    model = load_model(checkpoint, weights=weights)
+    data = read_checkpoint_info(checkpoint)["metadata"].get("data", {})
+    space = data.get("space", "pixel")
+    autoencoder = autoencoder or (Path(data["root"]) / "autoencoder" if "root" in data else None)
+    decode = sample_decoder(space, float(data.get("scale_factor", 1.0)), autoencoder)
+    return Generator(model, decode, space, str(checkpoint))
+
+
+@dataclass
+class GeneratedSet:
+    samples: torch.Tensor  # (N, C, H, W) in model space, for S_cross
+    images: np.ndarray  # (N, H, W, C) uint8
+    labels: np.ndarray  # (N,) int64, the conditioning class of each image
+    seeds: list[int]  # one per chunk of groups
+
+
+def generate_set(generator: Generator, num_samples: int, group_size: int, steps: int, method: str,
+                 guidance: Guidance, seed: int = 0, batch_groups: int = 16, progress: bool = True) -> GeneratedSet:
+    if group_size < 1 or num_samples < 1 or num_samples % group_size:
+        raise ValueError(f"the sample count ({num_samples}) must be a positive multiple of the group size "
+                         f"({group_size})")
+    if batch_groups < 1:
+        raise ValueError(f"batch_groups must be at least 1, got {batch_groups}")
+    num_classes = generator.model.config.num_classes
+    classes = torch.arange(num_samples // group_size) % num_classes  # (G,)
+    samples, images, seeds = [], [], []
+    chunks = list(classes.split(batch_groups))
+    for index, chunk in enumerate(tqdm(chunks, desc="generate", unit="chunk", disable=not progress)):
+        seeds.append(seed + index)
+        x = generate(generator.model, chunk, group_size, steps, method, guidance, seed + index)  # (g·N, C, H, W)
+        samples.append(x.cpu())
+        images.append(to_uint8(generator.decode(x)))
+    labels = classes.repeat_interleave(group_size).numpy().astype(np.int64)
+    return GeneratedSet(torch.cat(samples), np.concatenate(images), labels, seeds)

@@ -1,0 +1,129 @@
+"""``groupdiff eval``: score a checkpoint (sampling an evaluation set) or existing samples (.npz / PNGs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    from groupdiff.evaluation.evaluate import METRICS
+    from groupdiff.model import GUIDANCE_MODES, SAMPLERS
+    from groupdiff.training.data import FASHION_MNIST_DIR
+
+    p = subparsers.add_parser("eval", help="FID, precision/recall, class accuracy, fd_classifier, group diversity, "
+                                           "S_cross of a checkpoint or a sample file")
+    p.add_argument("--checkpoint", help="checkpoint folder: sample an evaluation set from it (and score s_cross)")
+    p.add_argument("--samples", help="score this .npz (ADM layout: arr_0 uint8 NHWC, arr_1 labels) or PNG folder "
+                                     "instead of sampling; --checkpoint is then used only for s_cross")
+    p.add_argument("--weights", choices=["model", "ema"], default="ema")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="METRIC",
+                   help=f"any of {' '.join(METRICS)} (default: all; s_cross only with --checkpoint)")
+    p.add_argument("--num-samples", type=int, default=500, help="images to generate (a multiple of --group-size)")
+    p.add_argument("--group-size", type=int, default=4, help="members per group (samples are group-major)")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--sampler", choices=SAMPLERS, default="heun")
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="v = v_c + s (v_c - v_u); 0 = off")
+    p.add_argument("--guidance-mode", choices=GUIDANCE_MODES, default="groupdiff-l")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"))
+    p.add_argument("--batch-groups", type=int, default=16, help="groups generated per call (chunk c uses seed + c)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", default=FASHION_MNIST_DIR,
+                   help="idx data folder: its --reference-split is the FID reference, its train split trains "
+                        "the classifier")
+    p.add_argument("--reference-split", default="test")
+    p.add_argument("--reference-count", type=int, default=2000, help="first N reference images")
+    p.add_argument("--classifier", help="a saved classifier folder (default: the cached one, trained on a miss)")
+    p.add_argument("--classifier-steps", type=int, default=1500)
+    p.add_argument("--cache", help="cache folder (default $GROUPDIFF_CACHE or ~/.cache/groupdiff)")
+    p.add_argument("--inception-batch", type=int, default=16)
+    p.add_argument("--s-cross-times", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    p.add_argument("--s-cross-samples", type=int, default=64, help="first N samples scored for s_cross")
+    p.add_argument("--s-cross-labels", choices=["null", "class"], default="null",
+                   help="labels for the attention pass: null (GroupDiff-l groups train unconditionally) or class")
+    p.add_argument("--save-npz", help="write the generated set here (ADM .npz)")
+    p.add_argument("--save-grid", help="write the first --grid-groups groups here as a PNG grid")
+    p.add_argument("--grid-groups", type=int, default=20)
+    p.add_argument("--out", default="outputs/eval.json", help="JSON report")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from groupdiff.bench.report import format_table, machine
+    from groupdiff.evaluation import EvalSettings, evaluate, load_samples, save_group_grid, save_npz
+    from groupdiff.evaluation.evaluate import METRICS
+    from groupdiff.evaluation.generation import generate_set, load_generator
+    from groupdiff.model import Guidance
+
+    if not args.checkpoint and not args.samples:
+        raise ValueError("give --checkpoint (to sample an evaluation set) or --samples (.npz or PNG folder)")
+    metrics = args.metrics or [m for m in METRICS if m != "s_cross" or args.checkpoint]
+    settings = EvalSettings(
+        metrics=metrics, group_size=args.group_size, reference=args.reference, reference_split=args.reference_split,
+        reference_count=args.reference_count, cache=args.cache, classifier=args.classifier,
+        classifier_steps=args.classifier_steps, batch_size=args.inception_batch, s_cross_times=args.s_cross_times,
+        s_cross_samples=args.s_cross_samples, s_cross_labels=args.s_cross_labels, seed=args.seed)
+    generator = load_generator(args.checkpoint, args.weights) if args.checkpoint else None
+    report: dict = {"command": getattr(args, "invocation", "groupdiff eval"),
+                    "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
+
+    model_samples = None
+    if args.samples:
+        sample_set = load_samples(args.samples)
+        report["samples"] = {"source": sample_set.source}
+    else:
+        from groupdiff.evaluation.images import SampleSet
+
+        guidance = Guidance(args.guidance_scale, args.guidance_mode, tuple(args.guidance_interval))
+        generated = generate_set(generator, args.num_samples, args.group_size, args.steps, args.sampler, guidance,
+                                 args.seed, args.batch_groups)
+        sample_set = SampleSet(generated.images, generated.labels, f"checkpoint:{args.checkpoint}")
+        model_samples = generated.samples
+        report["samples"] = {"source": sample_set.source, "weights": args.weights, "group_size": args.group_size,
+                             "steps": args.steps, "sampler": args.sampler, "guidance": {
+                                 "scale": args.guidance_scale, "mode": args.guidance_mode,
+                                 "interval": list(args.guidance_interval)},
+                             "seed": args.seed, "batch_groups": args.batch_groups, "chunk_seeds": generated.seeds}
+        if args.save_npz:
+            report["samples"]["npz"] = str(save_npz(args.save_npz, sample_set.images, sample_set.labels))
+        if args.save_grid:
+            rows = min(args.grid_groups, len(sample_set) // args.group_size) * args.group_size
+            grid = torch.from_numpy(sample_set.images[:rows]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            report["samples"]["grid"] = str(save_group_grid(args.save_grid, grid, args.group_size, upscale=2))
+
+    result = evaluate(sample_set, settings, generator.model if generator else None, model_samples)
+    report.update(result)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_plain(report), indent=2, allow_nan=False) + "\n")
+
+    counts = result["counts"]
+    rows = [{"metric": name, "value": value, "n": counts["s_cross" if name == "s_cross" else "samples"],
+             "reference_n": counts.get("reference", "-") if name in ("fid", "precision", "recall", "fd_classifier")
+             else "-"} for name, value in result["metrics"].items()]
+    print(format_table(rows, ["metric", "value", "n", "reference_n"]))
+    for note in result["notes"]:
+        print(f"note: {note}")
+    classifier = result["info"].get("classifier")
+    if classifier:
+        print(f"classifier: {classifier['path']} (test accuracy {classifier.get('test_accuracy')})")
+    print(f"wrote {out}")
+
+
+def _plain(value):
+    """JSON-ready copy: numpy scalars to Python, NaN (an undefined metric) to null."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if isinstance(value, float) and math.isnan(value) else value
