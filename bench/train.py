@@ -9,6 +9,8 @@ from __future__ import annotations
 import tempfile
 import time
 
+import torch
+
 from groupdiff.config import find_config, load_config
 from groupdiff.training import distributed
 from groupdiff.training.config import TrainConfig
@@ -25,14 +27,23 @@ VARIANTS = {
 }
 
 
-def run(recipe: str, data: str | None, steps: int, warmup: int, out: str, command: str) -> list[dict]:
+def run(
+    recipe: str,
+    data: str | None,
+    steps: int,
+    warmup: int,
+    out: str,
+    command: str,
+    device: str = "cpu",
+    overrides: list[str] | None = None,
+) -> list[dict]:
     rows = []
     prepared = None
-    dist = distributed.setup("cpu")
-    for name, overrides in VARIANTS.items():
+    dist = distributed.setup(device)
+    for name, variant in VARIANTS.items():
         with tempfile.TemporaryDirectory() as scratch:
-            extra = [f"out={scratch}", "precision=fp32"] + ([f"data={data}"] if data else [])
-            config = load_config(TrainConfig, find_config(recipe, "train"), extra + overrides)
+            extra = [f"out={scratch}", f"device={device}"] + ([f"data={data}"] if data else [])
+            config = load_config(TrainConfig, find_config(recipe, "train"), extra + (overrides or []) + variant)
             prepared = prepared if prepared is not None and str(prepared.root) == config.data else load_prepared(
                 config.data)
             trainer = Trainer(config, prepared, dist)
@@ -41,11 +52,14 @@ def run(recipe: str, data: str | None, steps: int, warmup: int, out: str, comman
             start = time.perf_counter()
             for _ in range(steps):
                 trainer.train_step()
+            if dist.device.type == "cuda":
+                torch.cuda.synchronize()
             seconds = time.perf_counter() - start
         rows.append({"variant": name, "batch": config.batch_size, "steps": steps,
                      "s_per_step": seconds / steps, "images_per_s": steps * config.batch_size / seconds})
     print(format_table(rows, ["variant", "batch", "steps", "s_per_step", "images_per_s"]))
-    path = write_report(out, "train", command, rows, {"recipe": recipe, "data": data, "warmup": warmup,
-                                                      "variants": VARIANTS})
+    settings = {"recipe": recipe, "data": data, "warmup": warmup, "device": device, "overrides": overrides,
+                "variants": VARIANTS}
+    path = write_report(out, "train", command, rows, settings)
     print(f"wrote {path}")
     return rows

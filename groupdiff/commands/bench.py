@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     train.add_argument("--data", help="prepared data folder (default: the recipe's)")
     train.add_argument("--steps", type=int, default=30, help="timed steps per variant")
     train.add_argument("--warmup", type=int, default=3)
+    train.add_argument("--device", default="cpu", help="cpu or cuda (precision as in the recipe)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe field for every variant (repeatable)")
     train.add_argument("--out", default="docs/results/bench_train.json")
     train.set_defaults(run=run_bench_train)
 
@@ -36,4 +39,4 @@ def run_bench_model(args: argparse.Namespace) -> None:
 def run_bench_train(args: argparse.Namespace) -> None:
     from groupdiff.bench.train import run
 
-    run(args.recipe, args.data, args.steps, args.warmup, args.out, args.invocation)
+    run(args.recipe, args.data, args.steps, args.warmup, args.out, args.invocation, args.device, args.overrides)
