@@ -7,10 +7,11 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .sample import add_sampling_arguments, guidance_from_args
+
 
 def register(subparsers) -> None:
     from groupdiff.evaluation.evaluate import METRICS
-    from groupdiff.model import GUIDANCE_MODES, SAMPLERS
     from groupdiff.training.data import FASHION_MNIST_DIR
 
     p = subparsers.add_parser("eval", help="FID, precision/recall, class accuracy, fd_classifier, group diversity, "
@@ -23,11 +24,7 @@ def register(subparsers) -> None:
                    help=f"any of {' '.join(METRICS)} (default: all; s_cross only with --checkpoint)")
     p.add_argument("--num-samples", type=int, default=500, help="images to generate (a multiple of --group-size)")
     p.add_argument("--group-size", type=int, default=4, help="members per group (samples are group-major)")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--sampler", choices=SAMPLERS, default="heun")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="v = v_c + s (v_c - v_u); 0 = off")
-    p.add_argument("--guidance-mode", choices=GUIDANCE_MODES, default="groupdiff-l")
-    p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"))
+    add_sampling_arguments(p, steps=25, guidance_scale=1.0)
     p.add_argument("--batch-groups", type=int, default=16, help="groups generated per call (chunk c uses seed + c)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reference", default=FASHION_MNIST_DIR,
@@ -57,7 +54,6 @@ def run(args: argparse.Namespace) -> None:
     from groupdiff.evaluation import EvalSettings, evaluate, load_samples, save_group_grid, save_npz
     from groupdiff.evaluation.evaluate import METRICS
     from groupdiff.evaluation.generation import generate_set, load_generator
-    from groupdiff.model import Guidance
 
     if not args.checkpoint and not args.samples:
         raise ValueError("give --checkpoint (to sample an evaluation set) or --samples (.npz or PNG folder)")
@@ -78,7 +74,7 @@ def run(args: argparse.Namespace) -> None:
     else:
         from groupdiff.evaluation.images import SampleSet
 
-        guidance = Guidance(args.guidance_scale, args.guidance_mode, tuple(args.guidance_interval))
+        guidance = guidance_from_args(args)
         generated = generate_set(generator, args.num_samples, args.group_size, args.steps, args.sampler, guidance,
                                  args.seed, args.batch_groups)
         sample_set = SampleSet(generated.images, generated.labels, f"checkpoint:{args.checkpoint}")

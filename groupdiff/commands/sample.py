@@ -6,9 +6,26 @@ import argparse
 from pathlib import Path
 
 
-def register(subparsers) -> None:
+def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, guidance_scale: float) -> None:
+    """The sampler and guidance flags shared by every command that generates (sample, eval)."""
     from groupdiff.model import GUIDANCE_MODES, SAMPLERS
 
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--sampler", choices=SAMPLERS, default="heun")
+    parser.add_argument("--guidance-scale", type=float, default=guidance_scale,
+                        help="v = v_c + s (v_c - v_u); 0 = off (DiT's cfg_scale is 1 + s)")
+    parser.add_argument("--guidance-mode", choices=GUIDANCE_MODES, default="groupdiff-l")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
+                        help="t range (1 = noise) in which guidance applies")
+
+
+def guidance_from_args(args: argparse.Namespace):
+    from groupdiff.model import Guidance
+
+    return Guidance(args.guidance_scale, args.guidance_mode, tuple(args.guidance_interval))
+
+
+def register(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample groups of images and write a PNG grid")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="GroupDiff checkpoint folder (config.json + safetensors)")
@@ -21,11 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--autoencoder", help="autoencoder folder for latent-space checkpoints "
                                          "(default: the one recorded in the checkpoint)")
     p.add_argument("--group-size", type=int, default=4, help="images generated jointly per group")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sampler", choices=SAMPLERS, default="heun")
-    p.add_argument("--guidance-scale", type=float, default=0.0, help="v = v_c + s (v_c - v_u); 0 = off")
-    p.add_argument("--guidance-mode", choices=GUIDANCE_MODES, default="groupdiff-l")
-    p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"))
+    add_sampling_arguments(p, steps=50, guidance_scale=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/sample.png")
     p.set_defaults(run=run)
@@ -35,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from groupdiff.evaluation import save_group_grid
-    from groupdiff.model import GroupDiT, Guidance, load_model, model_config
+    from groupdiff.model import GroupDiT, load_model, model_config
     from groupdiff.model.checkpoint import read_checkpoint_info
     from groupdiff.model.generate import generate
     from groupdiff.training.autoencoder import sample_decoder
@@ -57,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
     space = data.get("space", "pixel")
     autoencoder = args.autoencoder or (Path(data["root"]) / "autoencoder" if "root" in data else None)
     decode = sample_decoder(space, float(data.get("scale_factor", 1.0)), autoencoder)
-    guidance = Guidance(args.guidance_scale, args.guidance_mode, tuple(args.guidance_interval))
+    guidance = guidance_from_args(args)
     labels = torch.tensor(args.classes).repeat(groups)[:groups]
     samples = generate(model, labels, args.group_size, args.steps, args.sampler, guidance, args.seed, progress=True)
     path = save_group_grid(args.out, decode(samples), args.group_size, upscale=4)
