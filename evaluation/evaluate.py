@@ -49,6 +49,7 @@ class EvalSettings:
     s_cross_labels: str = "null"  # "null" (what GroupDiff-l groups train with) or "class"
     seed: int = 0
     progress: bool = True
+    device: str = "cpu"  # where the Inception network runs (the classifier is cheap on the CPU)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -98,7 +99,7 @@ def evaluate(samples: SampleSet, settings: EvalSettings, model: GroupDiT | None 
 
     if wanted & {"fid", "pr"}:
         start = time.perf_counter()
-        inception = InceptionFeatures()
+        inception = InceptionFeatures(device=settings.device)
         key = {**reference.key, "network": "inception-v3-tf-pool3", "network_sha256": inception.sha256}
         ref = cached_features(cache, "fid-reference", key, lambda: inception(
             reference.images, settings.batch_size, settings.progress, desc="inception (reference)"))

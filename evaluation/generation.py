@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from groupdiff.model import GroupDiT, Guidance, load_model
+from groupdiff.model import GroupAttentionSchedule, GroupDiT, Guidance, load_model
 from groupdiff.model.checkpoint import read_checkpoint_info
 from groupdiff.model.generate import generate
 from groupdiff.training.autoencoder import sample_decoder
@@ -51,7 +51,10 @@ class GeneratedSet:
 
 
 def generate_set(generator: Generator, num_samples: int, group_size: int, steps: int, method: str,
-                 guidance: Guidance, seed: int = 0, batch_groups: int = 16, progress: bool = True) -> GeneratedSet:
+                 guidance: Guidance, seed: int = 0, batch_groups: int = 16, progress: bool = True,
+                 schedule: GroupAttentionSchedule | None = None) -> GeneratedSet:
+    """``schedule`` limits group attention to time windows or layers at sampling time (paper Tables 2, 3);
+    ``None`` keeps the model's own."""
     if group_size < 1 or num_samples < 1 or num_samples % group_size:
         raise ValueError(f"the sample count ({num_samples}) must be a positive multiple of the group size "
                          f"({group_size})")
@@ -63,7 +66,8 @@ def generate_set(generator: Generator, num_samples: int, group_size: int, steps:
     chunks = list(classes.split(batch_groups))
     for index, chunk in enumerate(tqdm(chunks, desc="generate", unit="chunk", disable=not progress)):
         seeds.append(seed + index)
-        x = generate(generator.model, chunk, group_size, steps, method, guidance, seed + index)  # (g·N, C, H, W)
+        x = generate(generator.model, chunk, group_size, steps, method, guidance, seed + index,
+                     schedule=schedule)  # (g·N, C, H, W)
         samples.append(x.cpu())
         images.append(to_uint8(generator.decode(x)))
     labels = classes.repeat_interleave(group_size).numpy().astype(np.int64)

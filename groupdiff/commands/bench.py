@@ -6,6 +6,8 @@ import argparse
 
 
 def register(subparsers) -> None:
+    from groupdiff.training.data import FASHION_MNIST_DIR
+
     p = subparsers.add_parser("bench", help="benchmarks: print a table and write JSON")
     benches = p.add_subparsers(dest="bench", required=True)
     model = benches.add_parser("model", help="forward time per image against group size, with analytic FLOPs")
@@ -29,6 +31,35 @@ def register(subparsers) -> None:
     train.add_argument("--out", default="docs/results/bench_train.json")
     train.set_defaults(run=run_bench_train)
 
+    quality = benches.add_parser("quality", help="Table 1-3 / Fig. 5 analogue: train each row at equal compute, "
+                                                 "score FID, precision/recall, accuracy, diversity, S_cross")
+    quality.add_argument("--preset", choices=["full", "quick", "gpu"], default="full",
+                         help="budget: full (hours on the CPU), quick (~20 min on 2 CPU cores, checks the machinery, "
+                              "not the claims), gpu (one H100, < 10 min); the flags below override single fields")
+    quality.add_argument("--quick", action="store_const", const="quick", dest="preset", help="same as --preset quick")
+    quality.add_argument("--rows", nargs="+", help="rows to run (default: all), e.g. baseline l-uc4")
+    quality.add_argument("--seeds", nargs="+", type=int, help="training seeds per row (mean and spread reported)")
+    quality.add_argument("--steps", type=int, help="training steps of every row")
+    quality.add_argument("--batch-size", type=int, help="training batch of every row")
+    quality.add_argument("--num-samples", type=int, help="samples per guidance scale for the fast metrics")
+    quality.add_argument("--fid-samples", type=int, help="samples for FID/precision/recall at scale 0 and the best "
+                                                         "scale (0 = no FID)")
+    quality.add_argument("--ablation-samples", type=int, help="samples per Table 2/3 ablation (0 = skip them)")
+    quality.add_argument("--scales", nargs="+", type=float, help="guidance-scale sweep (s = 0 is unguided)")
+    quality.add_argument("--sample-steps", type=int, help="sampler steps")
+    quality.add_argument("--recipe", default="fmnist-tiny", help="base training recipe the rows override")
+    quality.add_argument("--data", help="prepared data folder (default: the recipe's)")
+    quality.add_argument("--device", default="cpu", help="cpu or cuda")
+    quality.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a recipe field for every row, e.g. precision=bf16 (repeatable)")
+    quality.add_argument("--reference", default=FASHION_MNIST_DIR,
+                         help="idx folder: its test split is the FID reference, its train split trains the classifier")
+    quality.add_argument("--reference-count", type=int, default=2000, help="first N test images as FID reference")
+    quality.add_argument("--classifier", help="a saved classifier folder (default: the cached one)")
+    quality.add_argument("--cache", help="cache folder (default $GROUPDIFF_CACHE or ~/.cache/groupdiff)")
+    quality.add_argument("--out", default="outputs/quality", help="folder for row runs, results.json, table, plot")
+    quality.set_defaults(run=run_bench_quality)
+
 
 def run_bench_model(args: argparse.Namespace) -> None:
     from groupdiff.bench.model import run
@@ -40,3 +71,24 @@ def run_bench_train(args: argparse.Namespace) -> None:
     from groupdiff.bench.train import run
 
     run(args.recipe, args.data, args.steps, args.warmup, args.out, args.invocation, args.device, args.overrides)
+
+
+def run_bench_quality(args: argparse.Namespace) -> None:
+    from groupdiff.bench.quality import run
+
+    run(quality_budget(args), args.recipe, args.data, args.out, args.invocation, args.device, args.reference,
+        args.reference_count, args.cache, args.classifier)
+
+
+def quality_budget(args: argparse.Namespace):
+    """The preset named by --preset / --quick with the single-field flags applied."""
+    from dataclasses import replace
+
+    from groupdiff.bench.quality_rows import PRESETS
+
+    flags = {"rows": args.rows, "seeds": args.seeds, "steps": args.steps, "batch_size": args.batch_size,
+             "num_samples": args.num_samples, "fid_samples": args.fid_samples, "scales": args.scales,
+             "ablation_samples": args.ablation_samples, "sample_steps": args.sample_steps}
+    chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in flags.items() if v is not None}
+    preset = PRESETS[args.preset]
+    return replace(preset, **chosen, extra=preset.extra + tuple(args.overrides))

@@ -1,0 +1,154 @@
+"""`groupdiff bench quality` end to end at micro scale (real trainer, real metrics, no FID), its resume,
+its errors, the sampling-time schedule it passes to generation, and the table's statistics."""
+
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from groupdiff.bench.quality_report import pearson, spread
+from groupdiff.bench.quality_rows import PRESETS, ROWS, check_rows, layer_ranges
+from groupdiff.cli import build_parser, main
+from groupdiff.commands.bench import quality_budget
+from groupdiff.evaluation.classifier import ClassifierConfig, save_classifier, train_classifier
+from groupdiff.evaluation.generation import Generator, generate_set
+from groupdiff.model import GroupAttentionSchedule, GroupDiT, Guidance, model_config
+from groupdiff.training.data import FASHION_MNIST_DIR, load_fashion_mnist
+
+from .conftest import randomize
+
+pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="Debian dataset-fashion-mnist missing")
+
+MICRO = ["--steps", "3", "--batch-size", "32", "--num-samples", "80", "--fid-samples", "0", "--scales", "0", "1",
+         "--sample-steps", "2", "--ablation-samples", "80", "--reference-count", "40",
+         "--set", "model_overrides={depth: 2, hidden_size: 64, num_heads: 4}", "--set", "precision=fp32",
+         "--set", "sample.rows=2", "--set", "sample.steps=2", "--set", "log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quality")
+    assert main(["prepare", "--data", FASHION_MNIST_DIR, "--limit", "256", "--space", "pixel", "--encoders",
+                 "efficientnet", "class", "random", "--out", str(root / "data")]) == 0
+    data = load_fashion_mnist(split="train", limit=300)
+    images = data.images.permute(0, 2, 3, 1).contiguous().numpy()
+    classifier = train_classifier(images, data.labels.numpy(), ClassifierConfig(), steps=5, batch_size=32)
+    save_classifier(root / "classifier", classifier, {"dataset": "fmnist-300", "test_accuracy": None})
+    return root
+
+
+def bench(root, out, *extra):
+    return main(["bench", "quality", "--data", str(root / "data"), "--classifier", str(root / "classifier"),
+                 "--cache", str(root / "cache"), "--out", str(out), *MICRO, *extra])
+
+
+def test_micro_run_writes_results_table_and_plot_and_a_rerun_skips_finished_rows(setup, capsys):
+    out = setup / "bench"
+    assert bench(setup, out, "--rows", "baseline", "l-uc4") == 0
+    report = json.loads((out / "results.json").read_text())
+    assert [(r["row"], r["seed"]) for r in report["runs"]] == [("baseline", 0), ("l-uc4", 0)]
+    assert report["command"].startswith("groupdiff bench quality") and report["settings"]["steps"] == 3
+    baseline, grouped = report["runs"]
+    assert set(baseline["sweep"]) == {"0.0", "1.0"} and baseline["best_scale"] == 1.0
+    assert "s_cross" not in baseline["no_cfg"] and "fid" not in baseline["no_cfg"]  # groups of one; no FID asked
+    assert 0 <= grouped["no_cfg"]["s_cross"] <= 1 and grouped["no_cfg"]["diversity_ratio"] > 0
+    assert grouped["cfg"]["fd_classifier"] == grouped["sweep"]["1.0"]["fd_classifier"]
+    assert (out / "l-uc4/seed-0/checkpoints/step-0000003").is_dir()
+    ablation = report["ablations"]  # Tables 2 and 3 on l-uc4 at its chosen scale
+    assert ablation["row"] == "l-uc4" and ablation["scale"] == grouped["best_scale"]
+    assert list(ablation["windows"]) == ["everywhere (default)", "first 20%", "first 50%", "last 50%"]
+    assert list(ablation["layers"]) == ["no layers", "layers 0-0", "layers 1-1"]
+    everywhere = ablation["windows"]["everywhere (default)"]  # same samples as the sweep at that scale
+    assert everywhere["fd_classifier"] == pytest.approx(grouped["cfg"]["fd_classifier"])
+    table = (out / "table.md").read_text()
+    assert "| baseline | groupdiff-l | 1 |" in table
+    assert "| l-uc4 | groupdiff-l | 4 | 0.1 | efficientnet | 50 |" in table
+    assert "| first 20% |" in table and "| no layers |" in table
+    assert (out / "fid_vs_s_cross.png").stat().st_size > 1000
+    capsys.readouterr()
+
+    assert bench(setup, out, "--rows", "baseline", "l-uc4", "--seeds", "0", "1") == 0
+    printed = capsys.readouterr().out
+    assert printed.count("already in") == 2  # seed 0 of both rows skipped, seed 1 trained
+    report = json.loads((out / "results.json").read_text())
+    assert [(r["row"], r["seed"]) for r in report["runs"]][2:] == [("baseline", 1), ("l-uc4", 1)]
+    assert report["ablations"] == ablation  # done once, on the first seed
+    assert " ± " in (out / "table.md").read_text() and report["settings"]["seeds"] == [0, 1]
+
+
+def test_an_interrupted_row_resumes_its_training_and_scores_the_same(setup, capsys):
+    out = setup / "interrupted"
+    args = ["--rows", "l-uc4-query-class", "--ablation-samples", "0", "--set", "checkpoint_every=2"]
+    assert bench(setup, out, *args) == 0
+    first = json.loads((out / "results.json").read_text())["runs"][0]
+    checkpoints = out / "l-uc4-query-class/seed-0/checkpoints"
+    for path in (checkpoints / "step-0000003").iterdir():  # as if killed between steps 2 and 3
+        path.unlink()
+    (checkpoints / "step-0000003").rmdir()
+    (checkpoints / "latest").write_text("step-0000002")
+    (out / "results.json").unlink()
+    capsys.readouterr()
+    assert bench(setup, out, *args) == 0
+    printed = capsys.readouterr()
+    assert "resumed from" in printed.out + printed.err and "at step 2" in printed.out + printed.err
+    again = json.loads((out / "results.json").read_text())["runs"][0]
+    assert again["sweep"] == first["sweep"] and again["no_cfg"] == first["no_cfg"]  # exact resume, same samples
+
+
+def test_bad_rows_and_changed_settings_are_clear_errors(setup, tmp_path, capsys):
+    assert bench(setup, tmp_path / "bad", "--rows", "baseline", "l-uc16") == 2
+    err = capsys.readouterr().err
+    assert "unknown quality row(s) ['l-uc16']" in err and "l-uc4-query-class" in err  # lists the valid names
+    out = setup / "bench"  # written by the test above with --steps 3
+    if (out / "results.json").is_file():
+        assert bench(setup, out, "--rows", "baseline", "--steps", "4") == 2
+        assert "other settings (steps)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="rows repeat"):
+        check_rows(["baseline", "baseline"])
+
+
+def test_every_row_changes_only_the_plan_so_compute_is_equal():
+    assert check_rows(list(ROWS)) == list(ROWS)
+    ROWS["cheater"] = ["plan.group_size=4", "steps=10"]
+    try:
+        with pytest.raises(ValueError, match="rows may change only the plan"):
+            check_rows(["cheater"])
+    finally:
+        del ROWS["cheater"]
+
+
+def test_generate_set_applies_a_sampling_schedule():
+    config = model_config("DiT-T/4", input_size=8, in_channels=1, depth=2, num_classes=2, max_group_size=4)
+    generator = Generator(randomize(GroupDiT(config)).eval(), lambda x: x.clamp(-1, 1), "pixel", "memory")
+    common = dict(num_samples=8, group_size=4, steps=2, method="euler", progress=False,
+                  guidance=Guidance(scale=1.0, mode="groupdiff-l"))  # groups only in the unconditional branch
+    full = generate_set(generator, **common).samples
+    assert torch.equal(full, generate_set(generator, **common, schedule=GroupAttentionSchedule()).samples)
+    off = generate_set(generator, **common, schedule=GroupAttentionSchedule(layers=())).samples
+    # euler at t = 1, 0.5: the window turns group attention on only in the second step
+    late = generate_set(generator, **common, schedule=GroupAttentionSchedule(window=(0.0, 0.6))).samples
+    assert not torch.allclose(full, off) and not torch.allclose(full, late) and not torch.allclose(off, late)
+    assert layer_ranges(6) == {"no layers": (), "layers 0-2": (0, 1, 2), "layers 3-5": (3, 4, 5)}
+
+
+def test_spread_and_pearson():
+    assert spread([1.0, 3.0]) == (2.0, pytest.approx(np.sqrt(2)))
+    assert spread([2.0, None]) == (2.0, None) and spread([None]) == (None, None)
+    assert pearson([1, 2, 3], [2, 4, 6.5]) == pytest.approx(0.9988, abs=1e-3)
+    assert pearson([1, 2], [1, 2]) is None and pearson([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_the_gpu_script_asks_for_the_gpu_preset_on_cuda():
+    """bench/gpu/quality.sh is not run here; its command line must parse into the gpu preset, all rows."""
+    script = (Path(__file__).parents[1] / "bench/gpu/quality.sh").read_text()
+    line = script[script.index("groupdiff bench quality"):].split("2>&1")[0]
+    argv = shlex.split(line.replace("\\\n", " "))[1:]
+    args = build_parser().parse_args(argv)
+    assert args.device == "cuda" and quality_budget(args) == PRESETS["gpu"]
+    gpu = PRESETS["gpu"]
+    assert gpu.rows == tuple(ROWS) and gpu.fid_samples > 0 and 0.0 in gpu.scales
+    per_row_images = gpu.steps * gpu.batch_size
+    assert per_row_images * len(ROWS) / 2400 < 300  # training alone under 5 min at the H200's measured 2400 img/s
