@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from groupdiff.commands.eval import _plain as json_ready
 from groupdiff.config import find_config, load_config
 from groupdiff.evaluation.generation import load_generator
 from groupdiff.training import distributed
@@ -30,7 +29,7 @@ from groupdiff.training.trainer import Trainer
 from .quality_eval import Sampling, ablations, sweep_and_fid
 from .quality_report import markdown_table, plot
 from .quality_rows import ABLATION_ROW, ROWS, WINDOWS, Budget, check_rows, layer_ranges
-from .report import machine
+from .report import json_ready, machine
 
 EVAL_SEED = 0  # the same sampling noise for every row and training seed: rows are compared pairwise
 

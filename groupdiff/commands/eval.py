@@ -50,7 +50,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from groupdiff.bench.report import format_table, machine
+    from groupdiff.bench.report import format_table, json_ready, machine
     from groupdiff.evaluation import EvalSettings, evaluate, load_samples, save_group_grid, save_npz
     from groupdiff.evaluation.evaluate import METRICS
     from groupdiff.evaluation.generation import generate_set, load_generator
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
     report.update(result)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_plain(report), indent=2, allow_nan=False) + "\n")
+    out.write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
 
     counts = result["counts"]
     rows = [{"metric": name, "value": value, "n": counts["s_cross" if name == "s_cross" else "samples"],
@@ -109,17 +109,3 @@ def run(args: argparse.Namespace) -> None:
         print(f"classifier: {classifier['path']} (test accuracy {classifier.get('test_accuracy')})")
     print(f"wrote {out}")
 
-
-def _plain(value):
-    """JSON-ready copy: numpy scalars to Python, NaN (an undefined metric) to null."""
-    import math
-
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    return None if isinstance(value, float) and math.isnan(value) else value
