@@ -40,7 +40,7 @@ class PreparedData:
     space: str  # "pixel" or "latent"
     scale_factor: float  # 1.0 in pixel space
     info: dict  # the parsed prepare.json
-    _autoencoder: object = field(default=None, repr=False)
+    _decoder: object = field(default=None, repr=False)  # built on first use (loads the autoencoder)
 
     def encoders(self) -> list[str]:
         """Names with a neighbour index, in config order, e.g. ``["efficientnet", "class", "random"]``."""
@@ -60,13 +60,12 @@ class PreparedData:
 
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
         """Model-space samples (B, C, H, W) -> images (B, C', H', W') in [-1, 1]."""
-        if self.space == "pixel":
-            return samples.clamp(-1, 1)
-        from .autoencoder import decode_latents, load_pretrained
+        if self._decoder is None:
+            from .autoencoder import sample_decoder
 
-        if self._autoencoder is None:
-            self._autoencoder = load_pretrained(self.root / "autoencoder")
-        return decode_latents(self._autoencoder, samples.float() / self.scale_factor)
+            autoencoder = self.root / "autoencoder" if self.space == "latent" else None
+            self._decoder = sample_decoder(self.space, self.scale_factor, autoencoder)
+        return self._decoder(samples)
 
 
 def load_prepared(root: str | Path) -> PreparedData:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, guidance_scale: float) -> None:
@@ -48,18 +47,18 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from groupdiff.evaluation import save_group_grid
-    from groupdiff.model import GroupDiT, load_model, model_config
-    from groupdiff.model.checkpoint import read_checkpoint_info
+    from groupdiff.evaluation.generation import load_generator
+    from groupdiff.model import GroupDiT, model_config
     from groupdiff.model.generate import generate
     from groupdiff.training.autoencoder import sample_decoder
 
     if args.checkpoint:
-        model = load_model(args.checkpoint, weights=args.weights)
-        data = read_checkpoint_info(args.checkpoint)["metadata"].get("data", {})
+        loaded = load_generator(args.checkpoint, args.weights, args.autoencoder)
+        model, decode = loaded.model, loaded.decode
     else:
         name = args.untrained or "DiT-T/2"
         model = GroupDiT(model_config(name, input_size=28, in_channels=1, num_classes=10)).eval()
-        data = {}
+        decode = sample_decoder("pixel", 1.0, None)
         print(f"note: {name} with untrained weights; the grid shows what an untrained model makes (noise)")
     groups = args.groups or len(args.classes)
     if groups < 1:
@@ -67,9 +66,6 @@ def run(args: argparse.Namespace) -> None:
     bad = [c for c in args.classes if not 0 <= c < model.config.num_classes]
     if bad:
         raise ValueError(f"--class {bad} outside 0..{model.config.num_classes - 1}")
-    space = data.get("space", "pixel")
-    autoencoder = args.autoencoder or (Path(data["root"]) / "autoencoder" if "root" in data else None)
-    decode = sample_decoder(space, float(data.get("scale_factor", 1.0)), autoencoder)
     guidance = guidance_from_args(args)
     labels = torch.tensor(args.classes).repeat(groups)[:groups]
     samples = generate(model, labels, args.group_size, args.steps, args.sampler, guidance, args.seed, progress=True)
