@@ -1,0 +1,135 @@
+"""What a served denoiser accepts and how it is sampled: the contract between checkpoints, runtimes
+and the group scheduler.
+
+A *teacher* checkpoint is served with its guidance recipe (mode and interval from training, scale per
+request) and a multi-step sampler. A *student* checkpoint (from `groupdiff distill`) has the guidance
+baked in and records, under ``metadata["distill"]``, the steps it serves and its sampling rule, so the
+server never guesses how to sample a model.
+
+Student metadata written by the distiller (all keys required)::
+
+    "distill": {
+        "sampler": "euler" | "consistency",   # the step rule in groupdiff.model.samplers
+        "steps": [1, 2, 4],                    # step counts the student was trained to serve
+        "guidance": {"scale": 1.0, "mode": "groupdiff-l", "interval": [0.0, 1.0]},  # baked-in teacher recipe
+        "teacher": "<teacher checkpoint path>",
+        "group_size": 4                        # the group size it was distilled at
+    }
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from groupdiff.model.checkpoint import CheckpointError, read_checkpoint_info
+from groupdiff.model.guidance import GUIDANCE_MODES
+
+KINDS = ("teacher", "student")
+TEACHER_SAMPLERS = ("heun", "euler")
+STUDENT_SAMPLERS = ("euler", "consistency")
+TEACHER_DEFAULT_STEPS = 25
+TEACHER_MAX_STEPS = 250
+MAX_GUIDANCE_SCALE = 20.0
+
+
+@dataclass(frozen=True)
+class DenoiserSpec:
+    kind: str  # "teacher" or "student"
+    channels: int  # model-space sample shape (channels, size, size)
+    size: int
+    num_classes: int  # request classes are 0 .. num_classes - 1
+    max_group_size: int
+    space: str  # "pixel" or "latent": whether a decoder runs after sampling
+    sampler: str  # step rule (teacher: heun/euler; student: euler/consistency)
+    steps: tuple[int, ...]  # step counts a student serves; () for a teacher: any count in 1..TEACHER_MAX_STEPS
+    default_steps: int
+    guidance_mode: str
+    guidance_interval: tuple[float, float]
+    guidance_scale: float  # the default (teacher) or the baked-in scale (student)
+    model_hash: str  # identifies the weights: engine caches and responses carry it
+    model_version: str  # human-readable: checkpoint folder name and hash prefix
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        samplers = TEACHER_SAMPLERS if self.kind == "teacher" else STUDENT_SAMPLERS
+        if self.sampler not in samplers:
+            raise ValueError(f"a {self.kind} samples with one of {samplers}, got {self.sampler!r}")
+        if self.guidance_mode not in GUIDANCE_MODES:
+            raise ValueError(f"guidance mode must be one of {GUIDANCE_MODES}, got {self.guidance_mode!r}")
+        if self.kind == "student" and not self.steps:
+            raise ValueError("a student must list the step counts it serves")
+        if not self.allows_steps(self.default_steps):
+            raise ValueError(f"default steps {self.default_steps} not among the allowed {self.describe_steps()}")
+
+    def allows_steps(self, steps: int) -> bool:
+        return steps in self.steps if self.steps else 1 <= steps <= TEACHER_MAX_STEPS
+
+    def describe_steps(self) -> str:
+        return ", ".join(map(str, self.steps)) if self.steps else f"1..{TEACHER_MAX_STEPS}"
+
+    @property
+    def guidance_adjustable(self) -> bool:
+        """Teachers take a guidance scale per request; students have theirs baked in."""
+        return self.kind == "teacher"
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DenoiserSpec:
+        data = dict(data)
+        data["steps"] = tuple(data["steps"])
+        data["guidance_interval"] = tuple(data["guidance_interval"])
+        return cls(**data)
+
+
+def weights_hash(checkpoint: str | os.PathLike, weights: str) -> str:
+    """SHA-256 over the weight file's recorded hash and the model config: changes when either does."""
+    info = read_checkpoint_info(checkpoint)
+    entry = info.get("weights", {}).get(weights)
+    if entry is None:
+        raise CheckpointError(f"{checkpoint} has no {weights!r} weights (has: {sorted(info.get('weights', {}))})")
+    payload = json.dumps({"model": info["model"], "weights": entry["sha256"]}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def spec_from_checkpoint(checkpoint: str | os.PathLike, weights: str = "ema") -> DenoiserSpec:
+    """The serving contract of a teacher or student checkpoint, from its ``config.json`` alone."""
+    info = read_checkpoint_info(checkpoint)
+    model, metadata = info["model"], info.get("metadata", {})
+    data = metadata.get("data", {})
+    digest = weights_hash(checkpoint, weights)
+    common = {
+        "channels": int(model["in_channels"]),
+        "size": int(model["input_size"]),
+        "num_classes": int(model["num_classes"]),
+        "max_group_size": int(model["max_group_size"]),
+        "space": data.get("space", "pixel"),
+        "model_hash": digest,
+        "model_version": f"{Path(checkpoint).resolve().name}-{digest[:12]}",
+    }
+    distill = metadata.get("distill")
+    if distill is not None:
+        try:
+            guidance = distill["guidance"]
+            return DenoiserSpec(
+                kind="student", sampler=distill["sampler"], steps=tuple(int(s) for s in distill["steps"]),
+                default_steps=max(int(s) for s in distill["steps"]), guidance_mode=guidance["mode"],
+                guidance_interval=tuple(guidance["interval"]), guidance_scale=float(guidance["scale"]), **common,
+            )
+        except (KeyError, TypeError) as error:
+            raise CheckpointError(f"{checkpoint}: incomplete distill metadata ({error})") from None
+    train = metadata.get("train_config", {})
+    sample = train.get("sample", {})
+    return DenoiserSpec(
+        kind="teacher", sampler="heun" if sample.get("sampler", "heun") == "heun" else "euler",
+        steps=(), default_steps=int(sample.get("steps", TEACHER_DEFAULT_STEPS)),
+        guidance_mode=train.get("plan", {}).get("mode", "plain"),
+        guidance_interval=tuple(sample.get("guidance_interval", (0.0, 1.0))),
+        guidance_scale=float(sample.get("guidance_scale", 0.0)), **common,
+    )
