@@ -1,4 +1,2 @@
-"""REST and gRPC SDK, the generate command and the load generator.
-
-Not built yet: see the open issues.
-"""
+"""Clients of the GroupDiff service: the REST and Triton SDK, `groupdiff generate`, and the load generator
+(`groupdiff.clients.loadgen`) with its report, used by `groupdiff loadtest` and `groupdiff bench serve`."""
