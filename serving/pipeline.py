@@ -1,0 +1,91 @@
+"""The generation pipeline the scheduler drives: per-image seeds -> noise, one sampler step for a batch
+of groups on a runtime, decode, PNG encoding.
+
+Every step here treats a batch as independent groups: each member carries its own time, so groups
+that joined the running batch at different moments advance together in one runtime call. The step
+rules themselves come from `groupdiff.model.samplers`; this module only adapts a runtime to the
+``v(x, t)`` those rules integrate.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from groupdiff.model import samplers
+
+from .runtime import Decoder, Runtime
+
+StepRule = Callable[[samplers.VelocityFn, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def member_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Tensor:
+    """(N, C, H, W) initial noise, one generator per member, so a member's noise depends on its seed only."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed)) for seed in seeds])
+
+
+def step_rule(sampler: str) -> StepRule:
+    """The `groupdiff.model.samplers` step a served model's sampler names."""
+    rules = {"euler": samplers.euler_step, "heun": samplers.heun_step}
+    if sampler not in rules:
+        raise ValueError(f"the serving pipeline has no step rule for sampler {sampler!r} (has: {sorted(rules)})")
+    return rules[sampler]
+
+
+def time_grid(steps: int, sampler: str) -> torch.Tensor:
+    """(steps + 1,) float32 times from 1 to 0 that a group visits."""
+    return samplers.time_grid(steps, sampler).to(torch.float32)
+
+
+def batch_velocity(runtime: Runtime, y: torch.Tensor, guidance: torch.Tensor, group_size: int) -> samplers.VelocityFn:
+    """``v(x, t)`` over a flat group-major batch (G·N, C, H, W), evaluated by the runtime on (G, N, ...)."""
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        groups = x.shape[0] // group_size
+        out = runtime.velocity(
+            x.view(groups, group_size, *x.shape[1:]),  # (G, N, C, H, W)
+            t.view(groups, group_size), y.view(groups, group_size), guidance,
+        )
+        return out.reshape(x.shape)  # (G·N, C, H, W)
+
+    return velocity
+
+
+def denoise_step(runtime: Runtime, rule: StepRule, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
+                 y: torch.Tensor, guidance: torch.Tensor, group_size: int) -> torch.Tensor:
+    """One sampler step for G groups: x (G·N, C, H, W), t / t_next / y (G·N,), guidance (G,)."""
+    return rule(batch_velocity(runtime, y, guidance, group_size), x, t, t_next)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """(H, W, C) uint8 -> PNG bytes (grayscale for one channel); deterministic for equal pixels."""
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@torch.no_grad()
+def generate_direct(runtime: Runtime, decoder: Decoder, class_ids: Sequence[int], seeds: Sequence[int],
+                    group_size: int, steps: int, guidance_scale: float) -> np.ndarray:
+    """Sample whole groups in one batch without a scheduler: (G·N, H, W, C) uint8.
+
+    Group ``g`` holds members ``g·N .. g·N + N - 1`` of ``seeds`` with class ``class_ids[g]``. The
+    benchmark's peak throughput and the scheduler's reference results come from here.
+    """
+    spec = runtime.spec
+    if len(seeds) != len(class_ids) * group_size:
+        raise ValueError(f"{len(class_ids)} groups of {group_size} need {len(class_ids) * group_size} seeds")
+    device = runtime.device
+    x = member_noise(seeds, (spec.channels, spec.size, spec.size)).to(device)  # (G·N, C, H, W)
+    y = torch.tensor(class_ids, dtype=torch.int64, device=device).repeat_interleave(group_size)  # (G·N,)
+    guidance = torch.full((len(class_ids),), guidance_scale, dtype=torch.float32, device=device)  # (G,)
+    grid = time_grid(steps, spec.sampler).to(device)
+    rule = step_rule(spec.sampler)
+    for i in range(steps):
+        t, t_next = grid[i].expand(x.shape[0]), grid[i + 1].expand(x.shape[0])
+        x = denoise_step(runtime, rule, x, t, t_next, y, guidance, group_size)
+    return decoder.decode(x)
