@@ -14,7 +14,9 @@ groupdiff-f    group size N            group size N
 
 Guidance applies to all channels, and only to samples whose ``t`` lies in the guidance interval;
 outside it only the conditional branch runs. `guided_velocity` is the one implementation of this
-recipe: samplers and the distillation teacher both call it.
+recipe: samplers and the distillation teacher both call it. `guided_velocity_per_sample` is the same
+recipe with a scale per sample and no data-dependent branching, which the served (and exported)
+teacher graph uses; `guided_velocity` calls it once its shortcuts do not apply.
 """
 
 from __future__ import annotations
@@ -65,26 +67,60 @@ def guided_velocity(
     sample_ids: torch.Tensor | None = None,
     schedule: GroupAttentionSchedule | None = None,
 ) -> torch.Tensor:
-    """The guided velocity the sampler integrates, for group-major ``x`` (G·N, C, H, W)."""
+    """The guided velocity the sampler integrates, for group-major ``x`` (G·N, C, H, W).
+
+    Skips the unconditional branch when the scale is 0 or no sample is inside the interval; otherwise
+    it is `guided_velocity_per_sample` with the recipe's scale.
+    """
+    if guidance.scale == 0.0 or not bool(_inside_interval(t, guidance.interval).any()):
+        cond_size, _ = guidance.branch_group_sizes(group_size)
+        return _branch(model, x, t, y, cond_size, group_size, sample_ids, schedule)
+    return guided_velocity_per_sample(model, x, t, y, group_size, guidance, guidance.scale, sample_ids, schedule)
+
+
+def guided_velocity_per_sample(
+    model: GroupDiT,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    y: torch.Tensor,
+    group_size: int,
+    guidance: Guidance,
+    scale: torch.Tensor | float,
+    sample_ids: torch.Tensor | None = None,
+    schedule: GroupAttentionSchedule | None = None,
+) -> torch.Tensor:
+    """The recipe with a scale per sample (``(B,)`` tensor, or one float); ``guidance.scale`` is unused.
+
+    Both branches always run and the interval is a `torch.where`, with no branching on data, so the
+    function traces into an exported graph that serves groups at different scales and steps in one batch.
+    """
     cond_size, uncond_size = guidance.branch_group_sizes(group_size)
-    low, high = guidance.interval
-    inside = (t >= low) & (t <= high)  # (B,)
-
-    def run(x_in, t_in, labels, branch_group_size, ids):
-        ids = ids if branch_group_size == group_size else None
-        return model(x_in, t_in, labels, group_size=branch_group_size, sample_ids=ids, schedule=schedule)
-
-    if guidance.scale == 0.0 or not bool(inside.any()):
-        return run(x, t, y, cond_size, sample_ids)
     null = torch.full_like(y, model.null_class)
     if cond_size == uncond_size:  # both branches in one forward of 2B samples, still group-major
         ids = None if sample_ids is None else torch.cat([sample_ids, sample_ids])
-        v_cond, v_uncond = run(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), cond_size, ids).chunk(2)
+        both = _branch(model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), cond_size, group_size,
+                       ids, schedule)
+        v_cond, v_uncond = both.chunk(2)
     else:
-        v_cond = run(x, t, y, cond_size, sample_ids)
-        v_uncond = run(x, t, null, uncond_size, sample_ids)
-    guided = v_cond + guidance.scale * (v_cond - v_uncond)
+        v_cond = _branch(model, x, t, y, cond_size, group_size, sample_ids, schedule)
+        v_uncond = _branch(model, x, t, null, uncond_size, group_size, sample_ids, schedule)
+    if isinstance(scale, torch.Tensor):
+        scale = scale.to(v_cond.dtype).view(-1, *([1] * (x.ndim - 1)))  # (B, 1, 1, 1)
+    guided = v_cond + scale * (v_cond - v_uncond)
+    inside = _inside_interval(t, guidance.interval)  # (B,)
     return torch.where(inside.view(-1, *([1] * (x.ndim - 1))), guided, v_cond)
+
+
+def _inside_interval(t: torch.Tensor, interval: tuple[float, float]) -> torch.Tensor:
+    low, high = interval
+    return (t >= low) & (t <= high)
+
+
+def _branch(model, x, t, labels, branch_group_size, group_size, sample_ids, schedule):
+    """One forward pass; a branch run at group size 1 uses the default ids, not the group's."""
+    ids = sample_ids if branch_group_size == group_size else None
+    return model(x, t, labels, group_size=branch_group_size, sample_ids=ids, schedule=schedule)
+
 
 def velocity_function(
     model: GroupDiT,

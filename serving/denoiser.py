@@ -1,0 +1,92 @@
+"""The served denoiser: the one torch module every runtime runs or is exported from.
+
+It takes whole groups, ``x`` (G, N, C, H, W), with a time and label per member and a guidance scale per
+group, and returns the velocity the sampler integrates. A *teacher* applies its GroupDiff guidance
+recipe inside (`guided_velocity_per_sample`: both branches always, the interval as a `torch.where`,
+so the graph has no data-dependent branching and exports); a *student* has guidance baked in and is
+the plain forward at group size N, its ``guidance_scale`` input accepted and ignored so that both
+kinds have the same inputs. Members get the fixed sample ids ``0..N-1``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from groupdiff.model.checkpoint import load_model, read_checkpoint_info
+from groupdiff.model.dit import GroupDiT, fixed_sample_ids
+from groupdiff.model.guidance import Guidance, guided_velocity_per_sample
+
+from .runtime import RuntimeShapeError
+from .spec import DenoiserSpec, spec_from_checkpoint
+
+INPUT_NAMES = ("x", "t", "y", "guidance_scale")
+OUTPUT_NAME = "velocity"
+DEFAULT_MAX_GROUPS = 64  # the largest G one call accepts unless a runtime is told otherwise
+
+
+class ServedDenoiser(nn.Module):
+    def __init__(self, model: GroupDiT, spec: DenoiserSpec):
+        super().__init__()
+        self.model = model.eval()
+        self.spec = spec
+        self.guidance = Guidance(mode=spec.guidance_mode, interval=spec.guidance_interval)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (G, N, C, H, W)
+        t: torch.Tensor,  # (G, N)
+        y: torch.Tensor,  # (G, N) int64
+        guidance_scale: torch.Tensor,  # (G,)
+    ) -> torch.Tensor:  # (G, N, C, H, W)
+        groups, group_size = x.shape[0], x.shape[1]
+        flat_x, flat_t, flat_y = x.flatten(0, 1), t.flatten(), y.flatten()  # (G·N, C, H, W), (G·N,), (G·N,)
+        ids = fixed_sample_ids(flat_x.shape[0], group_size, x.device)
+        if self.spec.kind == "student":
+            v = self.model(flat_x, flat_t, flat_y, group_size=group_size, sample_ids=ids)
+        else:
+            scale = guidance_scale[:, None].expand(groups, group_size).reshape(-1)  # (G·N,)
+            v = guided_velocity_per_sample(self.model, flat_x, flat_t, flat_y, group_size, self.guidance, scale, ids)
+        return v.view(x.shape)
+
+
+def served_weights(checkpoint: str | os.PathLike) -> str:
+    """The weights a server runs: ``ema`` when the checkpoint has them, else ``model``."""
+    return "ema" if "ema" in read_checkpoint_info(checkpoint).get("weights", {}) else "model"
+
+
+def load_denoiser(
+    checkpoint: str | os.PathLike, weights: str | None = None, device: str | torch.device = "cpu"
+) -> ServedDenoiser:
+    weights = weights or served_weights(checkpoint)
+    spec = spec_from_checkpoint(checkpoint, weights)
+    return ServedDenoiser(load_model(checkpoint, weights, device), spec).eval()
+
+
+def check_velocity_inputs(
+    spec: DenoiserSpec,
+    max_groups: int,
+    group_sizes: tuple[int, ...],
+    x: torch.Tensor,
+    t: torch.Tensor,
+    y: torch.Tensor,
+    guidance_scale: torch.Tensor,
+) -> None:
+    """Every runtime's boundary check: wrong shapes or dtypes are ValueError, shapes outside what the
+    engine serves are `RuntimeShapeError` (a ValueError too)."""
+    sample = (spec.channels, spec.size, spec.size)
+    if x.ndim != 5 or tuple(x.shape[2:]) != sample:
+        raise ValueError(f"x must have shape (G, N, {', '.join(map(str, sample))}), got {tuple(x.shape)}")
+    groups, group_size = x.shape[:2]
+    if t.shape != (groups, group_size) or y.shape != (groups, group_size):
+        raise ValueError(f"t and y must have shape ({groups}, {group_size}), got {tuple(t.shape)} and {tuple(y.shape)}")
+    if guidance_scale.shape != (groups,):
+        raise ValueError(f"guidance_scale must have shape ({groups},), got {tuple(guidance_scale.shape)}")
+    if y.dtype != torch.int64:
+        raise ValueError(f"y must be int64, got {y.dtype}")
+    if not 1 <= groups <= max_groups:
+        raise RuntimeShapeError(f"{groups} groups outside this engine's range 1..{max_groups}")
+    if group_size not in group_sizes:
+        raise RuntimeShapeError(f"group size {group_size} not served by this engine (serves {list(group_sizes)})")

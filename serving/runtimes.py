@@ -1,0 +1,78 @@
+"""One factory for every runtime and decoder, so the server picks an engine by name.
+
+How the server calls it::
+
+    from groupdiff.serving.runtimes import load_runtime, load_decoder
+
+    runtime = load_runtime("torch", "runs/x/checkpoints/step-1000")          # eager torch on the CPU
+    runtime = load_runtime("torch", ckpt, device="cuda", precision="bf16", compile=True)
+    runtime = load_runtime("onnxruntime", ckpt)                # exports into the engine cache if needed
+    runtime = load_runtime("onnxruntime", ckpt, model_file="denoiser.onnx")  # a file from `groupdiff export onnx`
+    runtime = load_runtime("tensorrt", ckpt, device="cuda", precision="fp16")  # GPU machines with TensorRT
+    v = runtime.velocity(x, t, y, guidance_scale)   # (G, N, C, H, W), see serving/runtime.py
+    decoder = load_decoder(ckpt)                     # pixel models: clamp and quantise
+    decoder = load_decoder(ckpt, runtime="onnxruntime", autoencoder="data/fmnist-latent/autoencoder")
+    images = decoder.decode(samples)                 # (B, C, h, w) -> (B, H, W, C) uint8
+
+Every keyword is optional and keyword-only. ``weights`` defaults to ``ema`` when present. The engine
+cache lives in ``cache_dir``, else ``$GROUPDIFF_CACHE/engines``, else ``~/.cache/groupdiff/engines``.
+Unknown names, missing packages and files that do not match the checkpoint are `ValueError`s with
+a one-line reason.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .decoders import PixelDecoder, TorchLatentDecoder, latent_decoder_module
+from .denoiser import DEFAULT_MAX_GROUPS
+from .runtime import Decoder, Runtime
+from .torch_runtime import TorchRuntime
+
+RUNTIMES = ("torch", "onnxruntime", "tensorrt", "torch-tensorrt")
+DECODER_RUNTIMES = ("torch", "onnxruntime")
+
+
+def load_runtime(
+    name: str,
+    checkpoint: str | os.PathLike,
+    *,
+    weights: str | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    max_groups: int = DEFAULT_MAX_GROUPS,
+    model_file: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Runtime:
+    """The served denoiser of ``checkpoint`` on runtime ``name`` (one of `RUNTIMES`).
+
+    ``device`` defaults to ``cpu`` (``cuda`` for tensorrt and torch-tensorrt); ``compile`` applies to
+    torch; ``model_file`` is an ONNX file (onnxruntime, tensorrt) or a serialised engine.
+    """
+    if name not in RUNTIMES:
+        raise ValueError(f"unknown runtime {name!r}; choose from {RUNTIMES}")
+    if name == "torch":
+        return TorchRuntime.from_checkpoint(checkpoint, device or "cpu", compile, weights, precision, max_groups)
+    raise ValueError(f"runtime {name!r} is not available in this build yet")
+
+
+def load_decoder(
+    checkpoint: str | os.PathLike,
+    *,
+    runtime: str = "torch",
+    autoencoder: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    model_file: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Decoder:
+    """The decoder after sampling: `PixelDecoder` for pixel models, the autoencoder's decoder for latent
+    ones (``autoencoder`` defaults to the folder recorded in the checkpoint's data metadata)."""
+    if runtime not in DECODER_RUNTIMES:
+        raise ValueError(f"decoders run on {DECODER_RUNTIMES}, got {runtime!r}")
+    module = latent_decoder_module(checkpoint, autoencoder)
+    if module is None:
+        return PixelDecoder()
+    return TorchLatentDecoder(module, device or "cpu")
