@@ -1,0 +1,122 @@
+"""The load test's report: ``loadtest.json`` (environment, settings and one summary row per level),
+``requests.jsonl`` (every request), ``report.md`` (the table and the plots) and two figures:
+``latency_cdf.png`` (one curve per level) and ``throughput.png`` (images/s and p99 latency against
+the offered load)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from groupdiff.bench.report import format_table, json_ready, write_report
+
+from .loadgen import LoadRun
+
+COLUMNS = ["level", "offered_rate", "requests", "ok", "rejected", "deadline", "error", "images_per_s",
+           "requests_per_s", "latency_p50_s", "latency_p95_s", "latency_p99_s"]
+
+
+def load_axis(mode: str) -> str:
+    return "offered rate (requests/s)" if mode == "open" else "concurrency (closed-loop users)"
+
+
+def plot_latency_cdf(runs: list[LoadRun], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for run in runs:
+        latencies = np.sort([r.latency_s for r in run.records if r.outcome == "ok"])
+        if len(latencies):
+            label = f"{run.level:g} req/s" if run.mode == "open" else f"{run.level:g} users"
+            axis.step(latencies, np.arange(1, len(latencies) + 1) / len(latencies), where="post", label=label)
+    axis.set_xlabel("latency of successful requests (s)")
+    axis.set_ylabel("fraction of requests")
+    axis.set_ylim(0, 1.01)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_throughput(runs: list[LoadRun], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summaries = [run.summary() for run in runs]
+    levels = [s["level"] for s in summaries]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(levels, [s["images_per_s"] for s in summaries], "o-", label="images/s")
+    left.plot(levels, [s["requests_per_s"] for s in summaries], "s--", label="successful requests/s")
+    if runs and runs[0].mode == "open":
+        left.plot(levels, levels, ":", color="grey", label="offered requests/s")
+    left.set_ylabel("throughput (per s)")
+    right.plot(levels, [s["latency_p99_s"] for s in summaries], "o-", color="tab:red", label="p99")
+    right.plot(levels, [s["latency_p50_s"] for s in summaries], "s--", color="tab:orange", label="p50")
+    right.set_ylabel("latency (s)")
+    for axis in (left, right):
+        axis.set_xlabel(load_axis(runs[0].mode if runs else "open"))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def markdown(report: dict[str, Any], table: str) -> str:
+    settings = report["settings"]
+    machine = report["machine"]
+    lines = [
+        "# Load test", "",
+        f"- command: `{report['command']}`",
+        f"- date: {report['date']}",
+        f"- machine: {machine['cpu']} ({machine['cpu_count']} CPUs), GPU: {machine['gpu'] or 'none'}",
+        f"- target: {settings['target']} ({settings['protocol']}), model: {settings.get('model_version') or '?'}",
+        f"- mode: {settings['mode']} loop, levels {settings['levels']}, bound per level: "
+        + (f"{settings['duration_s']:g} s" if settings["duration_s"] else f"{settings['requests']} requests"),
+        f"- workload: mix {settings['mix']}, images per request {settings['num_images']}, "
+        f"request fields {settings['params'] or 'server defaults'}, seed {settings['seed']}, "
+        f"warm-up {settings['warmup']} requests (not counted)",
+        "",
+        "Latency counts from the scheduled arrival (open loop) or the send (closed loop) to the answer; "
+        "throughput counts successful requests over the level's wall time.",
+        "", "```", table, "```", "",
+        "![latency CDF](latency_cdf.png)", "",
+        "![throughput and latency against load](throughput.png)", "",
+    ]
+    return "\n".join(lines)
+
+
+def write_loadtest_report(out: str | os.PathLike, runs: list[LoadRun], command: str,
+                          settings: dict[str, Any]) -> dict[str, Path]:
+    """Write every file of the report into ``out``; returns their paths by kind."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [json_ready(run.summary()) for run in runs]
+    json_path = write_report(out / "loadtest.json", "loadtest", command, rows, json_ready(settings))
+    with open(out / "requests.jsonl", "w") as requests:
+        for run in runs:
+            for record in run.records:
+                requests.write(json.dumps(json_ready({"mode": run.mode, "level": run.level, **asdict(record)})) + "\n")
+    table_rows = [{c: (math.nan if row[c] is None else row[c]) for c in COLUMNS} for row in rows]
+    table = format_table(table_rows, COLUMNS)
+    report = json.loads(json_path.read_text())
+    paths = {"json": json_path, "requests": out / "requests.jsonl",
+             "cdf": plot_latency_cdf(runs, out / "latency_cdf.png"),
+             "throughput": plot_throughput(runs, out / "throughput.png")}
+    paths["markdown"] = out / "report.md"
+    paths["markdown"].write_text(markdown(report, table))
+    return paths

@@ -1,0 +1,151 @@
+"""Typed results of the SDK: PIL images with the metadata that reproduces them (seed, model version,
+sampling settings), whichever protocol brought them."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CAPTION_HEIGHT = 12  # pixels under each contact-sheet tile for its index
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    index: int  # position in the request
+    seed: int  # regenerates this image alone: same model version, settings and seed
+    image: Image.Image
+
+
+@dataclass
+class GenerationResult:
+    images: list[GeneratedImage]
+    class_id: int
+    model_version: str | None = None  # None where the protocol does not report it (Triton)
+    request_id: str | None = None
+    width: int | None = None
+    height: int | None = None
+    group_size: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    group_policy: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)  # server stages: queue, denoise, decode, encode, total
+    latency_s: float | None = None  # measured by the client, retries and back-off included
+    protocol: str = "rest"
+
+    @property
+    def pil_images(self) -> list[Image.Image]:
+        return [generated.image for generated in self.images]
+
+    def metadata(self) -> dict[str, Any]:
+        skip = {"images"}
+        data = {k: v for k, v in self.__dict__.items() if k not in skip}
+        data["seeds"] = [generated.seed for generated in self.images]
+        return data
+
+    def save(self, folder: str | os.PathLike, prefix: str | None = None, columns: int | None = None) -> list[Path]:
+        """One PNG per image (``<prefix>-<index>-seed<seed>.png``), ``contact-sheet.png`` and ``metadata.json``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        prefix = prefix or f"class{self.class_id}"
+        paths = []
+        for generated in self.images:
+            path = folder / f"{prefix}-{generated.index:03d}-seed{generated.seed}.png"
+            generated.image.save(path)
+            paths.append(path)
+        sheet = folder / "contact-sheet.png"
+        contact_sheet(self.images, columns or self.group_size or 8).save(sheet)
+        (folder / "metadata.json").write_text(json.dumps(self.metadata(), indent=2) + "\n")
+        return [*paths, sheet]
+
+    @classmethod
+    def from_rest(cls, body: dict[str, Any], class_id: int, latency_s: float | None = None) -> GenerationResult:
+        images = [GeneratedImage(int(item["index"]), int(item["seed"]), decode_png(item["png_base64"]))
+                  for item in body["images"]]
+        return cls(images=images, class_id=class_id, model_version=body.get("model_version"),
+                   request_id=body.get("request_id"), width=body.get("width"), height=body.get("height"),
+                   group_size=body.get("group_size"), steps=body.get("steps"),
+                   guidance_scale=body.get("guidance_scale"), group_policy=body.get("group_policy"),
+                   timings_ms=dict(body.get("timings_ms") or {}), latency_s=latency_s, protocol="rest")
+
+    @classmethod
+    def from_arrays(cls, images: np.ndarray, seeds: np.ndarray, class_id: int, settings: dict[str, Any],
+                    latency_s: float | None = None, protocol: str = "grpc") -> GenerationResult:
+        """From Triton's outputs: ``IMAGES`` uint8 (k, H, W, C) and ``SEEDS`` int64 (k,)."""
+        if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(seeds):
+            raise ValueError(f"expected IMAGES uint8 (k, H, W, C) and k SEEDS, got {images.dtype} {images.shape} "
+                             f"and {np.shape(seeds)}")
+        generated = [GeneratedImage(i, int(seed), array_to_image(image))
+                     for i, (image, seed) in enumerate(zip(images, seeds, strict=True))]
+        return cls(images=generated, class_id=class_id, width=images.shape[2], height=images.shape[1],
+                   latency_s=latency_s, protocol=protocol, **settings)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A streamed sampling step: ``step`` of ``steps`` done."""
+
+    step: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """``GET /v1/model``: what the served model accepts."""
+
+    model_version: str
+    kind: str
+    num_classes: int
+    max_group_size: int
+    default_group_size: int
+    steps: list[int] | dict[str, int]  # a student's list, or a teacher's {"min", "max"}
+    default_steps: int
+    guidance_scale: float
+    guidance_adjustable: bool
+    width: int
+    height: int
+    runtime: str
+    class_names: list[str] | None = None
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> ModelInfo:
+        known = {name: body[name] for name in cls.__dataclass_fields__ if name in body}
+        return cls(**known)
+
+
+def decode_png(data: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+    image.load()
+    return image
+
+
+def array_to_image(pixels: np.ndarray) -> Image.Image:
+    """(H, W, C) uint8 with C of 1, 3 or 4 to a PIL image."""
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+
+
+def contact_sheet(images: list[GeneratedImage], columns: int = 8, upscale: int = 4, padding: int = 4) -> Image.Image:
+    """All images of a result on one page, ``columns`` per row (a group per row by default), each
+    upscaled and captioned with its index (the per-image files and metadata.json carry the seeds)."""
+    if not images:
+        raise ValueError("a contact sheet needs at least one image")
+    tiles = [generated.image.convert("RGB") for generated in images]
+    width, height = tiles[0].width * upscale, tiles[0].height * upscale
+    columns = max(1, min(columns, len(tiles)))
+    rows = -(-len(tiles) // columns)
+    cell_w, cell_h = width + padding, height + CAPTION_HEIGHT + padding
+    sheet = Image.new("RGB", (columns * cell_w + padding, rows * cell_h + padding), "white")
+    draw = ImageDraw.Draw(sheet)
+    for position, (generated, tile) in enumerate(zip(images, tiles, strict=True)):
+        row, column = divmod(position, columns)
+        left, top = padding + column * cell_w, padding + row * cell_h
+        sheet.paste(tile.resize((width, height), Image.NEAREST), (left, top))
+        draw.text((left, top + height), f"#{generated.index}", fill="black")
+    return sheet

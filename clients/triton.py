@@ -1,0 +1,237 @@
+"""KServe v2 SDK (gRPC or HTTP) for the Triton frontend, on NVIDIA's tritonclient.
+
+The model ``groupdiff`` takes one request per call (inputs of shape [1], see the contract in
+docs/clients.md) and returns ``IMAGES`` uint8 [k, H, W, C] and ``SEEDS`` int64 [k]. Results are the
+same `GenerationResult` as over REST. `TritonClient.stream` sends many requests on one gRPC
+bidirectional stream and yields each result as it completes. Errors map to the SDK's typed errors,
+and overload errors are retried with the same `RetryPolicy` as the REST client (Triton sends no
+``Retry-After``, so the back-off applies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import re
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from .errors import ERRORS_BY_CODE, DeadlineExceeded, GroupDiffError, QueueFull, ServerUnavailable, error_for
+from .rest import DEFAULT_RETRY, TOKEN_ENV, RetryPolicy, retry_delay
+from .results import GenerationResult
+
+MODEL = "groupdiff"
+DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
+# name, Triton datatype, numpy dtype; the first two are required
+INPUTS = {"class_id": ("CLASS_ID", "INT64", np.int64), "num_images": ("NUM_IMAGES", "INT32", np.int32),
+          "group_size": ("GROUP_SIZE", "INT32", np.int32), "steps": ("STEPS", "INT32", np.int32),
+          "guidance_scale": ("GUIDANCE_SCALE", "FP32", np.float32), "seed": ("SEED", "INT64", np.int64),
+          "group_policy": ("GROUP_POLICY", "BYTES", np.object_)}
+OUTPUTS = ("IMAGES", "SEEDS")
+# gRPC status names and HTTP statuses (as tritonclient reports them) to contract codes
+STATUS_CODES = {"RESOURCE_EXHAUSTED": "queue_full", "UNAVAILABLE": "shutting_down", "INVALID_ARGUMENT":
+                "invalid_request", "DEADLINE_EXCEEDED": "deadline_exceeded", "UNAUTHENTICATED": "unauthorized",
+                "429": "queue_full", "503": "shutting_down", "400": "invalid_request", "422": "invalid_request",
+                "504": "deadline_exceeded", "401": "unauthorized"}
+CODE_IN_MESSAGE = re.compile(r"\b(" + "|".join(ERRORS_BY_CODE) + r")\b")
+
+
+def protocol_module(protocol: str, asynchronous: bool = False):
+    if protocol not in DEFAULT_URLS:
+        raise ValueError(f"protocol must be grpc or http, got {protocol!r}")
+    if protocol == "grpc":
+        import tritonclient.grpc as module
+        import tritonclient.grpc.aio as aio
+    else:
+        import tritonclient.http as module
+        import tritonclient.http.aio as aio
+    return aio if asynchronous else module, module
+
+
+def build_inputs(module, class_id: int, num_images: int, **options: Any) -> list:
+    unknown = set(options) - set(INPUTS)
+    if unknown:
+        raise TypeError(f"unknown generate options {sorted(unknown)}; known: {', '.join(list(INPUTS)[2:])}")
+    values = {"class_id": class_id, "num_images": num_images, **{k: v for k, v in options.items() if v is not None}}
+    inputs = []
+    for key, value in values.items():
+        name, datatype, dtype = INPUTS[key]
+        tensor = module.InferInput(name, [1], datatype)
+        data = np.array([value.encode() if isinstance(value, str) else value], dtype=dtype)
+        tensor.set_data_from_numpy(data)
+        inputs.append(tensor)
+    return inputs
+
+
+def translate(error: Exception) -> GroupDiffError:
+    """A tritonclient exception as the SDK's typed error: the contract code in the message wins,
+    else the gRPC/HTTP status."""
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(error, TimeoutError):
+        return DeadlineExceeded(f"no answer in time: {error}")
+    if not isinstance(error, InferenceServerException):
+        return ServerUnavailable(f"cannot reach the Triton server: {error}")
+    message, status = error.message() or str(error), str(error.status() or "")
+    found = CODE_IN_MESSAGE.search(message)
+    code = found.group(1) if found else STATUS_CODES.get(status.removeprefix("StatusCode."))
+    if code is None and "unavailable" in message.lower():
+        return ServerUnavailable(message)
+    http_status = int(status) if status.isdigit() else None
+    failure = error_for(http_status, code, message)
+    if isinstance(failure, QueueFull) and failure.status is None:
+        failure.status = 429 if failure.code == "queue_full" else 503  # so the retry policy treats it as overload
+    return failure
+
+
+def call_errors() -> tuple[type[Exception], ...]:
+    """What a tritonclient call raises when the server refuses or cannot be reached (OSError covers
+    refused connections and socket timeouts of both the gevent and the aiohttp transports)."""
+    from tritonclient.utils import InferenceServerException
+
+    return InferenceServerException, OSError
+
+
+def to_result(response, class_id: int, options: dict[str, Any], started: float, protocol: str) -> GenerationResult:
+    settings = {k: options.get(k) for k in ("group_size", "steps", "guidance_scale", "group_policy")}
+    return GenerationResult.from_arrays(response.as_numpy("IMAGES"), response.as_numpy("SEEDS"), class_id, settings,
+                                        time.perf_counter() - started, protocol)
+
+
+class TritonClient:
+    """Blocking KServe v2 client; ``protocol`` "grpc" (default, port 8001) or "http" (8000)."""
+
+    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = MODEL, token: str | None = None,
+                 retry: RetryPolicy = DEFAULT_RETRY, timeout_s: float = 70.0):
+        _, self._module = protocol_module(protocol)
+        self.protocol, self.model, self.retry, self.timeout_s = protocol, model, retry, timeout_s
+        url = url or DEFAULT_URLS[protocol]
+        if protocol == "grpc":
+            self._client = self._module.InferenceServerClient(url)
+        else:
+            self._client = self._module.InferenceServerClient(url, network_timeout=timeout_s)
+        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self._headers = {"authorization": f"Bearer {token}"} if token else None
+
+    def __enter__(self) -> TritonClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _infer(self, inputs: list, request_id: str = ""):
+        outputs = [self._module.InferRequestedOutput(name) for name in OUTPUTS]
+        extra = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        return self._client.infer(self.model, inputs, outputs=outputs, request_id=request_id, headers=self._headers,
+                                  **extra)
+
+    def generate(self, class_id: int, num_images: int = 1, **options: Any) -> GenerationResult:
+        """Options: group_size, steps, guidance_scale, seed, group_policy."""
+        inputs = build_inputs(self._module, class_id, num_images, **options)
+        started, attempt = time.perf_counter(), 0
+        while True:
+            try:
+                return to_result(self._infer(inputs), class_id, options, started, self.protocol)
+            except call_errors() as error:
+                failure = translate(error)
+            delay = retry_delay(self.retry, attempt, failure)
+            if delay is None:
+                raise failure from None
+            time.sleep(delay)
+            attempt += 1
+
+    def stream(self, requests: Iterable[dict[str, Any]]) -> Iterator[GenerationResult | GroupDiffError]:
+        """Send every request (dicts of `generate`'s arguments) on one gRPC stream; yield each result,
+        or its error, as it completes (order of completion, not of sending; no retries)."""
+        if self.protocol != "grpc":
+            raise ValueError("streaming needs the gRPC protocol")
+        answers: queue.Queue = queue.Queue()
+        self._client.start_stream(lambda result, error: answers.put((result, error)), headers=self._headers)
+        try:
+            sent = {}
+            for index, request in enumerate(requests):
+                request = dict(request)
+                class_id, num_images = request.pop("class_id"), request.pop("num_images", 1)
+                inputs = build_inputs(self._module, class_id, num_images, **request)
+                sent[str(index)] = (class_id, request, time.perf_counter())
+                outputs = [self._module.InferRequestedOutput(name) for name in OUTPUTS]
+                self._client.async_stream_infer(self.model, inputs, outputs=outputs, request_id=str(index))
+            for _ in range(len(sent)):
+                result, error = answers.get(timeout=self.timeout_s)
+                if error is not None:
+                    yield translate(error)
+                    continue
+                class_id, options, started = sent[result.get_response().id]
+                yield to_result(result, class_id, options, started, "grpc")
+        finally:
+            self._client.stop_stream()
+
+    def ready(self) -> bool:
+        try:
+            return bool(self._client.is_model_ready(self.model, headers=self._headers))
+        except call_errors():
+            return False
+
+    def wait_ready(self, timeout_s: float = 60.0, poll_s: float = 0.25) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise ServerUnavailable(f"model {self.model!r} not ready after {timeout_s:g} s")
+            time.sleep(poll_s)
+
+
+class AsyncTritonClient:
+    """The asyncio twin of `TritonClient.generate` (tritonclient's grpc.aio / http.aio clients)."""
+
+    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = MODEL, token: str | None = None,
+                 retry: RetryPolicy = DEFAULT_RETRY, timeout_s: float = 70.0):
+        aio, self._module = protocol_module(protocol, asynchronous=True)
+        self.protocol, self.model, self.retry, self.timeout_s = protocol, model, retry, timeout_s
+        url = url or DEFAULT_URLS[protocol]
+        if protocol == "grpc":
+            self._client = aio.InferenceServerClient(url)
+        else:
+            self._client = aio.InferenceServerClient(url, conn_timeout=timeout_s)
+        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self._headers = {"authorization": f"Bearer {token}"} if token else None
+
+    async def __aenter__(self) -> AsyncTritonClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def generate(self, class_id: int, num_images: int = 1, **options: Any) -> GenerationResult:
+        inputs = build_inputs(self._module, class_id, num_images, **options)
+        outputs = [self._module.InferRequestedOutput(name) for name in OUTPUTS]
+        extra = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        started, attempt = time.perf_counter(), 0
+        while True:
+            try:
+                response = await self._client.infer(self.model, inputs, outputs=outputs, headers=self._headers,
+                                                    **extra)
+            except call_errors() as error:
+                failure = translate(error)
+            else:
+                return to_result(response, class_id, options, started, self.protocol)
+            delay = retry_delay(self.retry, attempt, failure)
+            if delay is None:
+                raise failure from None
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._client.is_model_ready(self.model, headers=self._headers))
+        except call_errors():
+            return False
