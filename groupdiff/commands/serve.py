@@ -1,0 +1,87 @@
+"""``groupdiff serve``: the group scheduler behind BentoML (REST) or PyTriton (KServe v2 gRPC/HTTP)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+RUNTIME_CHOICES = ("onnxruntime", "torch", "tensorrt", "torch-tensorrt")
+
+
+def register(subparsers) -> None:
+    from groupdiff.serving.serve_config import BUNDLED_STUDENT, ENV_TOKEN
+
+    p = subparsers.add_parser("serve", help="serve a checkpoint: REST (BentoML) or Triton (gRPC/HTTP) on CPU or GPU",
+                              description=f"Bearer token: set {ENV_TOKEN} to require one on the REST API.")
+    p.add_argument("--checkpoint", default=str(BUNDLED_STUDENT),
+                   help="teacher or student checkpoint folder (default: the bundled Fashion-MNIST student)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="onnxruntime",
+                   help="onnxruntime (CPU, exports into the engine cache on first use), torch, or the GPU "
+                        "runtimes tensorrt / torch-tensorrt")
+    p.add_argument("--device", help="cpu or cuda[:N] (default: the runtime's)")
+    p.add_argument("--frontend", choices=["rest", "triton"], default="rest")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000, help="REST port")
+    p.add_argument("--http-port", type=int, default=8000, help="Triton HTTP port")
+    p.add_argument("--grpc-port", type=int, default=8001, help="Triton gRPC port")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Triton's own nv_* metrics port")
+    p.add_argument("--scheduler-metrics-port", type=int, default=9464,
+                   help="groupdiff_* metrics of the Triton frontend (REST serves them on /metrics)")
+    p.add_argument("--max-queue", type=int, default=256, help="queued groups before requests get 429")
+    p.add_argument("--max-images", type=int, default=64, help="largest num_images per request")
+    p.add_argument("--max-batch-groups", type=int, help="groups per runtime call (default: the runtime's maximum)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long an idle batch waits to fill")
+    p.add_argument("--drain-timeout", type=float, default=20.0,
+                   help="seconds in-flight work may take to finish on SIGTERM/SIGINT")
+    p.add_argument("--naive", action="store_true",
+                   help="baseline scheduling: one request at a time, no cross-request batching (benchmarks)")
+    p.add_argument("--cache-dir", help="engine cache (default $GROUPDIFF_CACHE/engines)")
+    p.add_argument("--workspace", help="PyTriton workspace (default: a temporary folder)")
+    p.set_defaults(run=run)
+
+
+def serve_config(args: argparse.Namespace):
+    from groupdiff.serving.serve_config import ServeConfig, check_checkpoint
+
+    for name in ("max_queue", "max_images", "port", "http_port", "grpc_port", "metrics_port"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if args.max_batch_groups is not None and args.max_batch_groups < 1:
+        raise ValueError("--max-batch-groups must be positive")
+    if args.batch_wait_ms < 0 or args.drain_timeout < 0:
+        raise ValueError("--batch-wait-ms and --drain-timeout must not be negative")
+    check_checkpoint(args.checkpoint)
+    return ServeConfig(
+        checkpoint=str(Path(args.checkpoint).resolve()), runtime=args.runtime, device=args.device,
+        max_queue=args.max_queue, max_images=args.max_images, max_batch_groups=args.max_batch_groups,
+        batch_wait_ms=args.batch_wait_ms, naive=args.naive, drain_timeout_s=args.drain_timeout,
+        cache_dir=args.cache_dir,
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    config = serve_config(args)
+    if args.frontend == "triton":
+        from groupdiff.serving.triton import serve_triton
+
+        serve_triton(config, args.host, args.http_port, args.grpc_port, args.metrics_port,
+                     args.scheduler_metrics_port, args.workspace)
+    else:
+        serve_rest(config, args.host, args.port)
+
+
+def serve_rest(config, host: str, port: int) -> None:
+    """Run BentoML's production server (one worker process) until SIGTERM/SIGINT."""
+    from groupdiff.serving.serve_config import ENV_CONFIG
+
+    os.environ[ENV_CONFIG] = config.to_env()
+    os.environ.setdefault("BENTOML_HOME", str(Path(os.environ.get("GROUPDIFF_CACHE", Path.home() / ".cache" /
+                                                                  "groupdiff")) / "bentoml"))
+    os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+    from _bentoml_impl.server import serve_http
+
+    from groupdiff.serving.service import GroupDiffService
+
+    GroupDiffService.inject_config()  # as `bentoml serve` does: applies the service's traffic settings
+    serve_http(GroupDiffService, host=host, port=port, timeout_graceful_shutdown=int(config.drain_timeout_s) + 5)

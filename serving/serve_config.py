@@ -1,0 +1,102 @@
+"""What `groupdiff serve` starts: the checkpoint, the runtime and the scheduler's limits.
+
+Both frontends build their scheduler from a `ServeConfig`. The BentoML worker is a separate process
+started by BentoML's arbiter, so the config travels to it as JSON in ``GROUPDIFF_SERVE_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+
+from groupdiff.model.checkpoint import read_checkpoint_info
+
+from .metrics import ServingMetrics
+from .requests import ServerLimits
+from .scheduler import Scheduler, SchedulerConfig
+from .spec import DenoiserSpec, spec_from_checkpoint
+
+ENV_CONFIG = "GROUPDIFF_SERVE_CONFIG"
+ENV_TOKEN = "GROUPDIFF_API_TOKEN"  # bearer token; unset = no authentication
+BUNDLED_STUDENT = Path(str(resources.files("groupdiff"))) / "assets" / "fmnist-student"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    checkpoint: str = str(BUNDLED_STUDENT)
+    runtime: str = "onnxruntime"
+    device: str | None = None  # None: the runtime's default (cpu, or cuda for TensorRT)
+    max_queue: int = 256  # queued groups before 429
+    max_images: int = 64  # num_images limit per request
+    max_batch_groups: int | None = None  # groups per runtime call (None: the runtime's maximum)
+    batch_wait_ms: float = 5.0
+    naive: bool = False  # the benchmark's baseline: one request at a time
+    drain_timeout_s: float = 20.0  # graceful shutdown: how long in-flight work may take to finish
+    cache_dir: str | None = None  # engine cache (ONNX / TensorRT)
+
+    def __post_init__(self) -> None:
+        self.limits  # noqa: B018 - checks the limits when the config is made, not when the server starts
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> ServeConfig:
+        raw = os.environ.get(ENV_CONFIG)
+        if raw is None:
+            raise RuntimeError(f"{ENV_CONFIG} is not set: the GroupDiff service is started by `groupdiff serve`")
+        data = json.loads(raw)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def limits(self) -> ServerLimits:
+        return ServerLimits(max_images=self.max_images, max_queue_groups=self.max_queue)
+
+
+def check_checkpoint(path: str | os.PathLike) -> DenoiserSpec:
+    """The served spec, or a ValueError that says how to get the missing bundled student."""
+    folder = Path(path)
+    if not folder.is_dir():
+        hint = ("the bundled student is made by `groupdiff distill` with the recipe in "
+                "groupdiff/assets/fmnist-student/README.md (or pass --checkpoint PATH)"
+                if folder.resolve() == BUNDLED_STUDENT else "pass --checkpoint with a checkpoint folder")
+        raise FileNotFoundError(f"checkpoint folder not found: {folder}; {hint}")
+    return spec_from_checkpoint(folder, served_weights(folder))
+
+
+def served_weights(checkpoint: str | os.PathLike) -> str:
+    """``ema`` when the checkpoint has it, else ``model``."""
+    return "ema" if "ema" in read_checkpoint_info(checkpoint).get("weights", {}) else "model"
+
+
+def default_group_size(checkpoint: str | os.PathLike, spec: DenoiserSpec) -> int:
+    """A student's distilled group size, else the model's largest."""
+    distill = read_checkpoint_info(checkpoint).get("metadata", {}).get("distill") or {}
+    return int(distill.get("group_size", spec.max_group_size))
+
+
+def build_scheduler(config: ServeConfig, metrics: ServingMetrics | None = None) -> Scheduler:
+    """A scheduler whose worker thread loads the runtime and decoder named by ``config``."""
+    spec = check_checkpoint(config.checkpoint)
+
+    def load():
+        from .runtimes import load_decoder, load_runtime
+
+        options = {"device": config.device, "cache_dir": config.cache_dir}
+        if config.max_batch_groups:
+            options["max_groups"] = config.max_batch_groups
+        runtime = load_runtime(config.runtime, config.checkpoint, **options)
+        decoder_runtime = "onnxruntime" if config.runtime == "onnxruntime" else "torch"
+        decoder = load_decoder(config.checkpoint, runtime=decoder_runtime, device=config.device,
+                               cache_dir=config.cache_dir)
+        return runtime, decoder
+
+    scheduler_config = SchedulerConfig(
+        limits=config.limits, max_batch_groups=config.max_batch_groups, batch_wait_ms=config.batch_wait_ms,
+        naive=config.naive, default_group_size=default_group_size(config.checkpoint, spec),
+    )
+    return Scheduler(load, scheduler_config, metrics)
