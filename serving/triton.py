@@ -1,0 +1,142 @@
+"""The Triton frontend: model ``groupdiff`` (KServe v2 over gRPC and HTTP) in PyTriton's bundled server.
+
+Triton does no batching here (``batching=False``): each inference is one request, handed to the same
+group scheduler the REST frontend uses, which batches groups itself. The inference callable is a
+coroutine, so many requests wait on the scheduler at once. Requests are validated exactly as over
+REST; a refused request becomes a Triton error whose message starts with the contract's error code
+(``invalid_request: ...``, ``queue_full: ...``).
+
+PyTriton notes (REFERENCES §6): the Python backend stub must load this interpreter's libpython, so
+``LD_LIBRARY_PATH`` gets ``sysconfig``'s LIBDIR before the server starts (it inherits our
+environment); SIGTERM/SIGINT call ``triton.stop()``, which lets in-flight inferences finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import ServingMetrics
+from .requests import RequestError, ServedModel, ServerLimits, resolve
+from .scheduler import Scheduler
+from .serve_config import ServeConfig, build_scheduler
+
+LOG = logging.getLogger("groupdiff.serving")
+MODEL_NAME = "groupdiff"
+# input name -> (request field, numpy dtype, optional)
+INPUTS = {
+    "CLASS_ID": ("class_id", np.int64, False),
+    "NUM_IMAGES": ("num_images", np.int32, False),
+    "GROUP_SIZE": ("group_size", np.int32, True),
+    "STEPS": ("steps", np.int32, True),
+    "GUIDANCE_SCALE": ("guidance_scale", np.float32, True),
+    "SEED": ("seed", np.int64, True),
+    "GROUP_POLICY": ("group_policy", np.bytes_, True),
+}
+
+
+class TritonRequestError(Exception):
+    """What a Triton client sees for a refused request: ``<code>: <message>``."""
+
+
+def body_from_inputs(inputs: dict[str, np.ndarray]) -> dict:
+    """KServe v2 inputs (each of shape [1]) -> the JSON body a REST client would send."""
+    unknown = sorted(set(inputs) - set(INPUTS))
+    if unknown:
+        raise RequestError("invalid_request", f"unknown inputs {unknown}", 422)
+    body = {}
+    for name, (field, _, _) in INPUTS.items():
+        if name not in inputs:
+            continue
+        value = np.asarray(inputs[name])
+        if value.size != 1:
+            raise RequestError("invalid_request", f"{name} must hold exactly one value, got shape {value.shape}", 422)
+        item = value.reshape(()).item()
+        if field == "group_policy":
+            item = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+        elif field == "guidance_scale":
+            item = float(item)
+        else:
+            item = int(item)
+        body[field] = item
+    return body
+
+
+def make_infer(scheduler: Scheduler, limits: ServerLimits):
+    """The coroutine PyTriton calls for each batch of requests (one request each: batching is off)."""
+
+    async def infer(requests):
+        responses = []
+        for request in requests:
+            started = time.perf_counter()
+            try:
+                served: ServedModel | None = scheduler.served
+                if served is None:
+                    raise RequestError("shutting_down", "the model is not loaded yet", 503)
+                try:
+                    resolved = resolve(body_from_inputs(dict(request.items())), served, limits)
+                except RequestError:
+                    scheduler.metrics.reject("invalid")
+                    raise
+                result = await scheduler.submit(resolved, encode=False)
+            except RequestError as error:
+                LOG.info("triton request -> %s in %.1f ms", error.code, (time.perf_counter() - started) * 1000)
+                raise TritonRequestError(f"{error.code}: {error.message}") from None
+            LOG.info("%s class=%d k=%d N=%d steps=%d policy=%s seed=%d -> ok in %.1f ms", resolved.request_id,
+                     resolved.class_id, resolved.num_images, resolved.group_size, resolved.steps,
+                     resolved.group_policy, resolved.seed, (time.perf_counter() - started) * 1000)
+            responses.append({"IMAGES": result.images, "SEEDS": np.asarray(result.seeds, dtype=np.int64)})
+        return responses
+
+    return infer
+
+
+def python_library_path() -> str:
+    """``LD_LIBRARY_PATH`` with this interpreter's LIBDIR first, for the Python backend stub."""
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    rest = os.environ.get("LD_LIBRARY_PATH", "")
+    return os.pathsep.join(p for p in (libdir, rest) if p)
+
+
+def serve_triton(config: ServeConfig, host: str, http_port: int, grpc_port: int, metrics_port: int,
+                 scheduler_metrics_port: int, workspace: str | None = None) -> None:
+    """Load the model, start PyTriton and the groupdiff_* metrics endpoint, serve until SIGTERM/SIGINT."""
+    os.environ["LD_LIBRARY_PATH"] = python_library_path()
+    from prometheus_client import start_http_server
+    from pytriton.model_config import ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics = ServingMetrics()
+    scheduler = build_scheduler(config, metrics).start()
+    scheduler.wait_ready()
+    start_http_server(scheduler_metrics_port, addr=host, registry=metrics.registry)
+    workspace_dir = Path(workspace or tempfile.mkdtemp(prefix="groupdiff-pytriton-"))
+    triton_config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
+                                 metrics_address=host, metrics_port=metrics_port,
+                                 exit_timeout_secs=int(config.drain_timeout_s) + 1)
+    inputs = [Tensor(name=name, dtype=dtype, shape=(1,), optional=optional)
+              for name, (_, dtype, optional) in INPUTS.items()]
+    outputs = [Tensor(name="IMAGES", dtype=np.uint8, shape=(-1, -1, -1, -1)),
+               Tensor(name="SEEDS", dtype=np.int64, shape=(-1,))]
+    with Triton(config=triton_config, workspace=workspace_dir) as triton:
+        triton.bind(model_name=MODEL_NAME, infer_func=make_infer(scheduler, config.limits), inputs=inputs,
+                    outputs=outputs, config=ModelConfig(batching=False), strict=True)
+
+        def stop(signum, _frame):
+            LOG.info("signal %d: stopping Triton (in-flight requests finish first)", signum)
+            triton.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        LOG.info("Triton model %s on http %s:%d, grpc %s:%d, metrics :%d; groupdiff metrics :%d/metrics",
+                 MODEL_NAME, host, http_port, host, grpc_port, metrics_port, scheduler_metrics_port)
+        triton.serve()
+    scheduler.close(config.drain_timeout_s)
