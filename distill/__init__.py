@@ -1,4 +1,4 @@
 """Few-step group students distilled from a GroupDiff teacher.
 
-Not built yet: see the open issues.
+Method 1, flow-anchored consistency distillation (FACM), with the teacher target shared with the sampler.
 """

@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .commands import bench, eval, generate, loadtest, prepare, sample, serve, train
+from .commands import bench, distill, eval, export, generate, loadtest, prepare, sample, serve, train
 
 EXIT_BAD_INPUT = 2  # bad input: one line on stderr, no traceback
-COMMANDS = (prepare, train, sample, eval, bench, serve, generate, loadtest)
+COMMANDS = (prepare, train, distill, sample, eval, export, bench, serve, generate, loadtest)
 
 
 def build_parser() -> argparse.ArgumentParser:

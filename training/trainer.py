@@ -9,8 +9,6 @@ by ``(seed, step, rank)``, so a resumed run repeats exactly what an uninterrupte
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -19,6 +17,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -34,17 +33,18 @@ from .config import TRAJECTORY_FIELDS, TrainConfig
 from .distributed import Distributed
 from .optim import EMA, build_optimizer, learning_rate
 from .plan import GroupBatchPlan, StepBatch, group_timesteps
+from .run_folder import append_log, checkpoint_folder, latest_checkpoint, mark_latest, prune_checkpoints, truncate_log
 from .train_state import read_train_state, write_train_state
 
 if TYPE_CHECKING:
     from .prepared import PreparedData
 
-LATEST = "latest"
-
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """The generator of one rank's step: independent of how many steps ran before it in this process."""
-    return torch.Generator().manual_seed(hash((seed, step, rank, "groupdiff-step")) & 0x7FFF_FFFF_FFFF_FFFF)
+    """The generator of one rank's step: independent of how many steps ran before it, and of the process
+    (a resumed process must draw what the killed one would have; Python's ``hash`` of a str is not stable)."""
+    state = np.random.SeedSequence([seed, step, rank, 0x67_72_6F_75_70]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def build_model(config: TrainConfig, data: PreparedData) -> GroupDiT:
@@ -140,12 +140,11 @@ class Trainer:
         state = read_train_state(folder, self.optimizer)
         self.step = int(state["step"])
         if self.dist.is_main:
-            self._truncate_log(self.step)
+            truncate_log(self.out, self.step)
             tqdm.write(f"resumed from {folder} at step {self.step}")
 
     def latest_checkpoint(self) -> Path | None:
-        pointer = self.out / "checkpoints" / LATEST
-        return self.out / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
+        return latest_checkpoint(self.out)
 
     # -- one step -------------------------------------------------------------------------------------------
     def _draw_inputs(self, batch: StepBatch, generator: torch.Generator) -> list[LossInputs]:
@@ -260,18 +259,10 @@ class Trainer:
 
     # -- outputs --------------------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
-        with open(self.out / "log.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-    def _truncate_log(self, step: int) -> None:
-        """Drop log lines a killed run wrote after its last checkpoint; the resumed run writes them again."""
-        path = self.out / "log.jsonl"
-        if path.is_file():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in kept))
+        append_log(self.out, record)
 
     def save_checkpoint(self) -> Path:
-        folder = self.out / "checkpoints" / f"step-{self.step:07d}"
+        folder = checkpoint_folder(self.out, self.step)
         if self.dist.is_main:
             metadata = {
                 "train_config": to_dict(self.config),
@@ -282,18 +273,10 @@ class Trainer:
             state = {"step": self.step, "world_size": self.dist.world_size}
             save_model(folder, self.model, self.ema.model, metadata,
                        write_extra=lambda tmp: write_train_state(tmp, self.optimizer, state))
-            pointer = folder.parent / LATEST
-            tmp_pointer = pointer.with_suffix(".tmp")
-            tmp_pointer.write_text(folder.name + "\n")
-            os.replace(tmp_pointer, pointer)
-            self._prune_checkpoints()
+            mark_latest(folder)
+            prune_checkpoints(self.out, self.config.keep_checkpoints)
         self.dist.barrier()
         return folder
-
-    def _prune_checkpoints(self) -> None:
-        folders = sorted(p for p in (self.out / "checkpoints").glob("step-*") if p.is_dir())
-        for old in folders[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old)
 
     @torch.no_grad()
     def cross_sample_score(self) -> float | None:

@@ -1,0 +1,76 @@
+"""The distillation run config (``groupdiff distill --config``); recipes: ``groupdiff/recipes/distill-*.yaml``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from groupdiff.training.config import OptimConfig
+
+
+@dataclass(frozen=True)
+class FACMConfig:
+    """The flow-anchored consistency loss (FACM, ``ali-vilab/FACM:losses.py``) in this project's time
+    convention (t = 1 noise). Defaults are FACM's ImageNet ones unless noted."""
+
+    time_mean: float = 0.8  # t = (2/π)·arctan(exp(N(−time_mean, time_std))): FACM's "default" t sampler
+    time_std: float = 1.6
+    grid_share: float = 0.25  # share of groups drawn at the times the student serves (not in FACM; short runs)
+    derivative: Literal["fd", "jvp"] = "fd"  # dF/dt along the teacher flow: finite difference or torch.func.jvp
+    fd_step: float = 2e-5  # finite-difference step in t: the t-embedding (t·1000) varies on a 1e-3 scale; fp32 only
+    relax_power: float = 0.5  # FACM's p: the target moves by (1 − (1 − t)^p) of the clamped gap
+    gap_clamp: float = 1.0
+    loss_c: float = 1e-3  # adaptive L2: e / (e + c)^power (FACM's norm_l2_loss)
+    loss_power: float = 0.5
+    anchor_weight: float = 1.0  # weight of the flow-matching anchor loss
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.grid_share <= 1.0:
+            raise ValueError(f"facm.grid_share must lie in [0, 1], got {self.grid_share}")
+        if not 0.0 < self.fd_step < 0.5:
+            raise ValueError(f"facm.fd_step must lie in (0, 0.5), got {self.fd_step}")
+        if self.time_std <= 0 or self.anchor_weight < 0:
+            raise ValueError("facm.time_std must be > 0 and facm.anchor_weight >= 0")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    teacher: str | None = None  # teacher checkpoint (``--teacher`` overrides)
+    teacher_weights: str = "ema"
+    guidance_scale: float | None = None  # None: the teacher's recorded scale (mode and interval always its own)
+    data: str = "data/fmnist-pixel"  # the teacher's prepared data: x_t is built from real groups
+    query: str = "efficientnet"  # the neighbour index the groups come from (the teacher's retrieval)
+    out: str = "runs/distill"
+    seed: int = 0
+    group_size: int | None = None  # None: the teacher's training group size
+    student: str | None = None  # registry name; None: the teacher's architecture, initialised from its weights
+    student_overrides: dict[str, Any] = field(default_factory=dict)
+    serve_steps: tuple[int, ...] = (1, 2, 4)  # step counts the student is trained and recorded to serve
+    facm: FACMConfig = field(default_factory=FACMConfig)
+    batch_size: int = 64  # images per optimizer step over all ranks (whole groups)
+    steps: int = 1000
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs that support it
+    device: str = "auto"
+    log_every: int = 25
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    sample_every: int = 0  # steps between sample grids; 0 = only at the end
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size is not None and self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        if not self.serve_steps or min(self.serve_steps) < 1:
+            raise ValueError(f"serve_steps must be positive step counts, got {list(self.serve_steps)}")
+
+
+# Fields that define the distillation trajectory: a resumed run must agree on all of them.
+TRAJECTORY_FIELDS = (
+    "teacher", "teacher_weights", "guidance_scale", "data", "query", "seed", "group_size", "student",
+    "student_overrides", "serve_steps", "facm", "batch_size", "optim", "ema_decay", "ema_warmup",
+)

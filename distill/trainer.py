@@ -1,0 +1,268 @@
+"""The distillation trainer: one process or many under `torchrun`.
+
+Each step takes real groups from the teacher's retrieval plan (the same neighbour index), conditions
+every member on its anchor's class (a served group is one class), noises each group to one time,
+asks the frozen teacher for its guided velocity and updates the student by the FACM loss. Random
+inputs come from a generator seeded by ``(seed, step, rank)`` and the plan from ``(seed, epoch)``, so a
+resumed run repeats what an uninterrupted run would do. Ranks average gradients after each backward
+(the JVP path runs outside a DDP wrapper, so the all-reduce is explicit).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed
+from tqdm.auto import tqdm
+
+from groupdiff.config import dump_config, to_dict
+from groupdiff.evaluation import save_group_grid
+from groupdiff.model import fixed_sample_ids, interpolate, load_model, model_config, save_model
+from groupdiff.model.checkpoint import CheckpointError, load_state, read_checkpoint_info
+from groupdiff.training.distributed import Distributed
+from groupdiff.training.optim import EMA, build_optimizer, learning_rate
+from groupdiff.training.plan import GroupBatchPlan, PlanConfig
+from groupdiff.training.prepared import PreparedData
+from groupdiff.training.run_folder import (
+    append_log,
+    checkpoint_folder,
+    latest_checkpoint,
+    mark_latest,
+    prune_checkpoints,
+    truncate_log,
+)
+from groupdiff.training.train_state import read_train_state, write_train_state
+from groupdiff.training.trainer import step_generator
+
+from .config import TRAJECTORY_FIELDS, DistillConfig
+from .facm import facm_loss, sample_times
+from .student import STUDENT_SAMPLER, AnchoredStudent, generate_student
+from .teacher import Teacher, load_teacher
+
+
+def build_student(config: DistillConfig, teacher: Teacher, group_size: int) -> AnchoredStudent:
+    """The teacher's architecture initialised from its weights (FACM), or a registry size from scratch."""
+    base = teacher.model.config
+    shape = {"input_size": base.input_size, "in_channels": base.in_channels, "num_classes": base.num_classes}
+    max_group = {"max_group_size": max(base.max_group_size, group_size)}
+    if config.student is None:
+        student = AnchoredStudent(base.replace(**max_group, **config.student_overrides))
+        if student.config == base:
+            student.load_state_dict(teacher.model.state_dict())
+        return student
+    return AnchoredStudent(model_config(config.student, **shape, **max_group, **config.student_overrides))
+
+
+def student_metadata(config: DistillConfig, teacher: Teacher, group_size: int) -> dict:
+    """``metadata["distill"]``: how the student is served (serving/spec.py), and where it came from."""
+    guidance = teacher.guidance
+    return {
+        "sampler": STUDENT_SAMPLER,
+        "steps": list(config.serve_steps),
+        "guidance": {"scale": guidance.scale, "mode": guidance.mode, "interval": list(guidance.interval)},
+        "teacher": teacher.path,
+        "teacher_recipe": {"sampler": teacher.sampler, "steps": teacher.steps},
+        "group_size": group_size,
+        "method": f"facm ({config.facm.derivative})",
+    }
+
+
+def average_gradients(model: torch.nn.Module, dist: Distributed) -> None:
+    if not dist.enabled:
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= dist.world_size
+    for grad, averaged in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        grad.copy_(averaged.view_as(grad))
+
+
+class Distiller:
+    def __init__(self, config: DistillConfig, data: PreparedData, dist: Distributed, resume: str | None = None):
+        if config.teacher is None:
+            raise ValueError("no teacher checkpoint: pass --teacher or set teacher in the config")
+        self.config, self.data, self.dist = config, data, dist
+        self.out = Path(config.out)
+        self.device = dist.device
+        self.teacher = load_teacher(config.teacher, config.teacher_weights, config.guidance_scale, self.device)
+        teacher_cfg = self.teacher.model.config
+        if tuple(data.samples.shape[1:]) != (teacher_cfg.in_channels, teacher_cfg.input_size, teacher_cfg.input_size):
+            raise ValueError(f"data {config.data} holds samples {tuple(data.samples.shape[1:])}, the teacher takes "
+                             f"({teacher_cfg.in_channels}, {teacher_cfg.input_size}, {teacher_cfg.input_size})")
+        self.group_size = config.group_size or teacher_cfg.max_group_size
+        torch.manual_seed(config.seed)
+        self.student = build_student(config, self.teacher, self.group_size).to(self.device)
+        self.ema = EMA(self.student, config.ema_decay, config.ema_warmup)
+        self.optimizer = build_optimizer(self.student, config.optim)
+        plan = PlanConfig(mode="groupdiff-f", group_size=self.group_size, label_dropout=0.0, query=config.query)
+        self.plan = GroupBatchPlan(plan, data.neighbours(config.query), len(data.samples), config.batch_size,
+                                   dist.world_size, config.seed)
+        self.samples = data.samples.to(self.device)
+        self.autocast_dtype = self._autocast_dtype()
+        if self.autocast_dtype is not None and config.facm.derivative == "fd":
+            raise ValueError("finite differences need fp32 (a step of 2e-5 in t is below bf16 resolution): "
+                             "use facm.derivative=jvp with bf16, or precision=fp32")
+        self.step = 0
+        self.stop_requested = False
+        if resume:
+            self._resume(resume)
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        precision = self.config.precision
+        if precision == "auto":
+            cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            return torch.bfloat16 if cuda_bf16 else None
+        return torch.bfloat16 if precision == "bf16" else None
+
+    def _resume(self, resume: str) -> None:
+        folder = latest_checkpoint(self.out) if resume == "auto" else Path(resume)
+        if folder is None:
+            return
+        saved = read_checkpoint_info(folder).get("metadata", {}).get("distill_config")
+        if saved is None:
+            raise CheckpointError(f"{folder} was not written by the distiller; it has no distill_config to resume")
+        current = to_dict(self.config)
+        mismatched = [k for k in TRAJECTORY_FIELDS if saved.get(k) != current[k]]
+        if mismatched:
+            details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {current[k]!r}" for k in mismatched)
+            raise CheckpointError(f"{folder} was distilled with a different setup ({details})")
+        try:
+            self.student.load_state_dict(load_state(folder, "model"))
+            self.ema.model.load_state_dict(load_state(folder, "ema"))
+        except RuntimeError as error:
+            raise CheckpointError(f"{folder}: weights do not fit the student: {error}") from None
+        self.step = int(read_train_state(folder, self.optimizer)["step"])
+        if self.dist.is_main:
+            truncate_log(self.out, self.step)
+            tqdm.write(f"resumed from {folder} at step {self.step}")
+
+    # -- one step -------------------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        n, config = self.group_size, self.config
+        batch = self.plan.batch(self.step, self.dist.rank)
+        generator = step_generator(config.seed, self.step, self.dist.rank)
+        index = batch.groups.reshape(-1)  # (G·N,) group-major
+        labels = self.data.labels[batch.groups[:, 0]].repeat_interleave(n)  # each group is its anchor's class
+        t = sample_times(len(batch.groups), n, config.facm, config.serve_steps, generator)
+        noise = torch.randn(len(index), *self.samples.shape[1:], generator=generator)
+        to = {"device": self.device}
+        y, t, noise = labels.to(**to), t.to(**to), noise.to(**to)
+        x_t = interpolate(self.samples[index.to(**to)], noise, t)
+        ids = fixed_sample_ids(len(y), n, self.device)  # the ids the teacher and the served student use
+
+        def student(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+            repeats = len(x) // len(y)  # the anchor and consistency halves share one forward
+            return self.student(x, times, y.repeat(repeats), group_size=n, sample_ids=ids.repeat(repeats))
+
+        self.student.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(config.optim, self.step)
+        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        with autocast:
+            v = self.teacher.target(x_t, t, y, n)
+            loss, parts = facm_loss(student, x_t, t, v, config.facm)
+        loss.backward()
+        average_gradients(self.student, self.dist)
+        torch.nn.utils.clip_grad_norm_(self.student.parameters(), config.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.student, self.step)
+        self.step += 1
+        return {"loss": loss.item(), **parts}
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def train(self) -> Path | None:
+        config = self.config
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            dump_config(config, self.out / "config.yaml")
+        previous = signal.signal(signal.SIGTERM, self._request_stop)
+        progress = tqdm(total=config.steps, initial=self.step, desc="distill", disable=not self.dist.is_main,
+                        dynamic_ncols=True)
+        last_saved = None
+        window_start, window_images, window = time.perf_counter(), 0, []
+        try:
+            while self.step < config.steps:
+                window.append(self.train_step())
+                window_images += config.batch_size
+                progress.update(1)
+                stop = self.dist.any(self.stop_requested)
+                finished = self.step >= config.steps
+                if self.step % config.log_every == 0 or finished or stop:
+                    means = {k: self.dist.sum(sum(w[k] for w in window) / len(window)) / self.dist.world_size
+                             for k in window[0]}
+                    record = {"step": self.step, **means, "lr": learning_rate(config.optim, self.step - 1),
+                              "images_per_s": window_images / (time.perf_counter() - window_start),
+                              "epoch": self.step / self.plan.steps_per_epoch}
+                    if self.dist.is_main:
+                        append_log(self.out, record)
+                        progress.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+                    window_start, window_images, window = time.perf_counter(), 0, []
+                if self.step % config.checkpoint_every == 0 or finished or stop:
+                    last_saved = self.save_checkpoint()
+                if self.dist.is_main and (finished or (config.sample_every and self.step % config.sample_every == 0)):
+                    self.sample_grids()
+                if stop:
+                    if self.dist.is_main:
+                        tqdm.write(f"stopped by SIGTERM at step {self.step}; resume with --resume")
+                    break
+        finally:
+            progress.close()
+            signal.signal(signal.SIGTERM, previous)
+        return last_saved
+
+    def _request_stop(self, signum, frame) -> None:
+        self.stop_requested = True
+
+    # -- outputs --------------------------------------------------------------------------------------------
+    def metadata(self) -> dict:
+        teacher_data = read_checkpoint_info(self.teacher.path).get("metadata", {}).get("data", {})
+        return {
+            "distill": student_metadata(self.config, self.teacher, self.group_size),
+            "distill_config": to_dict(self.config),
+            "step": self.step,
+            "data": teacher_data,
+        }
+
+    def save_checkpoint(self) -> Path:
+        folder = checkpoint_folder(self.out, self.step)
+        if self.dist.is_main:
+            state = {"step": self.step, "world_size": self.dist.world_size}
+            save_model(folder, self.student, self.ema.model, self.metadata(),
+                       write_extra=lambda tmp: write_train_state(tmp, self.optimizer, state))
+            mark_latest(folder)
+            prune_checkpoints(self.out, self.config.keep_checkpoints)
+        self.dist.barrier()
+        return folder
+
+    def sample_grids(self) -> list[Path]:
+        """One grid per served step count: a row per class, each row one group of the EMA student."""
+        n, cfg = self.group_size, self.student.config
+        classes = torch.arange(min(10, cfg.num_classes), device=self.device)
+        y = classes.repeat_interleave(n)
+        generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        noise = torch.randn(len(y), cfg.in_channels, cfg.input_size, cfg.input_size, generator=generator,
+                            device=self.device)
+        paths = []
+        for steps in self.config.serve_steps:
+            samples = generate_student(self.ema.model, noise, y, n, steps)
+            path = self.out / "samples" / f"step-{self.step:07d}-{steps}step.png"
+            paths.append(save_group_grid(path, self.data.decode(samples), n, upscale=2))
+        return paths
+
+
+def export_student(checkpoint: str | Path, out: str | Path, reproduce: str | None = None) -> Path:
+    """A serving folder: the student's EMA weights saved as its only (``"model"``) weights, no optimizer."""
+    info = read_checkpoint_info(checkpoint)
+    if "distill" not in info.get("metadata", {}):
+        raise CheckpointError(f"{checkpoint} is not a distilled student")
+    model = load_model(checkpoint, weights="ema")
+    metadata = {**info["metadata"], "exported_from": str(checkpoint), "weights": "ema of the distilled student"}
+    if reproduce:
+        metadata["reproduce"] = reproduce
+    return save_model(out, model, None, metadata)

@@ -1,0 +1,49 @@
+"""``groupdiff distill``: distil a GroupDiff teacher into a few-step group student (FACM).
+
+Runs alone or under ``torchrun --nproc_per_node K -m groupdiff distill ...``. SIGTERM saves a checkpoint
+at the end of the current step; ``--resume`` continues from the latest one. ``--export-to`` writes the
+serving folder (the EMA weights only, with the command that reproduces it).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("distill", help="distil a teacher into a 1-4 step group student (FACM)")
+    p.add_argument("--teacher", help="teacher checkpoint folder (overrides the config's teacher)")
+    p.add_argument("--config", required=True, help="YAML/TOML config file, or a recipe name such as fmnist")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set group_size=1 (repeatable)")
+    p.add_argument("--data", help="prepared data folder (overrides the config's data)")
+    p.add_argument("--out", help="output folder (overrides the config's out)")
+    p.add_argument("--steps", type=int, help="total optimizer steps (overrides the config's steps)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue from the latest checkpoint in --out (or from CHECKPOINT)")
+    p.add_argument("--export-to", metavar="DIR", help="after training, write the serving folder (EMA weights only)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from groupdiff.config import find_config, load_config
+    from groupdiff.distill.config import DistillConfig
+    from groupdiff.distill.trainer import Distiller, export_student
+    from groupdiff.training import distributed
+    from groupdiff.training.prepared import load_prepared
+
+    overrides = list(args.overrides)
+    for key in ("teacher", "data", "out", "steps"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    config = load_config(DistillConfig, find_config(args.config, "distill"), overrides)
+    dist = distributed.setup(config.device)
+    try:
+        distiller = Distiller(config, load_prepared(config.data), dist, resume=args.resume)
+        checkpoint = distiller.train()
+        if dist.is_main and checkpoint is not None:
+            print(f"checkpoint: {checkpoint}")
+            if args.export_to:
+                print(f"serving folder: {export_student(checkpoint, args.export_to, args.invocation)}")
+    finally:
+        distributed.teardown()

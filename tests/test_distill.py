@@ -1,0 +1,199 @@
+"""Distillation: the teacher target is the sampler's guided velocity, the finite-difference time
+derivative agrees with the JVP, and a tiny distillation run checkpoints, resumes exactly, exports and
+samples at 1, 2 and 4 steps with group sizes 1 and 4."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from groupdiff.cli import main
+from groupdiff.distill.config import FACMConfig
+from groupdiff.distill.facm import facm_loss, sample_times, serve_times, time_derivative
+from groupdiff.distill.student import AnchoredStudent, generate_student
+from groupdiff.distill.teacher import load_teacher
+from groupdiff.model import GroupDiT, fixed_sample_ids, load_model, model_config, save_model, velocity_function
+from groupdiff.model.samplers import euler_step, heun_step
+from groupdiff.serving.spec import spec_from_checkpoint
+
+from .conftest import randomize
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+INTERVAL = (0.2, 0.9)
+
+
+def save_teacher(folder: Path, input_size: int, hidden: int = 64, seed: int = 0) -> Path:
+    """A random GroupDiff-l teacher (guidance 1.0 on INTERVAL, Heun 3 steps) as the trainer writes it."""
+    config = model_config("DiT-T/4", input_size=input_size, in_channels=1, num_classes=10, depth=2,
+                          hidden_size=hidden, num_heads=4, max_group_size=4)
+    model = randomize(GroupDiT(config), seed=seed, std=0.02)
+    metadata = {
+        "train_config": {"plan": {"mode": "groupdiff-l", "group_size": 4},
+                         "sample": {"sampler": "heun", "steps": 3, "guidance_scale": 1.0,
+                                    "guidance_interval": list(INTERVAL)}},
+        "data": {"space": "pixel", "scale_factor": 1.0},
+    }
+    return save_model(folder, model, model, metadata)
+
+
+def test_the_teacher_target_is_one_guided_step_of_the_sampler(tmp_path):
+    teacher = load_teacher(save_teacher(tmp_path / "teacher", input_size=16))
+    assert (teacher.sampler, teacher.steps, teacher.guidance.mode) == ("heun", 3, "groupdiff-l")
+    assert teacher.forwards_per_step == 4  # Heun × (conditional, unconditional)
+    generator = torch.Generator().manual_seed(0)
+    n, groups = 4, 3
+    x = torch.randn(n * groups, 1, 16, 16, generator=generator)
+    t = torch.tensor([0.95, 0.5, 0.1]).repeat_interleave(n)  # one group outside the interval on each side
+    t_next = t - 0.05
+    y = torch.tensor([1, 7, 3]).repeat_interleave(n)
+    target = teacher.target(x, t, y, n)
+    assert not target.requires_grad
+    sampler_velocity = velocity_function(teacher.model, y, n, teacher.guidance)
+    torch.testing.assert_close(x + (t_next - t).view(-1, 1, 1, 1) * target, euler_step(sampler_velocity, x, t, t_next),
+                               rtol=0, atol=0)
+    heun = heun_step(teacher.velocity(y, n), x, t, t_next)
+    torch.testing.assert_close(heun, heun_step(sampler_velocity, x, t, t_next), rtol=0, atol=0)
+    # GroupDiff-l: conditional branch per image, unconditional branch over the group with ids 0..N-1
+    model = teacher.model
+    with torch.no_grad():
+        v_cond = model(x, t, y, group_size=1)
+        v_uncond = model(x, t, torch.full_like(y, model.null_class), group_size=n,
+                         sample_ids=fixed_sample_ids(len(y), n))
+    inside = ((t >= INTERVAL[0]) & (t <= INTERVAL[1])).view(-1, 1, 1, 1)
+    expected = torch.where(inside, v_cond + 1.0 * (v_cond - v_uncond), v_cond)
+    torch.testing.assert_close(target, expected, rtol=1e-5, atol=1e-6)
+    assert (target - v_cond)[4:8].abs().max() > 1e-3  # guidance acts inside the interval
+
+
+def tiny_student(seed: int = 0) -> AnchoredStudent:
+    config = model_config("DiT-T/4", input_size=8, in_channels=1, num_classes=10, depth=2, hidden_size=64,
+                          num_heads=4, max_group_size=4)
+    return randomize(AnchoredStudent(config), seed=seed, std=0.02)
+
+
+def test_the_finite_difference_derivative_agrees_with_the_jvp():
+    student = tiny_student().double()
+    generator = torch.Generator().manual_seed(1)
+    n, batch = 4, 8
+    x = torch.randn(batch, 1, 8, 8, generator=generator, dtype=torch.float64)
+    v = torch.randn(batch, 1, 8, 8, generator=generator, dtype=torch.float64)
+    t = torch.tensor([0.3, 0.999995], dtype=torch.float64).repeat_interleave(n)  # the second steps backwards
+    y = torch.randint(0, 10, (batch,), generator=generator)
+
+    def fn(a, b):
+        return student(a, b, y, group_size=n)
+
+    value, jvp = time_derivative(fn, x, t, v, "jvp")
+    _, fd = time_derivative(fn, x, t, v, "fd", step=1e-5)
+    assert value.requires_grad and not jvp.requires_grad
+    # the time embedding runs in fp32 (model/embeddings.py), so they agree to ~1 %, not to float64 precision
+    assert float((fd - jvp).norm() / jvp.norm()) < 0.02
+    with pytest.raises(ValueError, match="'fd' or 'jvp'"):
+        time_derivative(fn, x, t, v, "central")
+
+
+@pytest.mark.parametrize("derivative", ["fd", "jvp"])
+def test_the_facm_loss_trains_the_student(derivative):
+    student = tiny_student()
+    generator = torch.Generator().manual_seed(2)
+    n, batch = 4, 8
+    x_t = torch.randn(batch, 1, 8, 8, generator=generator)
+    v = torch.randn(batch, 1, 8, 8, generator=generator)
+    t = sample_times(batch // n, n, FACMConfig(), (1, 2, 4), generator)
+    assert t.shape == (batch,) and bool((t.view(-1, n) == t.view(-1, n)[:, :1]).all())  # one time per group
+    y = torch.randint(0, 10, (batch,), generator=generator)
+
+    def fn(a, b):
+        repeats = len(a) // batch
+        return student(a, b, y.repeat(repeats), group_size=n)
+
+    loss, parts = facm_loss(fn, x_t, t, v, FACMConfig(derivative=derivative, fd_step=1e-4))
+    loss.backward()
+    assert torch.isfinite(loss) and parts["anchor"] > 0
+    grads = [p.grad for p in student.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+    torch.testing.assert_close(serve_times((1, 2, 4)), torch.tensor([0.25, 0.5, 0.75, 1.0]))
+
+
+def test_the_anchored_student_takes_negative_times_and_nothing_beyond_one():
+    student = tiny_student()
+    x, y = torch.randn(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    assert student(x, -torch.full((4,), 0.5), y, group_size=4).shape == x.shape
+    with pytest.raises(ValueError, match="t must lie"):
+        student(x, torch.full((4,), 1.5), y, group_size=4)
+
+
+# -- a tiny distillation run ------------------------------------------------------------------------------
+TINY = ["batch_size=8", "log_every=1", "checkpoint_every=2", "sample_every=0", "query=class", "device=cpu",
+        "optim.warmup_steps=1", "serve_steps=[1, 2, 4]"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    data = root / "fmnist"
+    assert main(["prepare", "--data", FMNIST, "--limit", "128", "--space", "pixel", "--encoders", "class",
+                 "--out", str(data)]) == 0
+    return data, save_teacher(root / "teacher", input_size=28, hidden=32)
+
+
+def distill(setup, out, steps, *extra):
+    data, teacher = setup
+    args = ["distill", "--teacher", str(teacher), "--config", "fmnist", "--data", str(data), "--out", str(out),
+            "--steps", str(steps)]
+    for item in TINY:
+        args += ["--set", item]
+    return main(args + list(extra))
+
+
+def state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    files = ("model", "ema", "optimizer")
+    return {f"{f}.{k}": v for f in files for k, v in load_file(str(checkpoint / f"{f}.safetensors")).items()}
+
+
+def test_a_distillation_run_resumes_exactly_exports_and_serves(setup, tmp_path):
+    assert distill(setup, tmp_path / "straight", 3) == 0
+    assert distill(setup, tmp_path / "resumed", 2) == 0
+    export = tmp_path / "served"
+    assert distill(setup, tmp_path / "resumed", 3, "--resume", "--export-to", str(export)) == 0
+    straight, resumed = state(tmp_path / "straight/checkpoints/step-0000003"), state(
+        tmp_path / "resumed/checkpoints/step-0000003")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed/log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "resumed/samples").iterdir()) == [
+        f"step-000000{s}-{k}step.png" for s in (2, 3) for k in (1, 2, 4)]
+
+    spec = spec_from_checkpoint(tmp_path / "straight/checkpoints/step-0000003")
+    assert (spec.kind, spec.sampler, spec.steps, spec.guidance_mode) == ("student", "euler", (1, 2, 4), "groupdiff-l")
+    assert spec.guidance_interval == INTERVAL and spec.max_group_size == 4
+    # the serving folder: the EMA weights as the only weights, no optimizer, the command that made it
+    assert sorted(p.name for p in export.iterdir()) == ["config.json", "model.safetensors"]
+    info = json.loads((export / "config.json").read_text())
+    assert info["metadata"]["reproduce"].startswith("groupdiff distill --teacher")
+    assert info["metadata"]["distill"]["group_size"] == 4
+    assert spec_from_checkpoint(export, "model").kind == "student"
+    ema = load_file(str(tmp_path / "resumed/checkpoints/step-0000003/ema.safetensors"))
+    for key, value in load_file(str(export / "model.safetensors")).items():
+        assert torch.equal(value, ema[key]), key
+
+    student = load_model(export, weights="model")
+    for group_size in (1, 4):
+        y = torch.arange(2).repeat_interleave(group_size)
+        noise = torch.randn(len(y), 1, 28, 28)
+        for steps in (1, 2, 4):
+            samples = generate_student(student, noise, y, group_size, steps)
+            assert samples.shape == noise.shape and bool(torch.isfinite(samples).all())
+
+
+def test_bad_distill_input_exits_2(setup, tmp_path, capsys):
+    data, _ = setup
+    assert main(["distill", "--config", "fmnist", "--data", str(data), "--out", str(tmp_path)]) == 2
+    assert "no teacher" in capsys.readouterr().err
+    assert distill(setup, tmp_path / "bf16", 1, "--set", "precision=bf16") == 2
+    assert "finite differences need fp32" in capsys.readouterr().err
+    assert distill(setup, tmp_path / "nope", 1, "--set", "facm.derivative=euler") == 2

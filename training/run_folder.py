@@ -1,0 +1,48 @@
+"""Files of a run folder shared by the trainer and the distiller: checkpoints with a ``latest`` pointer,
+pruning, and the ``log.jsonl`` that a resumed run truncates to its checkpoint's step."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+LATEST = "latest"
+
+
+def checkpoint_folder(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"step-{step:07d}"
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    pointer = out / "checkpoints" / LATEST
+    return out / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
+
+
+def mark_latest(folder: Path) -> None:
+    """Point ``checkpoints/latest`` at ``folder`` atomically."""
+    pointer = folder.parent / LATEST
+    tmp_pointer = pointer.with_suffix(".tmp")
+    tmp_pointer.write_text(folder.name + "\n")
+    os.replace(tmp_pointer, pointer)
+
+
+def prune_checkpoints(out: Path, keep: int) -> None:
+    folders = sorted(p for p in (out / "checkpoints").glob("step-*") if p.is_dir())
+    for old in folders[:-keep]:
+        shutil.rmtree(old)
+
+
+def append_log(out: Path, record: dict[str, Any]) -> None:
+    with open(out / "log.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def truncate_log(out: Path, step: int) -> None:
+    """Drop log lines a killed run wrote after its last checkpoint; the resumed run writes them again."""
+    path = out / "log.jsonl"
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
