@@ -277,6 +277,7 @@ class Scheduler:
                 if not job.dead:
                     job.dead = True
                     self.metrics.reject("cancelled")
+                self._purge_queues()  # its places are free for the next submit at once
                 self._lock.notify_all()
 
     # ---- the worker thread -----------------------------------------------------------------------------
@@ -351,10 +352,16 @@ class Scheduler:
             self._lock.wait(timeout if timeout is None else timeout + 1e-4)
 
     def _expire(self, now: float) -> None:
-        """Answer expired requests with 504, forget finished ones, remove groups nobody waits for."""
+        """Answer expired requests with 504, then drop work nobody waits for (worker thread)."""
         for job in list(self._jobs.values()):
             if job.live and job.undecoded > 0 and now >= job.deadline:  # (being encoded: let it finish)
                 self._fail(job, deadline_error(job.request), "deadline")
+        self._purge_queues()
+        self._running = [g for g in self._running if g.live]
+
+    def _purge_queues(self) -> None:
+        """Under the lock: forget finished requests and remove queued groups nobody waits for."""
+        for job in list(self._jobs.values()):
             if not job.live:
                 job.dead = True
                 del self._jobs[job.request.request_id]
@@ -368,7 +375,7 @@ class Scheduler:
                     self._queued_groups -= 1
         for key in [key for key, queue in self._queues.items() if queue.empty()]:
             del self._queues[key]
-        self._running = [g for g in self._running if g.live]
+        self._update_gauges()
 
     def _admit(self, now: float) -> tuple[list[_Group], float | None]:
         """Groups joining the running batch now, and when to look again if an idle batch waits to fill."""
