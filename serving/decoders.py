@@ -7,6 +7,7 @@ module, which runs in torch here and is exported to ONNX for the other runtimes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from groupdiff.evaluation.grid import to_uint8
-from groupdiff.model.checkpoint import read_checkpoint_info
+from groupdiff.model.checkpoint import file_sha256, read_checkpoint_info
 
 
 class PixelDecoder:
@@ -49,20 +50,38 @@ class TorchLatentDecoder:
             return to_uint8(self.module(samples.to(self.device).float()))
 
 
-def latent_decoder_module(checkpoint: str | os.PathLike, autoencoder: str | os.PathLike | None = None):
-    """The decoder module of a latent checkpoint, or ``None`` for a pixel one.
+def autoencoder_folder(checkpoint: str | os.PathLike, autoencoder: str | os.PathLike | None = None) -> Path | None:
+    """The autoencoder a latent checkpoint decodes with, or ``None`` for a pixel one.
 
     ``autoencoder`` defaults to ``<data root>/autoencoder`` as recorded in the checkpoint's metadata.
     """
-    from groupdiff.training.autoencoder import load_pretrained
-
     data = read_checkpoint_info(checkpoint).get("metadata", {}).get("data", {})
     if data.get("space", "pixel") == "pixel":
         return None
-    if autoencoder is None:
-        if "root" not in data:
-            raise ValueError(f"{checkpoint} is a latent model but records no data root: pass the autoencoder folder")
-        autoencoder = Path(data["root"]) / "autoencoder"
     if "scale_factor" not in data:
         raise ValueError(f"{checkpoint} is a latent model but records no latent scale_factor in its metadata")
-    return LatentDecoderModule(load_pretrained(autoencoder), float(data["scale_factor"]))
+    if autoencoder is not None:
+        return Path(autoencoder)
+    if "root" not in data:
+        raise ValueError(f"{checkpoint} is a latent model but records no data root: pass the autoencoder folder")
+    return Path(data["root"]) / "autoencoder"
+
+
+def autoencoder_hash(folder: str | os.PathLike) -> str:
+    """SHA-256 over the autoencoder folder's files: keys its cached decoder exports."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + bytes.fromhex(file_sha256(path)))
+    return digest.hexdigest()
+
+
+def latent_decoder_module(checkpoint: str | os.PathLike, autoencoder: str | os.PathLike | None = None):
+    """The decoder module of a latent checkpoint (scale factor folded in), or ``None`` for a pixel one."""
+    from groupdiff.training.autoencoder import load_pretrained
+
+    folder = autoencoder_folder(checkpoint, autoencoder)
+    if folder is None:
+        return None
+    scale_factor = float(read_checkpoint_info(checkpoint)["metadata"]["data"]["scale_factor"])
+    return LatentDecoderModule(load_pretrained(folder), scale_factor)

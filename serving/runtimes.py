@@ -26,7 +26,7 @@ import os
 
 import torch
 
-from .decoders import PixelDecoder, TorchLatentDecoder, latent_decoder_module
+from .decoders import PixelDecoder, TorchLatentDecoder, autoencoder_folder, latent_decoder_module
 from .denoiser import DEFAULT_MAX_GROUPS
 from .runtime import Decoder, Runtime
 from .torch_runtime import TorchRuntime
@@ -56,6 +56,12 @@ def load_runtime(
         raise ValueError(f"unknown runtime {name!r}; choose from {RUNTIMES}")
     if name == "torch":
         return TorchRuntime.from_checkpoint(checkpoint, device or "cpu", compile, weights, precision, max_groups)
+    if name == "onnxruntime":
+        if precision != "fp32" or compile:
+            raise ValueError("onnxruntime serves the fp32 export; precision and compile apply to torch/tensorrt")
+        from .onnx_runtime import OnnxRuntime
+
+        return OnnxRuntime.from_checkpoint(checkpoint, model_file, weights, device or "cpu", max_groups, cache_dir)
     raise ValueError(f"runtime {name!r} is not available in this build yet")
 
 
@@ -72,7 +78,11 @@ def load_decoder(
     ones (``autoencoder`` defaults to the folder recorded in the checkpoint's data metadata)."""
     if runtime not in DECODER_RUNTIMES:
         raise ValueError(f"decoders run on {DECODER_RUNTIMES}, got {runtime!r}")
-    module = latent_decoder_module(checkpoint, autoencoder)
-    if module is None:
+    if autoencoder_folder(checkpoint, autoencoder) is None:
         return PixelDecoder()
-    return TorchLatentDecoder(module, device or "cpu")
+    if runtime == "onnxruntime":
+        from .onnx_runtime import OnnxLatentDecoder, providers_for
+
+        return OnnxLatentDecoder.from_checkpoint(checkpoint, autoencoder, model_file, cache_dir,
+                                                 providers_for(device or "cpu"))
+    return TorchLatentDecoder(latent_decoder_module(checkpoint, autoencoder), device or "cpu")

@@ -1,0 +1,44 @@
+"""``groupdiff export``: build serving artefacts from a checkpoint.
+
+Each target is a sub-command with its own parser (``onnx``, ``tensorrt``; more can be added beside
+them by defining ``register_<target>(targets)`` and calling it from `register`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export a checkpoint's denoiser (and decoder) for serving")
+    targets = p.add_subparsers(dest="target", required=True)
+    register_onnx(targets)
+
+
+def register_onnx(targets) -> None:
+    from groupdiff.serving.denoiser import DEFAULT_MAX_GROUPS
+
+    p = targets.add_parser("onnx", help="ONNX with dynamic group-count and group-size axes, checked and tagged")
+    p.add_argument("--checkpoint", required=True, help="teacher or student checkpoint folder")
+    p.add_argument("--out", required=True, help="ONNX file to write (the denoiser)")
+    p.add_argument("--weights", choices=["ema", "model"], help="default: ema when present, else model")
+    p.add_argument("--max-group-size", type=int, help="largest group size N served (default: the model's)")
+    p.add_argument("--max-groups", type=int, default=DEFAULT_MAX_GROUPS, help="largest group count G per call")
+    p.add_argument("--simplify", action="store_true",
+                   help="also run ONNX Runtime's portable graph optimisations offline (folding, dead nodes)")
+    p.add_argument("--decoder-out", help="latent models: also export the autoencoder decoder to this file")
+    p.add_argument("--autoencoder", help="autoencoder folder (default: the one recorded in the checkpoint)")
+    p.set_defaults(run=run_onnx)
+
+
+def run_onnx(args: argparse.Namespace) -> None:
+    from groupdiff.serving.export import export_decoder, export_denoiser
+
+    metadata = export_denoiser(args.checkpoint, args.out, args.weights, args.max_group_size, args.max_groups,
+                               args.simplify)
+    low, high = metadata["group_sizes"]
+    print(f"wrote {args.out}: {metadata['guidance']['kind']} denoiser, weights {metadata['weights']}, "
+          f"model {metadata['model_version']}, groups 1..{metadata['max_groups']}, group size {low}..{high}")
+    if args.decoder_out:
+        export_decoder(args.checkpoint, args.decoder_out, args.autoencoder, args.simplify)
+        print(f"wrote {args.decoder_out}: autoencoder decoder, dynamic batch")

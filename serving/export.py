@@ -1,0 +1,217 @@
+"""ONNX export of the served denoiser and the latent decoder, with the metadata a runtime checks.
+
+The denoiser graph has inputs ``x`` (G, N, C, H, W) float32, ``t`` (G, N) float32, ``y`` (G, N) int64,
+``guidance_scale`` (G,) float32 and output ``velocity`` (G, N, C, H, W). Both the group count ``G``
+(1..max_groups) and the group size ``N`` (1..max_group_size) are dynamic axes (the Dynamo exporter,
+``torch.export`` in strict mode, REFERENCES §5). Everything that does not change between sampling
+calls is a constant of the graph: the weights, the guidance mode and interval, the null class, the
+position embedding; the exporter's optimiser folds what it can. ``simplify`` also runs ONNX Runtime's
+portable (basic-level) graph optimisations offline and saves the result.
+
+Metadata (``metadata_props["groupdiff"]``, JSON) records the model hash, the spec, the group-size and
+group-count limits, the guidance recipe and the dynamic axes, so a runtime can refuse a file made from
+other weights. Every file is written atomically and passes `onnx.checker` before it is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .decoders import latent_decoder_module
+from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, OUTPUT_NAME, ServedDenoiser, load_denoiser, served_weights
+from .spec import DenoiserSpec
+
+ONNX_FORMAT = "groupdiff-onnx"
+ONNX_FORMAT_VERSION = 1
+METADATA_KEY = "groupdiff"
+OPSET = 20
+EXPORT_TOLERANCE = 1e-3  # max abs difference between ONNX Runtime and torch checked right after export
+DECODER_INPUT, DECODER_OUTPUT = "latents", "images"
+
+
+class OnnxFileError(ValueError):
+    """An ONNX file that is missing, corrupt, truncated, or not a GroupDiff export of the expected kind."""
+
+
+def export_denoiser(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    weights: str | None = None,
+    max_group_size: int | None = None,
+    max_groups: int = DEFAULT_MAX_GROUPS,
+    simplify: bool = False,
+) -> dict[str, Any]:
+    """Export a teacher (guided) or student denoiser to ``out``; returns the metadata written into it."""
+    weights = weights or served_weights(checkpoint)
+    return export_served_denoiser(load_denoiser(checkpoint, weights), out, weights, max_group_size, max_groups,
+                                  simplify)
+
+
+def export_served_denoiser(
+    denoiser: ServedDenoiser,
+    out: str | os.PathLike,
+    weights: str,
+    max_group_size: int | None = None,
+    max_groups: int = DEFAULT_MAX_GROUPS,
+    simplify: bool = False,
+) -> dict[str, Any]:
+    from torch.export import Dim
+
+    spec = denoiser.spec
+    max_group_size = spec.max_group_size if max_group_size is None else max_group_size
+    if not 1 <= max_group_size <= spec.max_group_size:
+        raise ValueError(f"max group size must lie in 1..{spec.max_group_size} (the model's), got {max_group_size}")
+    if max_groups < 1:
+        raise ValueError(f"max groups must be at least 1, got {max_groups}")
+    window = tuple(denoiser.model.config.group_attention_window)
+    if window != (0.0, 1.0):
+        raise ValueError(f"group attention window {window} switches attention per call on data; only the full "
+                         "window (0, 1) exports to a static graph (serve this model with the torch runtime)")
+    example = example_inputs(spec, min(2, max_groups), min(2, max_group_size))
+    groups = Dim("groups", min=1, max=max_groups)
+    group_size = Dim("group_size", min=1, max=max_group_size) if max_group_size > 1 else None
+    per_member = {0: groups, 1: group_size} if group_size is not None else {0: groups}
+    dynamic = {"x": per_member, "t": per_member, "y": per_member, "guidance_scale": {0: groups}}
+    with torch.no_grad():
+        program = torch.export.export(denoiser.eval(), example, dynamic_shapes=dynamic, strict=True)
+    metadata = {
+        "format": ONNX_FORMAT, "format_version": ONNX_FORMAT_VERSION, "graph": "denoiser",
+        "model_hash": spec.model_hash, "model_version": spec.model_version, "weights": weights,
+        "spec": spec.to_dict(), "group_sizes": [1, max_group_size], "max_groups": max_groups,
+        "guidance": {"kind": spec.kind, "mode": spec.guidance_mode, "interval": list(spec.guidance_interval),
+                     "default_scale": spec.guidance_scale,
+                     "scale_input": "per group" if spec.kind == "teacher" else "ignored (baked into the student)"},
+        "dynamic_axes": {"groups": [1, max_groups], "group_size": [1, max_group_size]},
+        "opset": OPSET, "torch": torch.__version__,
+    }
+    reference = denoiser(*example).detach().numpy()
+    _write_onnx(program, example, dynamic, INPUT_NAMES, [OUTPUT_NAME], metadata, Path(out), simplify, reference)
+    return metadata
+
+
+def export_decoder(
+    checkpoint: str | os.PathLike, out: str | os.PathLike, autoencoder: str | os.PathLike | None = None,
+    simplify: bool = False,
+) -> dict[str, Any]:
+    """Export the autoencoder decoder of a latent checkpoint, scale factor folded in, dynamic batch."""
+    from torch.export import Dim
+
+    from .spec import spec_from_checkpoint
+
+    module = latent_decoder_module(checkpoint, autoencoder)
+    if module is None:
+        raise ValueError(f"{checkpoint} is a pixel-space model: it needs no decoder (images are clamped samples)")
+    spec = spec_from_checkpoint(checkpoint, "model")
+    example = (torch.randn(2, spec.channels, spec.size, spec.size),)
+    dynamic = {"latents": {0: Dim.DYNAMIC}}
+    with torch.no_grad():
+        program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=True)
+        reference = module(*example).numpy()
+    metadata = {
+        "format": ONNX_FORMAT, "format_version": ONNX_FORMAT_VERSION, "graph": "decoder",
+        "model_hash": spec.model_hash, "scale_factor": module.scale_factor,
+        "latent_shape": [spec.channels, spec.size, spec.size], "image_shape": list(reference.shape[1:]),
+        "dynamic_axes": {"batch": "any"}, "opset": OPSET, "torch": torch.__version__,
+    }
+    _write_onnx(program, example, dynamic, (DECODER_INPUT,), [DECODER_OUTPUT], metadata, Path(out), simplify, reference)
+    return metadata
+
+
+def example_inputs(spec: DenoiserSpec, groups: int, group_size: int) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(groups, group_size, spec.channels, spec.size, spec.size, generator=generator)
+    t = torch.rand(groups, group_size, generator=generator)
+    y = torch.randint(0, spec.num_classes, (groups, group_size), generator=generator)
+    return x, t, y, torch.full((groups,), 1.5)
+
+
+def _write_onnx(program, example, dynamic, input_names, output_names, metadata, out: Path, simplify, reference) -> None:
+    import onnx
+
+    with warnings.catch_warnings():  # torch notes that axes sharing one Dim share its name: expected
+        warnings.filterwarnings("ignore", message=".*The axis name.*will not be used")
+        onnx_program = torch.onnx.export(program, example, dynamic_shapes=dynamic, input_names=list(input_names),
+                                         output_names=output_names, dynamo=True, opset_version=OPSET,
+                                         optimize=True, verbose=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        path = Path(tmp) / out.name
+        onnx_program.save(str(path))
+        if simplify:
+            _ort_basic_optimize(path)
+        model = onnx.load(str(path))
+        metadata = {**metadata, "simplified": simplify}
+        onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+        model.doc_string = f"GroupDiff {metadata['graph']} ({metadata['model_hash'][:12]})"
+        onnx.save(model, str(path))
+        onnx.checker.check_model(str(path), full_check=True)
+        session = create_session(path)
+        got = session.run(None, {name: z.numpy() for name, z in zip(input_names, example, strict=True)})[0]
+        error = float(np.abs(got - reference).max())
+        if not error <= EXPORT_TOLERANCE:
+            raise RuntimeError(f"exported graph differs from torch by {error:.2e} (> {EXPORT_TOLERANCE}); not saved")
+        os.replace(path, out)
+
+
+def _ort_basic_optimize(path: Path) -> None:
+    """Constant folding and redundant-node removal that keep the graph standard ONNX (any runtime)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    simplified = path.with_name(path.stem + ".simplified.onnx")
+    options.optimized_model_filepath = str(simplified)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    os.replace(simplified, path)
+
+
+def read_onnx_metadata(path: str | os.PathLike, graph: str | None = None) -> dict[str, Any]:
+    """The GroupDiff metadata of an exported file, checked: clear errors for missing, corrupt or foreign files."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(model)
+    except Exception as error:  # protobuf DecodeError, checker ValidationError, ...: all mean a bad file
+        raise OnnxFileError(f"{path} is not a valid ONNX model (corrupt or truncated?): "
+                            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    try:
+        metadata = json.loads(props[METADATA_KEY])
+    except (KeyError, json.JSONDecodeError):
+        raise OnnxFileError(f"{path} has no GroupDiff metadata: export it with `groupdiff export onnx`") from None
+    if metadata.get("format") != ONNX_FORMAT or metadata.get("format_version") != ONNX_FORMAT_VERSION:
+        raise OnnxFileError(f"{path}: unsupported GroupDiff ONNX format {metadata.get('format')!r} "
+                            f"v{metadata.get('format_version')!r}")
+    if graph is not None and metadata.get("graph") != graph:
+        raise OnnxFileError(f"{path} holds a {metadata.get('graph')!r} graph, expected a {graph!r} graph")
+    return metadata
+
+
+def create_session(path: str | os.PathLike, providers: list | None = None, threads: int | None = None):
+    """An ONNX Runtime session tuned for one caller at a time: all graph optimisations, sequential
+    execution, ``threads`` intra-op threads (default: torch's count, so comparisons are like for like)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: constant-folding notes are not actionable
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise OnnxFileError(f"ONNX Runtime cannot load {path}: {str(error).splitlines()[0]}") from None
+
