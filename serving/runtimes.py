@@ -46,11 +46,15 @@ def load_runtime(
     max_groups: int = DEFAULT_MAX_GROUPS,
     model_file: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    group_sizes: tuple[int, ...] | None = None,
+    cuda_graphs: bool = False,
 ) -> Runtime:
     """The served denoiser of ``checkpoint`` on runtime ``name`` (one of `RUNTIMES`).
 
     ``device`` defaults to ``cpu`` (``cuda`` for tensorrt and torch-tensorrt); ``compile`` applies to
-    torch; ``model_file`` is an ONNX file (onnxruntime, tensorrt) or a serialised engine.
+    torch; ``model_file`` is an ONNX file (onnxruntime, tensorrt) or a serialised engine (tensorrt, with its
+    ``.json`` sidecar). ``group_sizes`` limits the engine profiles built (tensorrt, torch-tensorrt; default:
+    all of the model's); ``cuda_graphs`` replays captured graphs per fixed shape (tensorrt).
     """
     if name not in RUNTIMES:
         raise ValueError(f"unknown runtime {name!r}; choose from {RUNTIMES}")
@@ -62,7 +66,15 @@ def load_runtime(
         from .onnx_runtime import OnnxRuntime
 
         return OnnxRuntime.from_checkpoint(checkpoint, model_file, weights, device or "cpu", max_groups, cache_dir)
-    raise ValueError(f"runtime {name!r} is not available in this build yet")
+    if name == "tensorrt":
+        from .tensorrt_runtime import TensorRTRuntime
+
+        return TensorRTRuntime.from_checkpoint(checkpoint, model_file, weights, device or "cuda", precision,
+                                               max_groups, cache_dir, group_sizes, cuda_graphs)
+    from .torch_tensorrt_runtime import TorchTensorRTRuntime
+
+    return TorchTensorRTRuntime.from_checkpoint(checkpoint, weights, device or "cuda", precision, max_groups,
+                                                group_sizes)
 
 
 def load_decoder(

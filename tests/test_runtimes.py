@@ -88,3 +88,93 @@ def test_latent_decoder_folds_the_scale_factor(tmp_path):
     assert np.abs(images.astype(int) - ((expected + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()).max() <= 1
     with pytest.raises(ValueError, match="decoders run on"):
         load_decoder(checkpoint, runtime="tensorrt")
+
+
+def tensorrt_missing_reason() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+    except (ImportError, OSError) as error:
+        return f"TensorRT is not installed here ({error}); GPU check: bench/gpu/runtime.sh"
+    return None if torch.cuda.is_available() else "TensorRT needs a CUDA GPU"
+
+
+def test_engine_cache_builds_once_and_rebuilds_on_a_stale_sidecar(tmp_path, student):
+    from groupdiff.serving.engine_cache import EngineCache, EngineKey, write_sidecar
+
+    cache, builds = EngineCache(tmp_path), []
+    key = EngineKey("abc" * 10, "tensorrt-denoiser", {"compute_capability": "sm90", "tensorrt": "10.13"})
+
+    def build(path):
+        builds.append(path)
+        path.write_bytes(b"engine")
+
+    first = cache.get_or_build(key, "denoiser.plan", build)
+    assert cache.get_or_build(key, "denoiser.plan", build) == first and len(builds) == 1
+    assert first.read_bytes() == b"engine" and not list(tmp_path.rglob(".*tmp*"))
+    write_sidecar(first, EngineKey(key.model_hash, key.artifact, {**key.target, "compute_capability": "sm80"}))
+    assert cache.lookup(key, "denoiser.plan") is None  # a sidecar that disagrees is never trusted
+    assert cache.get_or_build(key, "denoiser.plan", build) == first and len(builds) == 2
+    other_gpu = EngineKey(key.model_hash, key.artifact, {**key.target, "compute_capability": "sm89"})
+    assert cache.path(other_gpu, "denoiser.plan").parent != first.parent  # another GPU gets its own entry
+    assert EngineCache(None).root.name == "engines"
+
+
+def test_an_engine_for_another_gpu_or_tensorrt_version_is_refused(tmp_path, student):
+    from groupdiff.serving.engine_cache import EngineMismatchError, write_sidecar
+    from groupdiff.serving.spec import spec_from_checkpoint
+    from groupdiff.serving.tensorrt_runtime import check_engine_target, engine_key, engine_profiles
+
+    spec = spec_from_checkpoint(student, "model")
+    profiles = engine_profiles(spec, (1, 4), max_groups=16)
+    engine = tmp_path / "denoiser.plan"
+    engine.write_bytes(b"serialised engine")
+    with pytest.raises(EngineMismatchError, match="no metadata sidecar"):
+        check_engine_target(engine, spec, "10.13.0", "sm90")
+    write_sidecar(engine, engine_key(spec, "fp16", profiles, "10.13.0", "sm90"))
+    assert check_engine_target(engine, spec, "10.13.0", "sm90") == profiles
+    with pytest.raises(EngineMismatchError, match=r"compute_capability 'sm90' \(expected 'sm80'\)"):
+        check_engine_target(engine, spec, "10.13.0", "sm80")
+    with pytest.raises(EngineMismatchError, match=r"tensorrt '10.13.0' \(expected '10.14.1'\)"):
+        check_engine_target(engine, spec, "10.14.1", "sm90")
+    (tmp_path / "denoiser.plan.json").write_text("{not json")
+    with pytest.raises(EngineMismatchError, match="not a valid engine sidecar"):
+        check_engine_target(engine, spec, "10.13.0", "sm90")
+
+
+def test_engine_profiles_select_by_group_size(student):
+    from groupdiff.serving.spec import spec_from_checkpoint
+    from groupdiff.serving.tensorrt_runtime import engine_profiles, profile_index
+
+    spec = spec_from_checkpoint(student, "model")
+    profiles = engine_profiles(spec, (4, 1), max_groups=16, opt_groups=8)
+    assert [p.group_size for p in profiles] == [1, 4]
+    assert profiles[1].input_shapes(spec)["x"] == ((1, 4, 1, 8, 8), (8, 4, 1, 8, 8), (16, 4, 1, 8, 8))
+    assert profile_index(profiles, 16, 4) == 1
+    with pytest.raises(RuntimeShapeError, match="17 groups outside the engine profile's range 1..16"):
+        profile_index(profiles, 17, 4)
+    with pytest.raises(RuntimeShapeError, match="group size 2 has no engine profile"):
+        profile_index(profiles, 1, 2)
+    with pytest.raises(ValueError, match="outside the model's 1..4"):
+        engine_profiles(spec, (8,))
+
+
+@pytest.mark.skipif(tensorrt_missing_reason() is None, reason="TensorRT is installed: the missing-library path")
+def test_missing_tensorrt_is_a_clear_error(student, tmp_path, capsys):
+    from groupdiff.cli import main
+
+    with pytest.raises(ValueError, match="TensorRT is not installed"):
+        load_runtime("tensorrt", student, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="torch-tensorrt is not installed"):
+        load_runtime("torch-tensorrt", student)
+    assert main(["export", "tensorrt", "--checkpoint", str(student), "--cache", str(tmp_path)]) == 2
+    assert "TensorRT is not installed" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(tensorrt_missing_reason() is not None, reason=str(tensorrt_missing_reason()))
+def test_tensorrt_matches_torch(student, tmp_path):
+    reference = load_runtime("torch", student, device="cuda")
+    runtime = load_runtime("tensorrt", student, cache_dir=tmp_path, group_sizes=(1, 4), max_groups=8)
+    for groups in (1, 3, 8):
+        for group_size in (1, 4):
+            inputs = group_inputs(groups, group_size)
+            torch.testing.assert_close(runtime.velocity(*inputs), reference.velocity(*inputs), atol=2e-3, rtol=0)

@@ -13,6 +13,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a checkpoint's denoiser (and decoder) for serving")
     targets = p.add_subparsers(dest="target", required=True)
     register_onnx(targets)
+    register_tensorrt(targets)
 
 
 def register_onnx(targets) -> None:
@@ -42,3 +43,29 @@ def run_onnx(args: argparse.Namespace) -> None:
     if args.decoder_out:
         export_decoder(args.checkpoint, args.decoder_out, args.autoencoder, args.simplify)
         print(f"wrote {args.decoder_out}: autoencoder decoder, dynamic batch")
+
+
+def register_tensorrt(targets) -> None:
+    from groupdiff.serving.denoiser import DEFAULT_MAX_GROUPS
+    from groupdiff.serving.tensorrt_runtime import DEFAULT_OPT_GROUPS, PRECISIONS
+
+    p = targets.add_parser("tensorrt", help="a TensorRT engine for this GPU (cached, one profile per group size)")
+    p.add_argument("--checkpoint", required=True, help="teacher or student checkpoint folder")
+    p.add_argument("--onnx", help="ONNX export to build from (default: export into the cache)")
+    p.add_argument("--weights", choices=["ema", "model"], help="default: ema when present, else model")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp16")
+    p.add_argument("--group-sizes", type=int, nargs="+", help="group sizes to build profiles for (default: all)")
+    p.add_argument("--max-groups", type=int, default=DEFAULT_MAX_GROUPS, help="largest group count per call")
+    p.add_argument("--opt-groups", type=int, default=DEFAULT_OPT_GROUPS, help="group count the build tunes for")
+    p.add_argument("--device", default="cuda", help="the GPU to build for (engines are tied to its architecture)")
+    p.add_argument("--cache", help="engine cache folder (default $GROUPDIFF_CACHE/engines or "
+                                   "~/.cache/groupdiff/engines)")
+    p.set_defaults(run=run_tensorrt)
+
+
+def run_tensorrt(args: argparse.Namespace) -> None:
+    from groupdiff.serving.tensorrt_runtime import tensorrt_engine
+
+    engine = tensorrt_engine(args.checkpoint, args.weights, args.precision, args.group_sizes, args.max_groups,
+                             args.opt_groups, args.device, args.cache, args.onnx)
+    print(f"engine {engine} (sidecar {engine.name}.json records model hash, GPU architecture, TensorRT version)")

@@ -1,0 +1,84 @@
+"""torch-tensorrt (dynamo path): the served denoiser exported with `torch.export` and compiled to
+TensorRT inside torch, one compiled module per served group size with a dynamic group count.
+
+Compiled in the serving process at start-up (no engine file: the cache and sidecar checks of the
+TensorRT runtime apply to standalone engines). ``torch_tensorrt`` is imported lazily; without it
+(or without TensorRT's libraries) the constructor raises a `ValueError` that says so.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .denoiser import DEFAULT_MAX_GROUPS, ServedDenoiser, check_velocity_inputs, load_denoiser
+from .export import example_inputs
+from .tensorrt_runtime import DEFAULT_OPT_GROUPS, EngineProfile, engine_profiles, profile_index
+
+PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def import_torch_tensorrt():
+    try:
+        import torch_tensorrt
+    except (ImportError, OSError) as error:  # OSError: libnvinfer missing behind an installed wheel
+        raise ValueError(f"torch-tensorrt is not installed or cannot load TensorRT ({error}); install "
+                         "torch-tensorrt matching this torch on a GPU machine, or use the tensorrt, onnxruntime "
+                         "or torch runtime") from None
+    return torch_tensorrt
+
+
+def compile_profile(denoiser: ServedDenoiser, profile: EngineProfile, precision: str, device: torch.device):
+    """One compiled module for group size ``profile.group_size`` and G in the profile's range."""
+    from torch.export import Dim
+
+    torch_tensorrt = import_torch_tensorrt()
+    spec = denoiser.spec
+    example = tuple(z.to(device) for z in example_inputs(spec, profile.opt_groups, profile.group_size))
+    groups = Dim("groups", min=profile.min_groups, max=profile.max_groups)
+    dynamic = {"x": {0: groups}, "t": {0: groups}, "y": {0: groups}, "guidance_scale": {0: groups}}
+    with torch.no_grad():
+        program = torch.export.export(denoiser, example, dynamic_shapes=dynamic, strict=True)
+    inputs = [
+        torch_tensorrt.Input(min_shape=low, opt_shape=opt, max_shape=high, dtype=dtype)
+        for (low, opt, high), dtype in zip(profile.input_shapes(spec).values(),
+                                           (torch.float32, torch.float32, torch.int64, torch.float32), strict=True)
+    ]
+    return torch_tensorrt.dynamo.compile(program, inputs=inputs, enabled_precisions={PRECISION_DTYPES[precision]},
+                                         device=device, min_block_size=1)
+
+
+class TorchTensorRTRuntime:
+    name = "torch-tensorrt"
+
+    def __init__(self, denoiser: ServedDenoiser, device: str | torch.device = "cuda", precision: str = "fp16",
+                 group_sizes: tuple[int, ...] | None = None, max_groups: int = DEFAULT_MAX_GROUPS,
+                 opt_groups: int = DEFAULT_OPT_GROUPS):
+        if precision not in PRECISION_DTYPES:
+            raise ValueError(f"precision must be one of {tuple(PRECISION_DTYPES)}, got {precision!r}")
+        import_torch_tensorrt()
+        self.device = torch.device(device)
+        self.spec = denoiser.spec
+        self.profiles = engine_profiles(self.spec, group_sizes, max_groups, opt_groups)
+        self.group_sizes = tuple(p.group_size for p in self.profiles)
+        self.max_groups = max_groups
+        denoiser = denoiser.to(self.device).eval()
+        self._modules = [compile_profile(denoiser, p, precision, self.device) for p in self.profiles]
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike, weights: str | None = None,
+                        device: str | torch.device = "cuda", precision: str = "fp16",
+                        max_groups: int = DEFAULT_MAX_GROUPS,
+                        group_sizes: tuple[int, ...] | None = None) -> TorchTensorRTRuntime:
+        return cls(load_denoiser(checkpoint, weights), device, precision, group_sizes, max_groups)
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                 guidance_scale: torch.Tensor) -> torch.Tensor:  # (G, N, C, H, W) float32 on self.device
+        check_velocity_inputs(self.spec, self.max_groups, self.group_sizes, x, t, y, guidance_scale)
+        module = self._modules[profile_index(self.profiles, x.shape[0], x.shape[1])]
+        with torch.inference_mode():
+            return module(*(z.to(self.device) for z in (x.float(), t.float(), y, guidance_scale.float()))).float()
+
+    def close(self) -> None:
+        self._modules = []
