@@ -30,6 +30,7 @@ from .serve_config import ServeConfig, build_scheduler
 
 LOG = logging.getLogger("groupdiff.serving")
 MODEL_NAME = "groupdiff"
+START_ATTEMPTS = 3
 # input name -> (request field, numpy dtype, optional)
 INPUTS = {
     "CLASS_ID": ("class_id", np.int64, False),
@@ -106,7 +107,7 @@ def python_library_path() -> str:
 
 
 def serve_triton(config: ServeConfig, host: str, http_port: int, grpc_port: int, metrics_port: int,
-                 scheduler_metrics_port: int, workspace: str | None = None) -> None:
+                 scheduler_metrics_port: int, workspace: str | None = None, instances: int = 8) -> None:
     """Load the model, start PyTriton and the groupdiff_* metrics endpoint, serve until SIGTERM/SIGINT."""
     os.environ["LD_LIBRARY_PATH"] = python_library_path()
     from prometheus_client import start_http_server
@@ -126,17 +127,35 @@ def serve_triton(config: ServeConfig, host: str, http_port: int, grpc_port: int,
               for name, (_, dtype, optional) in INPUTS.items()]
     outputs = [Tensor(name="IMAGES", dtype=np.uint8, shape=(-1, -1, -1, -1)),
                Tensor(name="SEEDS", dtype=np.int64, shape=(-1,))]
-    with Triton(config=triton_config, workspace=workspace_dir) as triton:
-        triton.bind(model_name=MODEL_NAME, infer_func=make_infer(scheduler, config.limits), inputs=inputs,
-                    outputs=outputs, config=ModelConfig(batching=False), strict=True)
-
-        def stop(signum, _frame):
-            LOG.info("signal %d: stopping Triton (in-flight requests finish first)", signum)
+    # Triton runs one request at a time per model instance: `instances` stubs forward requests
+    # concurrently to this process, where they wait on the one scheduler together.
+    bind = {"model_name": MODEL_NAME, "inputs": inputs, "outputs": outputs, "config": ModelConfig(batching=False),
+            "strict": True}
+    for attempt in range(1, START_ATTEMPTS + 1):
+        # PyTriton's instances fetch their config from a handshake socket that instance 0 opens, with a
+        # 1 s timeout; on a loaded machine an instance can miss it and the model fails to load. Retry.
+        triton = Triton(config=triton_config, workspace=workspace_dir / f"attempt-{attempt}")
+        try:
+            triton.bind(infer_func=[make_infer(scheduler, config.limits) for _ in range(instances)], **bind)
+            triton.run()
+            break
+        except Exception as error:
             triton.stop()
+            if attempt == START_ATTEMPTS:
+                scheduler.close(0)
+                raise RuntimeError(f"Triton did not load model {MODEL_NAME}: {error}") from error
+            LOG.warning("Triton start attempt %d failed (%s); retrying", attempt, error)
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        LOG.info("Triton model %s on http %s:%d, grpc %s:%d, metrics :%d; groupdiff metrics :%d/metrics",
-                 MODEL_NAME, host, http_port, host, grpc_port, metrics_port, scheduler_metrics_port)
+    def stop(signum, _frame):
+        LOG.info("signal %d: stopping Triton (in-flight requests finish first)", signum)
+        triton.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    LOG.info("Triton model %s on http %s:%d, grpc %s:%d, metrics :%d; groupdiff metrics :%d/metrics",
+             MODEL_NAME, host, http_port, host, grpc_port, metrics_port, scheduler_metrics_port)
+    try:
         triton.serve()
+    finally:
+        triton.stop()
     scheduler.close(config.drain_timeout_s)

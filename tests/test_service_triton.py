@@ -3,6 +3,7 @@ the CPU), through tritonclient over gRPC and HTTP; one server for the module."""
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -20,7 +21,8 @@ DTYPES = {np.int64: "INT64", np.int32: "INT32", np.float32: "FP32", np.object_: 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     checkpoint = tiny_checkpoint(tmp_path_factory.mktemp("triton") / "teacher", kind="teacher", steps=2)
-    with triton_server(checkpoint, args=["--max-batch-groups", "4", "--max-images", "16"]) as running:
+    args = ["--max-batch-groups", "4", "--max-images", "16", "--triton-instances", "2"]
+    with triton_server(checkpoint, args=args) as running:
         yield running
 
 
@@ -105,6 +107,10 @@ def test_concurrent_grpc_requests_share_batches(server, clients):
     assert counts == [1 + i % 4 for i in range(16)]
     module, client = clients["grpc"]
     assert client.is_server_ready()
+    metrics = httpx.get(server.scheduler_metrics_url).text
+    single = float(re.search(r'groupdiff_batch_groups_bucket\{le="1.0"\} (\S+)', metrics)[1])
+    total = float(re.search(r"groupdiff_batch_groups_count (\S+)", metrics)[1])
+    assert total > single  # some runtime calls held groups of several concurrent requests
 
 
 def test_metrics_on_both_ports(server):

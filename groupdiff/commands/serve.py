@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--metrics-port", type=int, default=8002, help="Triton's own nv_* metrics port")
     p.add_argument("--scheduler-metrics-port", type=int, default=9464,
                    help="groupdiff_* metrics of the Triton frontend (REST serves them on /metrics)")
+    p.add_argument("--triton-instances", type=int, default=8,
+                   help="Triton model instances: requests in flight at once over gRPC/HTTP (each waits on the "
+                        "one scheduler, which batches them)")
     p.add_argument("--max-queue", type=int, default=256, help="queued groups before requests get 429")
     p.add_argument("--max-images", type=int, default=64, help="largest num_images per request")
     p.add_argument("--max-batch-groups", type=int, help="groups per runtime call (default: the runtime's maximum)")
@@ -44,7 +47,7 @@ def register(subparsers) -> None:
 def serve_config(args: argparse.Namespace):
     from groupdiff.serving.serve_config import ServeConfig, check_checkpoint
 
-    for name in ("max_queue", "max_images", "port", "http_port", "grpc_port", "metrics_port"):
+    for name in ("max_queue", "max_images", "port", "http_port", "grpc_port", "metrics_port", "triton_instances"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if args.max_batch_groups is not None and args.max_batch_groups < 1:
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
         from groupdiff.serving.triton import serve_triton
 
         serve_triton(config, args.host, args.http_port, args.grpc_port, args.metrics_port,
-                     args.scheduler_metrics_port, args.workspace)
+                     args.scheduler_metrics_port, args.workspace, args.triton_instances)
     else:
         serve_rest(config, args.host, args.port)
 
