@@ -63,25 +63,9 @@ def export_served_denoiser(
     max_groups: int = DEFAULT_MAX_GROUPS,
     simplify: bool = False,
 ) -> dict[str, Any]:
-    from torch.export import Dim
-
     spec = denoiser.spec
     max_group_size = spec.max_group_size if max_group_size is None else max_group_size
-    if not 1 <= max_group_size <= spec.max_group_size:
-        raise ValueError(f"max group size must lie in 1..{spec.max_group_size} (the model's), got {max_group_size}")
-    if max_groups < 1:
-        raise ValueError(f"max groups must be at least 1, got {max_groups}")
-    window = tuple(denoiser.model.config.group_attention_window)
-    if window != (0.0, 1.0):
-        raise ValueError(f"group attention window {window} switches attention per call on data; only the full "
-                         "window (0, 1) exports to a static graph (serve this model with the torch runtime)")
-    example = example_inputs(spec, min(2, max_groups), min(2, max_group_size))
-    groups = Dim("groups", min=1, max=max_groups)
-    group_size = Dim("group_size", min=1, max=max_group_size) if max_group_size > 1 else None
-    per_member = {0: groups, 1: group_size} if group_size is not None else {0: groups}
-    dynamic = {"x": per_member, "t": per_member, "y": per_member, "guidance_scale": {0: groups}}
-    with torch.no_grad():
-        program = torch.export.export(denoiser.eval(), example, dynamic_shapes=dynamic, strict=True)
+    program, example, dynamic = export_program(denoiser, max_group_size, max_groups)
     metadata = {
         "format": ONNX_FORMAT, "format_version": ONNX_FORMAT_VERSION, "graph": "denoiser",
         "model_hash": spec.model_hash, "model_version": spec.model_version, "weights": weights,
@@ -95,6 +79,31 @@ def export_served_denoiser(
     reference = denoiser(*example).detach().numpy()
     _write_onnx(program, example, dynamic, INPUT_NAMES, [OUTPUT_NAME], metadata, Path(out), simplify, reference)
     return metadata
+
+
+def export_program(denoiser: ServedDenoiser, max_group_size: int, max_groups: int):
+    """``torch.export`` (strict) of the denoiser with dynamic G in 1..max_groups and N in 1..max_group_size:
+    (program, example inputs, dynamic shapes). The ONNX export and the CUDA-graph torch runtime start here."""
+    from torch.export import Dim
+
+    spec = denoiser.spec
+    if not 1 <= max_group_size <= spec.max_group_size:
+        raise ValueError(f"max group size must lie in 1..{spec.max_group_size} (the model's), got {max_group_size}")
+    if max_groups < 1:
+        raise ValueError(f"max groups must be at least 1, got {max_groups}")
+    window = tuple(denoiser.model.config.group_attention_window)
+    if window != (0.0, 1.0):
+        raise ValueError(f"group attention window {window} switches attention per call on data; only the full "
+                         "window (0, 1) exports to a static graph (serve this model with the torch runtime)")
+    device = next(denoiser.parameters()).device
+    example = tuple(z.to(device) for z in example_inputs(spec, min(2, max_groups), min(2, max_group_size)))
+    groups = Dim("groups", min=1, max=max_groups)
+    group_size = Dim("group_size", min=1, max=max_group_size) if max_group_size > 1 else None
+    per_member = {0: groups, 1: group_size} if group_size is not None else {0: groups}
+    dynamic = {"x": per_member, "t": per_member, "y": per_member, "guidance_scale": {0: groups}}
+    with torch.no_grad():
+        program = torch.export.export(denoiser.eval(), example, dynamic_shapes=dynamic, strict=True)
+    return program, example, dynamic
 
 
 def export_decoder(

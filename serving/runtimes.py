@@ -54,12 +54,13 @@ def load_runtime(
     ``device`` defaults to ``cpu`` (``cuda`` for tensorrt and torch-tensorrt); ``compile`` applies to
     torch; ``model_file`` is an ONNX file (onnxruntime, tensorrt) or a serialised engine (tensorrt, with its
     ``.json`` sidecar). ``group_sizes`` limits the engine profiles built (tensorrt, torch-tensorrt; default:
-    all of the model's); ``cuda_graphs`` replays captured graphs per fixed shape (tensorrt).
+    all of the model's); ``cuda_graphs`` replays captured graphs per fixed shape (torch, tensorrt).
     """
     if name not in RUNTIMES:
         raise ValueError(f"unknown runtime {name!r}; choose from {RUNTIMES}")
     if name == "torch":
-        return TorchRuntime.from_checkpoint(checkpoint, device or "cpu", compile, weights, precision, max_groups)
+        return TorchRuntime.from_checkpoint(checkpoint, device or "cpu", compile, weights, precision, max_groups,
+                                            cuda_graphs)
     if name == "onnxruntime":
         if precision != "fp32" or compile:
             raise ValueError("onnxruntime serves the fp32 export; precision and compile apply to torch/tensorrt")

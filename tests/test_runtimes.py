@@ -178,3 +178,18 @@ def test_tensorrt_matches_torch(student, tmp_path):
         for group_size in (1, 4):
             inputs = group_inputs(groups, group_size)
             torch.testing.assert_close(runtime.velocity(*inputs), reference.velocity(*inputs), atol=2e-3, rtol=0)
+
+
+def test_bench_runtime_writes_rows_and_prints_the_table_last(student, tmp_path, capsys):
+    import json
+
+    from groupdiff.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "runtime", "--checkpoint", str(student), "--device", "cpu", "--images", "4",
+                 "--repeats", "2", "--variants", "torch", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["variant"], r["group_size"], r["groups"]) for r in report["rows"]] == [("torch", 1, 4), ("torch", 4, 1)]
+    assert report["rows"][0]["speedup"] == 1.0 and report["settings"]["kind"] == "student"
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].split()[:2] == ["torch", "fp32"]  # the table is last
+    assert main(["bench", "runtime", "--checkpoint", str(student), "--images", "6", "--out", str(out)]) == 2

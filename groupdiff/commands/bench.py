@@ -30,6 +30,7 @@ def register(subparsers) -> None:
                        help="override a recipe field for every variant (repeatable)")
     train.add_argument("--out", default="docs/results/bench_train.json")
     train.set_defaults(run=run_bench_train)
+    register_runtime(benches)
 
     quality = benches.add_parser("quality", help="Table 1-3 / Fig. 5 analogue: train each row at equal compute, "
                                                  "score FID, precision/recall, accuracy, diversity, S_cross")
@@ -92,3 +93,27 @@ def quality_budget(args: argparse.Namespace):
     chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in flags.items() if v is not None}
     preset = PRESETS[args.preset]
     return replace(preset, **chosen, extra=preset.extra + tuple(args.overrides))
+
+
+def register_runtime(benches) -> None:
+    runtime = benches.add_parser("runtime", help="per-forward latency and images/s of the serving runtimes "
+                                                 "(torch, ONNX Runtime; on a GPU also compile, CUDA graphs, TensorRT)")
+    runtime.add_argument("--checkpoint", help="checkpoint to serve (default: the fmnist student asset, else a "
+                                              "random-weight student of the served size)")
+    runtime.add_argument("--device", default="cpu", help="cpu or cuda")
+    runtime.add_argument("--variants", nargs="+", help="subset of variant labels (e.g. onnxruntime tensorrt:fp16); "
+                                                       "torch fp32 eager always runs as the reference")
+    runtime.add_argument("--group-sizes", type=int, nargs="+", default=[1, 4])
+    runtime.add_argument("--images", type=int, nargs="+", default=[4, 16, 64], help="images per call (G x N)")
+    runtime.add_argument("--repeats", type=int, default=20, help="timed calls per variant and cell (median)")
+    runtime.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
+    runtime.add_argument("--cache", help="engine cache folder (default: a temporary one, so builds are timed fresh)")
+    runtime.add_argument("--out", default="docs/results/bench_runtime.json")
+    runtime.set_defaults(run=run_bench_runtime)
+
+
+def run_bench_runtime(args: argparse.Namespace) -> None:
+    from groupdiff.bench.runtime import run
+
+    run(args.checkpoint, args.device, args.variants, args.group_sizes, args.images, args.repeats, args.threads,
+        args.out, args.invocation, args.cache)
