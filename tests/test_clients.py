@@ -1,13 +1,19 @@
-"""The SDK's protocol-independent parts: error mapping, Retry-After, back-off, server-sent events,
-typed results and the load-test report."""
+"""The SDK: its protocol-independent parts (error mapping, Retry-After, back-off, server-sent events, typed
+results, the load-test report), then the REST and Triton clients, `groupdiff generate`, `groupdiff loadtest`
+and the Grafana dashboard's metrics against real servers."""
 
 import asyncio
 import base64
 import io
 import json
+import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
+from pathlib import Path
+from types import SimpleNamespace
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,7 +23,9 @@ from groupdiff.clients.errors import DeadlineExceeded, InvalidRequest, QueueFull
 from groupdiff.clients.loadgen import Workload, closed_loop
 from groupdiff.clients.report import write_loadtest_report
 from groupdiff.clients.rest import (
+    AsyncGroupDiffClient,
     EventParser,
+    GroupDiffClient,
     RetryPolicy,
     error_from_response,
     generate_body,
@@ -25,6 +33,8 @@ from groupdiff.clients.rest import (
     retry_delay,
 )
 from groupdiff.clients.results import GenerationResult
+from groupdiff.clients.triton import AsyncTritonClient, TritonClient
+from tests.serving_servers import rest_server, tiny_checkpoint, triton_server
 
 
 def png_base64(value: int) -> str:
@@ -115,3 +125,167 @@ def test_generate_without_a_server_fails_cleanly(tmp_path, capsys):
               "--retries", "0"])
     assert main(["generate", "--class", "1", "-n", "0", "--out", str(tmp_path)]) == 2
     assert not any(tmp_path.iterdir())
+
+
+# ---- against real servers (tests/serving_servers.py): one REST and one Triton server for the module ----
+
+GPU_ONLY_METRICS = {"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"}
+DASHBOARD = Path(__file__).resolve().parents[1] / "k8s/monitoring/grafana-dashboard-groupdiff.json"
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """REST (a queue of 4 groups, 2 groups per call, so overload is easy to cause) and Triton, started and
+    stopped in parallel (each takes seconds)."""
+    checkpoint = tiny_checkpoint(tmp_path_factory.mktemp("clients") / "teacher", kind="teacher", steps=2)
+    quick_stop = ["--drain-timeout", "1"]  # Triton otherwise waits drain + 1 s for idle keep-alive connections
+    managers = [rest_server(checkpoint, args=["--max-queue", "4", "--max-images", "4", "--max-batch-groups", "2",
+                                              *quick_stop]),
+                triton_server(checkpoint, args=quick_stop)]
+    with ThreadPoolExecutor(2) as pool:
+        entered = [pool.submit(manager.__enter__) for manager in managers]
+        try:
+            rest, triton = (future.result() for future in entered)
+            yield SimpleNamespace(rest=rest, triton=triton)
+        finally:
+            running = [m for m, future in zip(managers, entered, strict=True) if future.exception() is None]
+            list(pool.map(lambda manager: manager.__exit__(None, None, None), running))
+
+
+def pixels(result) -> np.ndarray:
+    return np.stack([np.asarray(image) for image in result.pil_images])
+
+
+def test_rest_sdk_sync(servers):
+    with GroupDiffClient(servers.rest.url) as client:
+        assert client.ready()
+        info = client.model_info()
+        assert (info.kind, info.num_classes, info.width, info.height) == ("teacher", 10, 8, 8)
+        result = client.generate(3, 3, seed=5, steps=2, group_size=1)
+        assert [g.seed for g in result.images] == [5, 6, 7] and result.model_version == info.model_version
+        assert pixels(result).shape == (3, 8, 8) and result.timings_ms["total"] > 0 and result.latency_s > 0
+        assert np.array_equal(pixels(client.generate(3, 3, seed=5, steps=2, group_size=1)), pixels(result))
+        with pytest.raises(InvalidRequest, match="class_id"):
+            client.generate(99, 1)
+        items = list(client.stream(3, 2, seed=5, steps=2, group_size=1))
+        progress = [(p.step, p.steps) for p in items[:-1]]
+        assert progress and progress == sorted(set(progress)) and all(s == 2 and 1 <= i <= 2 for i, s in progress)
+        assert np.array_equal(pixels(items[-1]), pixels(result)[:2])
+        assert "groupdiff_images_total" in client.metrics()
+
+
+def test_rest_sdk_async(servers):
+    async def scenario():
+        async with AsyncGroupDiffClient(servers.rest.url) as client:
+            results = await asyncio.gather(*(client.generate(c, 2, seed=c, steps=2) for c in range(4)))
+            streamed = [item async for item in client.stream(1, 1, seed=9, steps=2)]
+            return results, streamed
+
+    results, streamed = asyncio.run(scenario())
+    assert [r.images[0].seed for r in results] == [0, 1, 2, 3] and all(len(r.images) == 2 for r in results)
+    assert isinstance(streamed[-1], GenerationResult) and streamed[-1].images[0].seed == 9
+
+
+def queued_groups(url: str) -> float:
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("groupdiff_queued_groups "))
+
+
+def test_queue_full_is_retried_after_the_servers_retry_after(servers):
+    """A long request holds the queue (4 groups of one, 2 running, 2 waiting); a second one gets 429 with
+    Retry-After, and a retrying client waits that long before it succeeds."""
+    url = servers.rest.url
+    with GroupDiffClient(url, retry=RetryPolicy(retries=0)) as client, ThreadPoolExecutor(1) as background:
+        blocker = background.submit(client.generate, 0, 4, group_size=1, steps=8, seed=1, timeout_s=120)
+        deadline = time.monotonic() + 30
+        while queued_groups(url) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(QueueFull) as refused:
+            client.generate(1, 4, group_size=1, steps=2)
+        assert refused.value.status == 429 and refused.value.retry_after >= 1
+        started = time.perf_counter()
+        with GroupDiffClient(url, retry=RetryPolicy(retries=20, backoff_s=0.05)) as patient:
+            result = patient.generate(1, 4, group_size=1, steps=2)
+        assert len(result.images) == 4 and time.perf_counter() - started >= refused.value.retry_after * 0.9
+        assert len(blocker.result(timeout=120).images) == 4
+
+
+def test_generate_command_writes_pngs_and_a_contact_sheet(servers, tmp_path):
+    rest_out, grpc_out = tmp_path / "rest", tmp_path / "grpc"
+    assert main(["generate", "--class", "7", "-n", "4", "--out", str(rest_out), "--server", servers.rest.url,
+                 "--seed", "11", "--steps", "2", "--group-size", "2"]) == 0
+    assert sorted(p.name for p in rest_out.glob("class7-*.png")) == [f"class7-{i:03d}-seed{11 + i}.png"
+                                                                      for i in range(4)]
+    sheet = Image.open(rest_out / "contact-sheet.png")
+    assert sheet.size == (2 * (32 + 4) + 4, 2 * (32 + 12 + 4) + 4)  # 2 per row (the group size), 8 px x 4
+    assert json.loads((rest_out / "metadata.json").read_text())["seeds"] == [11, 12, 13, 14]
+    assert main(["generate", "--class", "7", "-n", "4", "--out", str(grpc_out), "--grpc", "--server",
+                 f"127.0.0.1:{servers.triton.grpc_port}", "--seed", "11", "--steps", "2", "--group-size", "2"]) == 0
+    for name in (f"class7-{i:03d}-seed{11 + i}.png" for i in range(4)):
+        assert np.array_equal(np.asarray(Image.open(rest_out / name)), np.asarray(Image.open(grpc_out / name)))
+    assert main(["generate", "--class", "70", "--out", str(tmp_path / "bad"), "--server", servers.rest.url]) == 2
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_triton_sdk_matches_rest(servers, protocol):
+    port = servers.triton.grpc_port if protocol == "grpc" else servers.triton.http_port
+    with GroupDiffClient(servers.rest.url) as rest, TritonClient(f"127.0.0.1:{port}", protocol=protocol) as triton:
+        assert triton.ready()
+        reference = rest.generate(2, 3, seed=21, steps=2, group_size=3)
+        result = triton.generate(2, 3, seed=21, steps=2, group_size=3)
+        assert [g.seed for g in result.images] == [21, 22, 23] and result.protocol == protocol
+        assert np.array_equal(pixels(result), pixels(reference))  # same scheduler and runtime behind both
+        with pytest.raises(InvalidRequest, match="class_id"):
+            triton.generate(99, 1)
+
+        async def concurrently():
+            async with AsyncTritonClient(f"127.0.0.1:{port}", protocol=protocol) as client:
+                return await asyncio.gather(*(client.generate(c, 1, seed=c, steps=2) for c in range(3)))
+
+        assert [r.images[0].seed for r in asyncio.run(concurrently())] == [0, 1, 2]
+        if protocol == "grpc":
+            streamed = list(triton.stream([{"class_id": c, "num_images": 2, "seed": 10 * c, "steps": 2}
+                                           for c in range(2)] + [{"class_id": 99}]))
+            errors = [item for item in streamed if isinstance(item, InvalidRequest)]
+            assert len(errors) == 1 and sorted(r.images[0].seed for r in streamed if r not in errors) == [0, 10]
+
+
+def test_loadtest_command_against_the_rest_server(servers, tmp_path):
+    closed, opened = tmp_path / "closed", tmp_path / "open"
+    assert main(["loadtest", "--server", servers.rest.url, "--mode", "closed", "--concurrency", "1", "3",
+                 "--requests", "4", "--num-images", "1", "2", "--steps", "2", "--warmup", "1",
+                 "--out", str(closed)]) == 0
+    report = json.loads((closed / "loadtest.json").read_text())
+    assert [row["level"] for row in report["rows"]] == [1, 3]
+    assert all(row["requests"] == 4 and row["ok"] + row["rejected"] == 4 for row in report["rows"])
+    assert report["rows"][0]["ok"] == 4 and report["settings"]["model_version"]
+    assert (closed / "report.md").is_file() and (closed / "latency_cdf.png").is_file()
+    assert main(["loadtest", "--grpc", "--server", f"127.0.0.1:{servers.triton.grpc_port}", "--num-classes", "10",
+                 "--mode", "open", "--rates", "20", "--duration", "0.4", "--mix", "zipf:1.5", "--steps", "2",
+                 "--out", str(opened)]) == 0
+    row = json.loads((opened / "loadtest.json").read_text())["rows"][0]
+    assert row["requests"] >= 2 and row["ok"] == row["requests"] and row["images_per_s"] > 0
+
+
+def sample_names(exposition: str) -> set[str]:
+    return {re.split(r"[{ ]", line, maxsplit=1)[0] for line in exposition.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_every_metric_the_dashboard_queries_is_exported(servers):
+    """REST /metrics and the Triton frontend's groupdiff_* port carry every groupdiff_* series the Grafana
+    dashboard queries; Triton's metrics port carries its nv_* ones (GPU metrics exist on GPU nodes only)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    queried = set(re.findall(r"\b((?:groupdiff|nv)_\w+)", " ".join(exprs)))
+    assert {"groupdiff_queue_depth", "groupdiff_group_fill_ratio_bucket", "groupdiff_stage_seconds_bucket",
+            "groupdiff_images_total", "groupdiff_rejections_total", "nv_gpu_utilization"} <= queried
+    with TritonClient(f"127.0.0.1:{servers.triton.grpc_port}") as triton:
+        triton.generate(1, 2, steps=2)  # histograms get samples
+    rest_metrics = sample_names(httpx.get(f"{servers.rest.url}/metrics").text)
+    scheduler_metrics = sample_names(httpx.get(servers.triton.scheduler_metrics_url).text)
+    triton_metrics = sample_names(httpx.get(f"http://127.0.0.1:{servers.triton.metrics_port}/metrics").text)
+    ours = {m for m in queried if m.startswith("groupdiff_")}
+    assert ours - rest_metrics == set() and ours - scheduler_metrics == set()
+    theirs = {m for m in queried if m.startswith("nv_")}
+    assert theirs - triton_metrics <= GPU_ONLY_METRICS, f"missing on Triton: {theirs - triton_metrics}"
