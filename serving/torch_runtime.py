@@ -53,7 +53,10 @@ class TorchRuntime:
             # Without guards: the trace's one guard is N != 1 (the model skips regrouping at N = 1), and the
             # regrouped graph is exact at N = 1 too (ONNX parity tests run the same graph at N = 1).
             program = export_program(self.denoiser, self.spec.max_group_size, max_groups)[0]
-            self._forward = program.module(check_guards=False)
+            try:
+                self._forward = program.module(check_guards=False)
+            except TypeError:  # torch before check_guards: then group size 1 is refused by the guard
+                self._forward = program.module()
         self.cuda_graphs = cuda_graphs
 
     @classmethod
@@ -102,7 +105,9 @@ class TorchRuntime:
     def _autocast(self):
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
+        # a captured graph must not rely on autocast's weight-cast cache, which lives outside the graph
+        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision],
+                              cache_enabled=not self.cuda_graphs)
 
     def close(self) -> None:
         self._graphs.clear()
