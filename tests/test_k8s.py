@@ -183,7 +183,7 @@ def test_references_resolve_inside_each_deployable_overlay(rendered):
                     defined |= set(config_maps[source["configMapRef"]["name"]]["data"])
                 if "PyTorchJob" in {d["kind"] for d in docs} and owner.startswith("groupdiff-train-multinode"):
                     defined |= {"RANK", "MASTER_ADDR", "MASTER_PORT"}  # set by the training operator
-                used = set(re.findall(r"\$\((\w+)\)", " ".join(container.get("command", []) +
+                used = set(re.findall(r"(?<!\$)\$\((\w+)\)", " ".join(container.get("command", []) +
                                                                container.get("args", []))))
                 assert used <= defined, f"{name} {owner}/{container['name']}: undefined {used - defined}"
 
@@ -193,15 +193,21 @@ def test_gpu_overlay_runs_on_gpus_with_an_engine_build_and_cpu_dev_does_not(rend
     for deployment in of_kind(gpu, "Deployment"):
         spec = deployment["spec"]["template"]["spec"]
         assert int(spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) >= 1
-        build = spec["initContainers"][0]
-        assert build["name"] == "build-engines" and build["args"][:2] == ["export", "tensorrt"]
-        engines = {m["mountPath"] for m in build["volumeMounts"]}
-        assert "/cache/engines" in engines
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        (build,) = spec["initContainers"]  # engines for this GPU's architecture before the startupProbe counts
+        script = " ".join(build.get("command", []) + build["args"])
+        assert re.search(r"export tensorrt .*--cache[= ]/cache/engines", script), script
+        assert int(build["resources"]["limits"]["nvidia.com/gpu"]) == 1
+        engines = next(m for m in build["volumeMounts"] if m["mountPath"] == "/cache/engines")
+        assert volumes[engines["name"]]["persistentVolumeClaim"]["claimName"] == "groupdiff-engines"
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     triton = named(gpu, "Deployment", "groupdiff-triton")["spec"]["template"]["spec"]
     assert triton["containers"][0]["command"] == ["tritonserver"]
     assert "--model-repository=/models" in triton["containers"][0]["args"]
-    assert [c["name"] for c in triton["initContainers"]] == ["build-engines", "model-repository"]
+    assert "export triton-repo --variant gpu" in triton["initContainers"][0]["args"][0]
+    assert "--out /models" in triton["initContainers"][0]["args"][0]
+    rest = named(gpu, "Deployment", "groupdiff-rest")["spec"]["template"]["spec"]
+    assert "--precision=fp32" in rest["initContainers"][0]["args"]  # what `groupdiff serve --runtime tensorrt` loads
     serving = named(gpu, "ConfigMap", next(c["metadata"]["name"] for c in of_kind(gpu, "ConfigMap")))["data"]
     assert serving["GROUPDIFF_RUNTIME"] == "tensorrt" and serving["GROUPDIFF_CHECKPOINT"] == "/checkpoints/student"
     for name in ("overlays/cpu-dev", "overlays/cpu-dev/training"):
