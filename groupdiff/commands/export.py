@@ -14,6 +14,7 @@ def register(subparsers) -> None:
     targets = p.add_subparsers(dest="target", required=True)
     register_onnx(targets)
     register_tensorrt(targets)
+    register_triton_repo(targets)
 
 
 def register_onnx(targets) -> None:
@@ -69,3 +70,36 @@ def run_tensorrt(args: argparse.Namespace) -> None:
     engine = tensorrt_engine(args.checkpoint, args.weights, args.precision, args.group_sizes, args.max_groups,
                              args.opt_groups, args.device, args.cache, args.onnx)
     print(f"engine {engine} (sidecar {engine.name}.json records model hash, GPU architecture, TensorRT version)")
+
+
+def register_triton_repo(targets) -> None:
+    p = targets.add_parser("triton-repo", help="a Triton model repository: the group scheduler as a Python model "
+                                               "(gpu: + TensorRT denoiser/decoder via BLS; cpu: ONNX Runtime inside)")
+    p.add_argument("--checkpoint", required=True, help="teacher or student checkpoint folder")
+    p.add_argument("--out", required=True, help="repository folder to write (replaced atomically)")
+    p.add_argument("--variant", choices=["gpu", "cpu"], default="gpu",
+                   help="gpu: for NVIDIA's Triton container; cpu: runs in-process (also on PyTriton's tritonserver)")
+    p.add_argument("--runtime", choices=["onnxruntime", "torch"], default="onnxruntime", help="cpu variant runtime")
+    p.add_argument("--max-groups", type=int, default=16, help="groups per runtime call (the engine's batch axis)")
+    p.add_argument("--pipeline-instances", type=int, default=1, help="instances of the groupdiff Python model")
+    p.add_argument("--engine-instances", type=int, default=1, help="GPU instances of each TensorRT model")
+    p.add_argument("--max-queue", type=int, default=256, help="queued groups (and Triton queue size) before refusal")
+    p.add_argument("--max-images", type=int, default=64, help="largest num_images per request")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long an idle batch waits to fill")
+    p.add_argument("--queue-delay-us", type=int, default=2000, help="Triton dynamic batching delay of the engines")
+    p.add_argument("--denoiser-plan", help="TensorRT engine to copy in (from `groupdiff export tensorrt`)")
+    p.add_argument("--decoder-plan", help="latent models: the decoder engine to copy in")
+    p.set_defaults(run=run_triton_repo)
+
+
+def run_triton_repo(args: argparse.Namespace) -> None:
+    from groupdiff.serving.triton_repository import missing_plans, write_triton_repository
+
+    out = write_triton_repository(
+        args.checkpoint, args.out, args.variant, args.runtime, args.max_groups, args.pipeline_instances,
+        args.engine_instances, args.max_queue, args.max_images, args.batch_wait_ms, args.queue_delay_us,
+        args.denoiser_plan, args.decoder_plan)
+    print(f"wrote {out} ({args.variant} variant)")
+    for model in missing_plans(out):
+        print(f"  {model}/1/model.plan is missing: build it on the target GPU with `groupdiff export tensorrt` "
+              f"and copy it there (or pass --{model}-plan)")

@@ -1,0 +1,146 @@
+"""The ``groupdiff`` Python-backend model of a generated Triton model repository (see triton_repository.py).
+
+The repository's ``model.py`` only imports `TritonPythonModel` from here, so the logic is versioned and
+tested with the package. The model runs the same group scheduler as `groupdiff serve` inside the
+Python backend's stub process:
+
+- ``gpu`` variant: the scheduler's runtime is `BlsRuntime`, which sends each batched sampler step to the
+  ``denoiser`` model (a ``tensorrt_plan``) through BLS, and latent models decode through the
+  ``decoder`` model. Triton's dynamic batcher on ``denoiser`` also merges the steps of several
+  ``groupdiff`` instances into one engine call.
+- ``cpu`` variant: the scheduler loads the runtime named in ``serve.json`` (ONNX Runtime by default)
+  in-process from the checkpoint copied into the repository; no GPU model is involved.
+
+Triton calls ``execute`` for one request at a time per instance (max_batch_size 0), so concurrency comes
+from the instance count. Refused requests get a Triton error ``<code>: <message>`` (contract codes).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .decoders import PixelDecoder
+from .metrics import ServingMetrics
+from .requests import RequestError, resolve
+from .scheduler import Scheduler, SchedulerConfig
+from .serve_config import ServeConfig, build_scheduler, check_checkpoint, default_group_size
+from .spec import DenoiserSpec
+from .triton import INPUTS, body_from_inputs
+
+SETTINGS_FILE = "serve.json"
+CHECKPOINT_DIR = "checkpoint"
+
+
+class BlsRuntime:
+    """`Runtime` over Triton BLS: each call is one inference of the ``denoiser`` model (G = its batch axis)."""
+
+    name = "triton-bls"
+
+    def __init__(self, spec: DenoiserSpec, max_groups: int, model_name: str = "denoiser"):
+        import triton_python_backend_utils as pb_utils  # only inside Triton's Python backend
+
+        self._pb = pb_utils
+        self.spec = spec
+        self.device = torch.device("cpu")
+        self.max_groups = max_groups
+        self.group_sizes = tuple(range(1, spec.max_group_size + 1))
+        self.model_name = model_name
+
+    def velocity(self, x, t, y, guidance_scale):  # (G, N, C, H, W), (G, N), (G, N), (G,)
+        pb = self._pb
+        inputs = [pb.Tensor("x", x.numpy().astype(np.float32)), pb.Tensor("t", t.numpy().astype(np.float32)),
+                  pb.Tensor("y", y.numpy().astype(np.int64)),
+                  pb.Tensor("guidance_scale", guidance_scale.numpy().astype(np.float32).reshape(-1, 1))]  # (G, 1)
+        reply = pb.InferenceRequest(model_name=self.model_name, inputs=inputs,
+                                    requested_output_names=["velocity"]).exec()
+        if reply.has_error():
+            raise RuntimeError(f"{self.model_name}: {reply.error().message()}")
+        return torch.from_numpy(pb.get_output_tensor_by_name(reply, "velocity").as_numpy().copy())
+
+    def close(self) -> None:
+        pass
+
+
+class BlsDecoder:
+    """Latents -> uint8 images through the ``decoder`` model (outputs in [-1, 1])."""
+
+    name = "triton-bls"
+
+    def __init__(self, model_name: str = "decoder"):
+        import triton_python_backend_utils as pb_utils
+
+        self._pb = pb_utils
+        self.model_name = model_name
+
+    def decode(self, samples: torch.Tensor) -> np.ndarray:
+        pb = self._pb
+        reply = pb.InferenceRequest(model_name=self.model_name, requested_output_names=["images"],
+                                    inputs=[pb.Tensor("latents", samples.numpy().astype(np.float32))]).exec()
+        if reply.has_error():
+            raise RuntimeError(f"{self.model_name}: {reply.error().message()}")
+        return PixelDecoder().decode(torch.from_numpy(pb.get_output_tensor_by_name(reply, "images").as_numpy()))
+
+
+def scheduler_for_repository(folder: Path) -> Scheduler:
+    """The scheduler a repository's ``groupdiff/<version>`` folder describes (``serve.json``)."""
+    settings = json.loads((folder / SETTINGS_FILE).read_text())
+    checkpoint = folder / CHECKPOINT_DIR
+    config = ServeConfig(checkpoint=str(checkpoint), runtime=settings["runtime"], max_queue=settings["max_queue"],
+                         max_images=settings["max_images"], max_batch_groups=settings["max_groups"],
+                         batch_wait_ms=settings["batch_wait_ms"], cache_dir=str(folder / "engines"))
+    if settings["variant"] == "cpu":
+        return build_scheduler(config)
+    spec = check_checkpoint(checkpoint)
+    decoder = PixelDecoder() if spec.space == "pixel" else BlsDecoder()
+    scheduler_config = SchedulerConfig(limits=config.limits, max_batch_groups=settings["max_groups"],
+                                       batch_wait_ms=config.batch_wait_ms,
+                                       default_group_size=default_group_size(checkpoint, spec))
+    return Scheduler(lambda: (BlsRuntime(spec, settings["max_groups"]), decoder), scheduler_config, ServingMetrics())
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        folder = Path(args["model_repository"]) / args["model_version"]
+        self.scheduler = scheduler_for_repository(folder).start()
+        self.scheduler.wait_ready()
+
+    def execute(self, requests):
+        import triton_python_backend_utils as pb_utils
+
+        pending = []
+        for request in requests:  # submit all first, so they share the scheduler's batches
+            inputs = {}
+            for name in INPUTS:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is not None:
+                    inputs[name] = tensor.as_numpy()
+            try:
+                resolved = resolve(body_from_inputs(inputs), self.scheduler.served, self.scheduler.config.limits)
+            except RequestError as error:
+                self.scheduler.metrics.reject("invalid")
+                pending.append(error)
+                continue
+            try:
+                pending.append(self.scheduler.submit_future(resolved, encode=False))
+            except RequestError as error:  # queue full or shutting down (counted by the scheduler)
+                pending.append(error)
+        responses = []
+        for item in pending:
+            try:
+                if isinstance(item, RequestError):
+                    raise item
+                result = item.result()
+                responses.append(pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("IMAGES", result.images),
+                    pb_utils.Tensor("SEEDS", np.asarray(result.seeds, dtype=np.int64))]))
+            except RequestError as error:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    f"{error.code}: {error.message}")))
+        return responses
+
+    def finalize(self) -> None:
+        self.scheduler.close(drain_timeout_s=10)
