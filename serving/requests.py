@@ -38,6 +38,11 @@ class RequestError(Exception):
     def to_json(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
 
+    @property
+    def outcome(self) -> str:
+        """The load generator's outcome kind (groupdiff.clients.loadgen) for an in-process call."""
+        return {"queue_full": "rejected", "deadline_exceeded": "deadline"}.get(self.code, "error")
+
 
 def invalid(message: str, status: int = 422) -> RequestError:
     return RequestError("invalid_request", message, status)

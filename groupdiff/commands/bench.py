@@ -61,6 +61,47 @@ def register(subparsers) -> None:
     quality.add_argument("--out", default="outputs/quality", help="folder for row runs, results.json, table, plot")
     quality.set_defaults(run=run_bench_quality)
 
+    from groupdiff.serving.serve_config import BUNDLED_STUDENT
+
+    serve = benches.add_parser("serve", help="group scheduler vs naive baseline vs runtime peak under closed- and "
+                                             "open-loop load (in-process, PNG encoding included)")
+    serve.add_argument("--checkpoint", default=str(BUNDLED_STUDENT), help="default: the bundled student")
+    serve.add_argument("--runtime", choices=["onnxruntime", "torch", "tensorrt", "torch-tensorrt"],
+                       default="onnxruntime")
+    serve.add_argument("--device", help="cpu or cuda (default: the runtime's)")
+    serve.add_argument("--duration", type=float, default=8.0, help="seconds of load per level")
+    serve.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64], help="closed-loop users")
+    serve.add_argument("--rate-fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0, 1.25],
+                       help="open-loop Poisson rates as fractions of the runtime's peak request rate")
+    serve.add_argument("--mixes", nargs="+", default=["uniform", "zipf"], help="condition mixes (loadgen syntax)")
+    serve.add_argument("--num-images", type=int, nargs="+", default=[4, 8], help="images per request, drawn uniformly")
+    serve.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    serve.add_argument("--group-size", type=int, help="default: the model's default group size")
+    serve.add_argument("--policy", choices=["isolated", "shared"], default="isolated")
+    serve.add_argument("--max-batch-groups", type=int, default=16, help="groups per runtime call")
+    serve.add_argument("--batch-wait-ms", type=float, default=5.0)
+    serve.add_argument("--cache-dir", help="engine cache (default $GROUPDIFF_CACHE/engines)")
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--out", default="docs/results/serve", help="folder for serve.json, serve.md, serve.png")
+    serve.set_defaults(run=run_bench_serve)
+
+    distill = benches.add_parser("distill", help="few-step students against the teacher's full recipe: FID, "
+                                                 "accuracy, diversity and wall time per group")
+    distill.add_argument("--teacher", required=True, help="teacher checkpoint (sampled with its recorded recipe)")
+    distill.add_argument("--student", required=True, help="group student checkpoint from groupdiff distill")
+    distill.add_argument("--baseline", help="student distilled the same way with group_size=1")
+    distill.add_argument("--num-samples", type=int, default=1000, help="images for accuracy, fd_classifier, diversity")
+    distill.add_argument("--fid-samples", type=int, default=500, help="first images scored by Inception FID (0: none)")
+    distill.add_argument("--seed", type=int, default=0)
+    distill.add_argument("--repeats", type=int, default=5, help="timed runs of one group per row (median)")
+    distill.add_argument("--reference", default=FASHION_MNIST_DIR,
+                         help="idx folder: its test split is the FID reference, its train split trains the classifier")
+    distill.add_argument("--reference-count", type=int, default=2000)
+    distill.add_argument("--classifier", help="a saved classifier folder (default: the cached one)")
+    distill.add_argument("--cache", help="cache folder (default $GROUPDIFF_CACHE or ~/.cache/groupdiff)")
+    distill.add_argument("--out", default="docs/results/distill", help="folder for results.json, table.md, samples.png")
+    distill.set_defaults(run=run_bench_distill)
+
 
 def run_bench_model(args: argparse.Namespace) -> None:
     from groupdiff.bench.model import run
@@ -79,6 +120,21 @@ def run_bench_quality(args: argparse.Namespace) -> None:
 
     run(quality_budget(args), args.recipe, args.data, args.out, args.invocation, args.device, args.reference,
         args.reference_count, args.cache, args.classifier)
+
+
+def run_bench_distill(args: argparse.Namespace) -> None:
+    from groupdiff.bench.distill import run
+
+    run(args.teacher, args.student, args.baseline, args.num_samples, args.fid_samples, args.seed, args.repeats,
+        args.out, args.invocation, args.reference, args.reference_count, args.cache, args.classifier)
+
+
+def run_bench_serve(args: argparse.Namespace) -> None:
+    from groupdiff.bench.serve import run
+
+    run(args.checkpoint, args.runtime, args.out, args.invocation, args.duration, args.concurrency,
+        args.rate_fractions, args.mixes, args.num_images, args.steps, args.group_size, args.max_batch_groups,
+        args.batch_wait_ms, args.policy, args.device, args.cache_dir, args.seed)
 
 
 def quality_budget(args: argparse.Namespace):
