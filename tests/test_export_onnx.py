@@ -147,12 +147,19 @@ def test_cli_bad_input_exits_2(tmp_path, teacher, capsys):
     assert not list(tmp_path.glob("*.onnx"))  # nothing half-written
 
 
-def test_latent_decoder_exports_and_matches_torch(tmp_path):
-    checkpoint, _ = save_latent_teacher(tmp_path)
+def test_latent_decoder_folds_the_scale_factor_in_torch_and_onnx(tmp_path):
+    from groupdiff.training.autoencoder import load_pretrained
+
+    checkpoint, autoencoder = save_latent_teacher(tmp_path)
     latents = torch.randn(5, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    expected = load_decoder(checkpoint).decode(latents)
+    expected = load_decoder(checkpoint).decode(latents)  # torch; autoencoder found under the recorded data root
+    with torch.no_grad():
+        direct = load_pretrained(autoencoder).decode(latents / 0.5).sample.clamp(-1, 1)
+    assert np.array_equal(expected, ((direct + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
     decoder = load_decoder(checkpoint, runtime="onnxruntime", cache_dir=tmp_path / "cache")
     images = decoder.decode(latents)
-    assert images.shape == expected.shape == (5, 8, 8, 1)
+    assert images.dtype == np.uint8 and images.shape == expected.shape == (5, 8, 8, 1)
     assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1
     assert decoder.decode(latents[:1]).shape == (1, 8, 8, 1)
+    with pytest.raises(ValueError, match="decoders run on"):
+        load_decoder(checkpoint, runtime="tensorrt")

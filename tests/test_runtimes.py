@@ -73,23 +73,6 @@ def test_pixel_decoder_quantises(student):
     assert images.ravel().tolist() == [0, 0, 128, 255]
 
 
-def test_latent_decoder_folds_the_scale_factor(tmp_path):
-    from groupdiff.training.autoencoder import load_pretrained
-
-    from .serving_models import save_latent_teacher
-
-    checkpoint, autoencoder = save_latent_teacher(tmp_path)
-    decoder = load_decoder(checkpoint)  # autoencoder found under the recorded data root
-    latents = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    images = decoder.decode(latents)
-    assert images.dtype == np.uint8 and images.shape == (3, 8, 8, 1)
-    with torch.no_grad():
-        expected = load_pretrained(autoencoder).decode(latents / 0.5).sample.clamp(-1, 1)
-    assert np.abs(images.astype(int) - ((expected + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()).max() <= 1
-    with pytest.raises(ValueError, match="decoders run on"):
-        load_decoder(checkpoint, runtime="tensorrt")
-
-
 def tensorrt_missing_reason() -> str | None:
     try:
         import tensorrt  # noqa: F401
