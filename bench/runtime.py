@@ -120,8 +120,13 @@ def timed_call(runtime, inputs, device: str) -> tuple[float, torch.Tensor]:
 def run(
     checkpoint: str | None, device: str, variant_names: list[str] | None, group_sizes: list[int],
     batches: list[int], repeats: int, threads: int, out: str, command: str, cache: str | None = None,
+    time_budget_s: float | None = None,
 ) -> list[dict]:
-    """Time every variant on every (group size, images per call) cell; write JSON, print the table last."""
+    """Time every variant on every (group size, images per call) cell; write JSON, print the table last.
+
+    Cells not started within ``time_budget_s`` of the start are skipped (rows say so), so a bounded GPU
+    run always ends with its table."""
+    started = time.monotonic()
     from groupdiff.serving.denoiser import served_weights
     from groupdiff.serving.spec import spec_from_checkpoint
 
@@ -148,12 +153,17 @@ def run(
                   f"{time.perf_counter() - start:.1f} s", flush=True)
         for group_size in group_sizes:
             for images in batches:
+                if time_budget_s is not None and time.monotonic() - started > time_budget_s:
+                    rows += [unavailable_row(v, "skipped: time budget spent", group_size, images // group_size)
+                             for v in loaded]
+                    continue
                 rows += time_cell(loaded, spec, images // group_size, group_size, repeats)
         for runtime in loaded.values():
             runtime.close()
     settings = {"model": model, "model_hash": spec.model_hash, "kind": spec.kind, "device": device,
                 "threads": threads, "repeats": repeats, "group_sizes": group_sizes, "images_per_call": batches,
-                "reference": "torch fp32 eager, same inputs, interleaved calls", "summary": summary(rows)}
+                "reference": "torch fp32 eager, same inputs, interleaved calls", "summary": summary(rows),
+                "wall_s": round(time.monotonic() - started, 1)}
     write_report(out, "runtime", command, rows, settings)
     columns = ["variant", "precision", "device", "group_size", "groups", "images", "latency_ms", "images_per_s",
                "speedup", "max_abs_diff", "status"]
