@@ -83,12 +83,34 @@ async def drive(scheduler, mode: str, level: float, workload: Workload, duration
     return await closed_loop(send, workload, int(level), duration_s=duration_s)
 
 
+async def repeatability(scheduler, params: dict, copies: int = 3, traffic: int = 16) -> bool:
+    """Isolated requests under concurrent mixed traffic return the same PNG bytes as alone."""
+    limits, served = scheduler.config.limits, scheduler.served
+
+    def reference():
+        return resolve({"class_id": 3, "num_images": 6, "seed": 12345, **params}, served, limits)
+
+    alone = await scheduler.submit(reference())
+    rng = np.random.default_rng(1)
+    others = [resolve({"class_id": int(rng.integers(served.spec.num_classes)), "num_images": int(rng.integers(1, 9)),
+                       "group_policy": "shared" if i % 2 else "isolated",
+                       **{k: v for k, v in params.items() if k != "group_policy"}}, served, limits)
+              for i in range(traffic)]
+    mixed = others[:traffic // 2] + [reference() for _ in range(copies)] + others[traffic // 2:]
+    results = await asyncio.gather(*(scheduler.submit(r) for r in mixed))
+    return all(r.pngs == alone.pngs for r in results[traffic // 2: traffic // 2 + copies])
+
+
 def run_levels(config: ServeConfig, scheduling: str, mixes: list[str], params: dict, num_images: list[int],
                concurrencies: list[int], rates: list[float], duration_s: float, peak: dict, seed: int) -> list[dict]:
     scheduler = build_scheduler(dataclasses.replace(config, naive=scheduling == "naive")).start()
     served = scheduler.wait_ready()
     rows = []
     try:
+        if scheduling == "group" and params["group_policy"] == "isolated":
+            repeatable = asyncio.run(repeatability(scheduler, params))
+            print(f"isolated results repeatable under mixed concurrent traffic: {repeatable}", flush=True)
+            peak["isolated_repeatable_under_load"] = repeatable
         for mix in mixes:
             workload = Workload(served.spec.num_classes, mix, num_images, seed, params)
             levels = [("closed", c) for c in concurrencies] + [("open", r) for r in rates]
@@ -127,6 +149,7 @@ def goals(rows: list[dict], peak: dict, half_rate: float) -> dict:
         "half_load_goal_met": half_p99 <= 2 * peak["single_group_latency_s"],
         "max_overhead_fraction_of_model_time": overhead,
         "overhead_goal_met": overhead <= 0.05,
+        "isolated_repeatable_under_load": peak.get("isolated_repeatable_under_load"),
     }
 
 
