@@ -453,10 +453,10 @@ class Scheduler:
         for n, groups in by_size.items():
             self._step(groups, n)
         finished = [g for g in self._running if g.step >= g.request.steps]
+        self._report_progress(self._running)  # before the answers, so a stream's last progress event precedes them
         if finished:
             self._running = [g for g in self._running if g.step < g.request.steps]
             self._finish(finished)
-        self._report_progress(self._running + finished)
 
     def _step(self, groups: list[_Group], n: int) -> None:
         """One sampler step for groups of size n, each at its own time."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import re
 import time
 
@@ -113,7 +114,7 @@ def test_stream_reports_progress_then_result(client):
     assert kinds[-1] == "result" and kinds[:-1] == ["progress"] * (len(kinds) - 1)
     steps = [int(re.search(r'"step": (\d+)', data)[1]) for kind, data in events if kind == "progress"]
     assert steps == sorted(steps) and steps[-1] == 4
-    assert len(decode(__import__("json").loads(events[-1][1]))) == 3
+    assert len(decode(json.loads(events[-1][1]))) == 3
 
 
 BAD_BODIES = {
