@@ -30,7 +30,7 @@ from groupdiff.serving.requests import resolve
 from groupdiff.serving.serve_config import ServeConfig, build_scheduler, check_checkpoint, default_group_size
 
 SCHEDULINGS = ("group", "naive")
-COLUMNS = ["scheduling", "mix", "mode", "level", "offered_rate", "ok", "rejected", "images_per_s", "peak_fraction",
+COLUMNS = ["scheduling", "mix", "mode", "level", "offered_rate", "ok", "deadline", "images_per_s", "peak_fraction",
            "latency_p50_s", "latency_p95_s", "latency_p99_s", "group_fill", "overhead"]
 
 
@@ -70,7 +70,8 @@ def histogram_totals(metric) -> tuple[float, float]:
     return samples[f"{family.name}_sum"], samples[f"{family.name}_count"]
 
 
-async def drive(scheduler, mode: str, level: float, workload: Workload, duration_s: float, seed: int):
+async def drive(scheduler, mode: str, level: float, workload: Workload, duration_s: float, seed: int,
+                timeout_s: float):
     limits = scheduler.config.limits
 
     async def send(request):
@@ -79,8 +80,8 @@ async def drive(scheduler, mode: str, level: float, workload: Workload, duration
         return await scheduler.submit(resolve(body, scheduler.served, limits))
 
     if mode == "open":
-        return await open_loop(send, workload, level, duration_s=duration_s, seed=seed)
-    return await closed_loop(send, workload, int(level), duration_s=duration_s)
+        return await open_loop(send, workload, level, duration_s=duration_s, timeout_s=timeout_s, seed=seed)
+    return await closed_loop(send, workload, int(level), duration_s=duration_s, timeout_s=timeout_s)
 
 
 async def repeatability(scheduler, params: dict, copies: int = 3, traffic: int = 16) -> bool:
@@ -102,7 +103,8 @@ async def repeatability(scheduler, params: dict, copies: int = 3, traffic: int =
 
 
 def run_levels(config: ServeConfig, scheduling: str, mixes: list[str], params: dict, num_images: list[int],
-               concurrencies: list[int], rates: list[float], duration_s: float, peak: dict, seed: int) -> list[dict]:
+               concurrencies: list[int], rates: list[float], duration_s: float, peak: dict, seed: int,
+               timeout_s: float) -> list[dict]:
     scheduler = build_scheduler(dataclasses.replace(config, naive=scheduling == "naive")).start()
     served = scheduler.wait_ready()
     rows = []
@@ -117,7 +119,7 @@ def run_levels(config: ServeConfig, scheduling: str, mixes: list[str], params: d
             for mode, level in levels:
                 fill_before = histogram_totals(scheduler.metrics.group_fill)
                 model_before, busy_before = scheduler.model_seconds, scheduler.busy_seconds
-                run = asyncio.run(drive(scheduler, mode, level, workload, duration_s, seed))
+                run = asyncio.run(drive(scheduler, mode, level, workload, duration_s, seed, timeout_s))
                 fill_sum, fill_count = (a - b for a, b in zip(histogram_totals(scheduler.metrics.group_fill),
                                                                fill_before, strict=True))
                 model = scheduler.model_seconds - model_before
@@ -181,7 +183,7 @@ def plot(rows: list[dict], peak: dict, path: Path) -> None:
 def run(checkpoint: str, runtime: str, out: str, invocation: str, duration_s: float, concurrencies: list[int],
         rate_fractions: list[float], mixes: list[str], num_images: list[int], steps: int | None,
         group_size: int | None, max_batch_groups: int, batch_wait_ms: float, policy: str, device: str | None,
-        cache_dir: str | None, seed: int, repeats: int = 5) -> dict:
+        cache_dir: str | None, seed: int, timeout_s: float = 10.0, repeats: int = 5) -> dict:
     spec = check_checkpoint(checkpoint)
     config = ServeConfig(checkpoint=str(Path(checkpoint).resolve()), runtime=runtime, device=device,
                          max_queue=4096, max_images=max(64, max(num_images)), max_batch_groups=max_batch_groups,
@@ -197,14 +199,15 @@ def run(checkpoint: str, runtime: str, out: str, invocation: str, duration_s: fl
     rows = []
     for scheduling in SCHEDULINGS:
         rows += run_levels(config, scheduling, mixes, params, num_images, concurrencies, rates, duration_s, peak,
-                           seed)
+                           seed, timeout_s)
     half_rate = rates[min(range(len(rates)), key=lambda i: abs(rate_fractions[i] - 0.5))]
     summary = goals(rows, peak, half_rate)
     settings = {"checkpoint": checkpoint, "model_version": spec.model_version, "kind": spec.kind,
                 "runtime": runtime, "device": device or "cpu", "group_size": group_size, "steps": steps,
                 "policy": policy, "num_images": num_images, "mixes": mixes, "duration_s": duration_s,
                 "concurrencies": concurrencies, "rate_fractions": rate_fractions, "rates": rates,
-                "max_batch_groups": max_batch_groups, "batch_wait_ms": batch_wait_ms, "peak": peak, "goals": summary}
+                "max_batch_groups": max_batch_groups, "batch_wait_ms": batch_wait_ms, "request_timeout_s": timeout_s,
+                "peak": peak, "goals": summary}
     out_dir = Path(out)
     write_report(out_dir / "serve.json", "serve", invocation, json_ready(rows), json_ready(settings))
     table = format_table(rows, COLUMNS)

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import heapq
 import logging
 import math
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -50,6 +52,7 @@ class SchedulerConfig:
     naive: bool = False  # baseline: one request at a time, its groups alone in the batch, no step joining
     encode_workers: int = 2
     default_group_size: int | None = None  # None: the model's max_group_size
+    switch_interval_s: float | None = 0.0005  # the process's GIL switch interval while serving (None: leave it)
 
 
 @dataclass
@@ -108,7 +111,7 @@ class _Group:
     members: list[_Member]
     created: float
     x: torch.Tensor | None = None  # (N, C, H, W) on the runtime device
-    grid: torch.Tensor | None = None  # (steps + 1,)
+    times: list[float] = field(default_factory=list)  # the float32 time grid, steps + 1 values from 1 to 0
     step: int = 0
     admitted: float = 0.0
 
@@ -136,6 +139,9 @@ class Scheduler:
         self._lock = threading.Condition()
         self._queues: OrderedDict[tuple, _KeyQueue] = OrderedDict()  # round-robin order: front goes next
         self._jobs: dict[str, _Job] = {}
+        self._deadlines: list[tuple[float, int, _Job]] = []  # heap: the next request to expire on top
+        self._dirty = False  # some request died: queued and running groups need a purge
+        self._gauges_at = 0.0
         self._queued_groups = 0  # formed groups plus pooled members' groups waiting
         self._running: list[_Group] = []  # touched by the worker thread only
         self._closing = False
@@ -155,6 +161,10 @@ class Scheduler:
     # ---- lifecycle -------------------------------------------------------------------------------------
 
     def start(self) -> Scheduler:
+        if self.config.switch_interval_s:
+            # The model thread gives up the GIL at every device copy; with the event loop and encoder
+            # threads busy it then waits up to the switch interval (5 ms by default) to get it back.
+            sys.setswitchinterval(self.config.switch_interval_s)
         self._thread.start()
         return self
 
@@ -212,8 +222,9 @@ class Scheduler:
             job = _Job(request, concurrent.futures.Future(), on_progress, encode, now, now + request.timeout_s,
                        unstarted=request.num_images, undecoded=request.num_images)
             self._jobs[request.request_id] = job
+            heapq.heappush(self._deadlines, (job.deadline, id(job), job))
             self._enqueue(job, now)
-            self._update_gauges()
+            self._update_gauges(now, force=True)
             self._lock.notify_all()
         job.future.add_done_callback(lambda future: self._on_future_done(job, future))
         return job.future
@@ -277,6 +288,7 @@ class Scheduler:
                 if not job.dead:
                     job.dead = True
                     self.metrics.reject("cancelled")
+                self._dirty = True
                 self._purge_queues()  # its places are free for the next submit at once
                 self._lock.notify_all()
 
@@ -341,26 +353,28 @@ class Scheduler:
             if self._stopped:
                 return None
             admitted, wake_at = self._admit(now)
-            self._update_gauges()
+            self._update_gauges(now, force=not (admitted or self._running))
             if admitted or self._running:
                 return admitted
             timeout = None if wake_at is None else max(0.0, wake_at - now)
-            deadlines = [job.deadline for job in self._jobs.values() if job.live]
-            if deadlines:
-                soonest = max(0.0, min(deadlines) - now)
+            if self._deadlines:
+                soonest = max(0.0, self._deadlines[0][0] - now)
                 timeout = soonest if timeout is None else min(timeout, soonest)
             self._lock.wait(timeout if timeout is None else timeout + 1e-4)
 
     def _expire(self, now: float) -> None:
         """Answer expired requests with 504, then drop work nobody waits for (worker thread)."""
-        for job in list(self._jobs.values()):
-            if job.live and job.undecoded > 0 and now >= job.deadline:  # (being encoded: let it finish)
+        while self._deadlines and self._deadlines[0][0] <= now:
+            job = heapq.heappop(self._deadlines)[2]
+            if job.live and job.undecoded > 0:  # (being encoded: let it finish)
                 self._fail(job, deadline_error(job.request), "deadline")
-        self._purge_queues()
-        self._running = [g for g in self._running if g.live]
+        if self._dirty:
+            self._purge_queues()
+            self._running = [g for g in self._running if g.live]
 
     def _purge_queues(self) -> None:
         """Under the lock: forget finished requests and remove queued groups nobody waits for."""
+        self._dirty = False
         for job in list(self._jobs.values()):
             if not job.live:
                 job.dead = True
@@ -375,7 +389,7 @@ class Scheduler:
                     self._queued_groups -= 1
         for key in [key for key, queue in self._queues.items() if queue.empty()]:
             del self._queues[key]
-        self._update_gauges()
+        self._update_gauges(time.monotonic(), force=True)
 
     def _admit(self, now: float) -> tuple[list[_Group], float | None]:
         """Groups joining the running batch now, and when to look again if an idle batch waits to fill."""
@@ -435,9 +449,14 @@ class Scheduler:
         now = time.monotonic()
         device = self.runtime.device
         shape = (self.served.spec.channels, self.served.spec.size, self.served.spec.size)
+        if admitted:  # one host-to-device copy for all new groups' noise
+            noise = member_noise([m.seed for g in admitted for m in g.members], shape).to(device)  # (ΣN, C, H, W)
+            offset = 0
+            for group in admitted:
+                group.x = noise[offset:offset + len(group.members)]  # (N, C, H, W)
+                offset += len(group.members)
         for group in admitted:
-            group.x = member_noise([m.seed for m in group.members], shape).to(device)  # (N, C, H, W)
-            group.grid = time_grid(group.request.steps, self.served.spec.sampler).to(device)
+            group.times = time_grid(group.request.steps, self.served.spec.sampler).tolist()
             group.admitted = now
             real = sum(m.job is not None for m in group.members)
             self.metrics.group_fill.observe(real / len(group.members))
@@ -462,9 +481,11 @@ class Scheduler:
         """One sampler step for groups of size n, each at its own time."""
         device = self.runtime.device
         x = torch.cat([g.x for g in groups])  # (G·N, C, H, W)
-        t = torch.cat([g.grid[g.step].expand(n) for g in groups])  # (G·N,)
-        t_next = torch.cat([g.grid[g.step + 1].expand(n) for g in groups])
-        y = torch.tensor([g.request.class_id for g in groups], dtype=torch.int64, device=device).repeat_interleave(n)
+        # per-group values built on the host, one small copy each: (G·N,) times and labels, (G,) scales
+        t = torch.tensor([g.times[g.step] for g in groups for _ in range(n)], dtype=torch.float32, device=device)
+        t_next = torch.tensor([g.times[g.step + 1] for g in groups for _ in range(n)], dtype=torch.float32,
+                              device=device)
+        y = torch.tensor([g.request.class_id for g in groups for _ in range(n)], dtype=torch.int64, device=device)
         guidance = torch.tensor([g.request.guidance_scale for g in groups], dtype=torch.float32, device=device)
         began = time.perf_counter()
         x = denoise_step(self.runtime, self._rule, x, t, t_next, y, guidance, n)
@@ -529,6 +550,7 @@ class Scheduler:
             self.metrics.images.inc(request.num_images)
             self.metrics.requests.labels(outcome="ok").inc()
         with self._lock:
+            self._jobs.pop(request.request_id, None)
             self._lock.notify_all()
 
     def _report_progress(self, groups: list[_Group]) -> None:
@@ -551,6 +573,7 @@ class Scheduler:
 
     def _fail(self, job: _Job, error: RequestError, reason: str | None) -> None:
         job.dead = True
+        self._dirty = True
         if self._settle(job, error=error):
             if reason is None:
                 self.metrics.requests.labels(outcome="error").inc()
@@ -569,7 +592,11 @@ class Scheduler:
         except concurrent.futures.InvalidStateError:
             return False
 
-    def _update_gauges(self) -> None:
+    def _update_gauges(self, now: float, force: bool = False) -> None:
+        """At most 10 times a second while busy (they are read by scrapes, not by the scheduler)."""
+        if not force and now - self._gauges_at < 0.1:
+            return
+        self._gauges_at = now
         self.metrics.queue_depth.set(sum(1 for job in self._jobs.values() if job.live and job.unstarted > 0))
         self.metrics.queued_groups.set(self._queued_groups)
         self.metrics.running_groups.set(len(self._running))

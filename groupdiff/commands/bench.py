@@ -82,6 +82,8 @@ def register(subparsers) -> None:
     serve.add_argument("--batch-wait-ms", type=float, default=5.0)
     serve.add_argument("--cache-dir", help="engine cache (default $GROUPDIFF_CACHE/engines)")
     serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--request-timeout", type=float, default=10.0,
+                       help="client-side timeout per request (overloaded runs drain instead of queueing for minutes)")
     serve.add_argument("--out", default="docs/results/serve", help="folder for serve.json, serve.md, serve.png")
     serve.set_defaults(run=run_bench_serve)
 
@@ -134,7 +136,7 @@ def run_bench_serve(args: argparse.Namespace) -> None:
 
     run(args.checkpoint, args.runtime, args.out, args.invocation, args.duration, args.concurrency,
         args.rate_fractions, args.mixes, args.num_images, args.steps, args.group_size, args.max_batch_groups,
-        args.batch_wait_ms, args.policy, args.device, args.cache_dir, args.seed)
+        args.batch_wait_ms, args.policy, args.device, args.cache_dir, args.seed, args.request_timeout)
 
 
 def quality_budget(args: argparse.Namespace):
