@@ -19,7 +19,7 @@ from groupdiff.bench.report import format_table, json_ready, write_report
 from .loadgen import LoadRun
 
 COLUMNS = ["level", "offered_rate", "requests", "ok", "rejected", "deadline", "error", "images_per_s",
-           "requests_per_s", "latency_p50_s", "latency_p95_s", "latency_p99_s"]
+           "requests_per_s", "latency_p50_s", "latency_p95_s", "latency_p99_s", "host_load_1m"]
 
 
 def load_axis(mode: str) -> str:
@@ -92,7 +92,8 @@ def markdown(report: dict[str, Any], table: str) -> str:
         f"warm-up {settings['warmup']} requests (not counted)",
         "",
         "Latency counts from the scheduled arrival (open loop) or the send (closed loop) to the answer; "
-        "throughput counts successful requests over the level's wall time.",
+        "throughput counts successful requests over the level's wall time; host_load_1m is the machine's "
+        "1-minute load average at the end of the level (client and server share the machine).",
         "", "```", table, "```", "",
         "![latency CDF](latency_cdf.png)", "",
         "![throughput and latency against load](throughput.png)", "",
@@ -105,7 +106,8 @@ def write_loadtest_report(out: str | os.PathLike, runs: list[LoadRun], command: 
     """Write every file of the report into ``out``; returns their paths by kind."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [json_ready(run.summary()) for run in runs]
+    # host_load_1m: the machine's 1-minute load average when the level ended, where the caller recorded it
+    rows = [json_ready({**run.summary(), "host_load_1m": run.settings.get("host_load_1m")}) for run in runs]
     json_path = write_report(out / "loadtest.json", "loadtest", command, rows, json_ready(settings))
     with open(out / "requests.jsonl", "w") as requests:
         for run in runs:

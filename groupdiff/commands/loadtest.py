@@ -4,6 +4,8 @@ concurrencies, written as JSON, per-request lines, a markdown report and plots (
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 
 from .generate import add_request_arguments, add_server_arguments, request_options
 
@@ -32,8 +34,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import asyncio
-
     asyncio.run(measure(args))
 
 
@@ -85,6 +85,8 @@ async def measure(args: argparse.Namespace) -> None:
             raise SystemExit(f"groupdiff loadtest: error: {error}") from None
 
         def progress(run) -> None:
+            # the load test shares the machine with the server (and, on a shared box, with others): record it
+            run.settings["host_load_1m"] = round(os.getloadavg()[0], 2)
             s = run.summary()
             print(f"{run.mode} {run.level:g}: {s['requests']} requests, {s['ok']} ok, {s['rejected']} rejected, "
                   f"{s['error'] + s['deadline']} failed; {s['images_per_s']:.2f} images/s, "
