@@ -38,7 +38,8 @@ def plot_latency_cdf(runs: list[LoadRun], path: Path) -> Path:
         if len(latencies):
             label = f"{run.level:g} req/s" if run.mode == "open" else f"{run.level:g} users"
             axis.step(latencies, np.arange(1, len(latencies) + 1) / len(latencies), where="post", label=label)
-    axis.set_xlabel("latency of successful requests (s)")
+    axis.set_xscale("log")  # overloaded levels reach seconds while the others stay near the service time
+    axis.set_xlabel("latency of successful requests (s, log scale)")
     axis.set_ylabel("fraction of requests")
     axis.set_ylim(0, 1.01)
     axis.grid(alpha=0.3)
@@ -65,7 +66,8 @@ def plot_throughput(runs: list[LoadRun], path: Path) -> Path:
     left.set_ylabel("throughput (per s)")
     right.plot(levels, [s["latency_p99_s"] for s in summaries], "o-", color="tab:red", label="p99")
     right.plot(levels, [s["latency_p50_s"] for s in summaries], "s--", color="tab:orange", label="p50")
-    right.set_ylabel("latency (s)")
+    right.set_yscale("log")
+    right.set_ylabel("latency (s, log scale)")
     for axis in (left, right):
         axis.set_xlabel(load_axis(runs[0].mode if runs else "open"))
         axis.grid(alpha=0.3)
