@@ -164,7 +164,10 @@ class TritonClient:
                 outputs = [self._module.InferRequestedOutput(name) for name in OUTPUTS]
                 self._client.async_stream_infer(self.model, inputs, outputs=outputs, request_id=str(index))
             for _ in range(len(sent)):
-                result, error = answers.get(timeout=self.timeout_s)
+                try:
+                    result, error = answers.get(timeout=self.timeout_s)
+                except queue.Empty:
+                    raise DeadlineExceeded(f"no answer on the stream within {self.timeout_s:g} s") from None
                 if error is not None:
                     yield translate(error)
                     continue
