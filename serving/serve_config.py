@@ -91,7 +91,8 @@ def build_scheduler(config: ServeConfig, metrics: ServingMetrics | None = None) 
             options["max_groups"] = config.max_batch_groups
         runtime = load_runtime(config.runtime, config.checkpoint, **options)
         decoder_runtime = "onnxruntime" if config.runtime == "onnxruntime" else "torch"
-        decoder = load_decoder(config.checkpoint, runtime=decoder_runtime, device=config.device,
+        decoder_device = config.device or (runtime.device if decoder_runtime == "torch" else None)  # beside it
+        decoder = load_decoder(config.checkpoint, runtime=decoder_runtime, device=decoder_device,
                                cache_dir=config.cache_dir)
         return runtime, decoder
 
