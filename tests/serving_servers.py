@@ -147,6 +147,8 @@ def triton_server(checkpoint: str | os.PathLike, runtime: str = "torch", args: S
         argv = ["--checkpoint", str(checkpoint), "--runtime", runtime, "--frontend", "triton",
                 "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
                 "--scheduler-metrics-port", str(ports[3]), "--workspace", str(Path(tmp) / "workspace"), *args]
+        if "--triton-instances" not in args:  # each instance is a backend stub process: keep test servers small
+            argv += ["--triton-instances", "2"]
         process, log_path = _popen(argv, env, Path(tmp))
         server = Server(process, log_path, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
                         scheduler_metrics_port=ports[3], env=env or {})
