@@ -26,6 +26,7 @@ from .metrics import ServingMetrics
 from .requests import (
     MAX_TIMEOUT_S,
     RequestError,
+    ResolvedRequest,
     ServedModel,
     describe_validation_error,
     invalid,
@@ -177,7 +178,7 @@ class GroupDiffService:
         LOG.info("shutting down: finishing in-flight work (up to %g s)", CONFIG.drain_timeout_s)
         self.scheduler.close(CONFIG.drain_timeout_s)
 
-    def _resolve(self, body) -> tuple:
+    def _resolve(self, body) -> ResolvedRequest:
         served = self.scheduler.served
         if served is None:
             raise RequestError("shutting_down", "the model is not loaded yet", 503)
@@ -187,7 +188,7 @@ class GroupDiffService:
             self.metrics.reject("invalid")
             raise
 
-    def _log(self, request, status: int, started: float) -> None:
+    def _log(self, request: ResolvedRequest, status: int, started: float) -> None:
         LOG.info("%s class=%d k=%d N=%d steps=%d policy=%s seed=%d -> %d in %.1f ms", request.request_id,
                  request.class_id, request.num_images, request.group_size, request.steps, request.group_policy,
                  request.seed, status, (time.perf_counter() - started) * 1000)
