@@ -1,8 +1,9 @@
 """``groupdiff bench runtime``: per-forward latency and images/s of the serving runtimes, same run, same inputs.
 
 Every variant (a runtime at a precision, with its options) runs the served denoiser on identical
-inputs for each (group size, images per call) cell. Calls are interleaved round by round, so drift
-in the machine's load hits all variants alike, and each variant's output is compared with torch
+inputs for each (group size, images per call) cell. Calls run in blocks of five per variant, the blocks
+interleaved, so drift in the machine's load hits all variants alike while no variant is timed in the
+moments another's thread pool is still spinning down, and each variant's output is compared with torch
 fp32 eager (the reference, always first) on the same call. A variant that cannot load here (no
 TensorRT, no CUDA execution provider) becomes a row that says why, never a crash.
 
@@ -27,6 +28,7 @@ from .report import format_table, write_report
 STUDENT_ASSET = Path(__file__).resolve().parents[1] / "groupdiff" / "assets" / "fmnist-student"
 STUDENT_CONFIG = {"input_size": 28, "in_channels": 1, "num_classes": 10, "max_group_size": 4}
 WARMUP_CALLS = 3
+CALLS_PER_BLOCK = 5
 PARITY_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "bf16": 0.15}  # max abs difference from torch fp32 eager
 
 
@@ -186,9 +188,10 @@ def time_cell(loaded: dict, spec, groups: int, group_size: int, repeats: int) ->
         except Exception as error:  # e.g. a capture or engine failure on one shape: reported, others go on
             failures[variant] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
     working = [v for v in loaded if v not in failures]
-    for _ in range(repeats):
-        for variant in working:  # interleaved: one call of each variant per round
-            timings[variant].append(timed_call(loaded[variant], inputs[variant], variant.device)[0])
+    for block in range(0, repeats, CALLS_PER_BLOCK):
+        for variant in working:  # blocks interleaved, so drift hits all; calls within a block back to back,
+            for _ in range(min(CALLS_PER_BLOCK, repeats - block)):  # so no variant runs in another's spin-down
+                timings[variant].append(timed_call(loaded[variant], inputs[variant], variant.device)[0])
     reference = next(iter(loaded))
     base = statistics.median(timings[reference]) if reference in working else float("nan")
     rows = []
