@@ -6,7 +6,7 @@ from groupdiff.model import Guidance, guided_velocity, load_model
 from groupdiff.serving.runtime import RuntimeShapeError
 from groupdiff.serving.runtimes import load_decoder, load_runtime
 
-from .serving_models import TINY, save_student, save_teacher
+from .serving_models import TINY, cli_main_or_skip, save_student, save_teacher
 
 
 @pytest.fixture(scope="module")
@@ -143,12 +143,11 @@ def test_engine_profiles_select_by_group_size(student):
 
 @pytest.mark.skipif(tensorrt_missing_reason() is None, reason="TensorRT is installed: the missing-library path")
 def test_missing_tensorrt_is_a_clear_error(student, tmp_path, capsys):
-    from groupdiff.cli import main
-
     with pytest.raises(ValueError, match="TensorRT is not installed"):
         load_runtime("tensorrt", student, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="torch-tensorrt is not installed"):
         load_runtime("torch-tensorrt", student)
+    main = cli_main_or_skip()
     assert main(["export", "tensorrt", "--checkpoint", str(student), "--cache", str(tmp_path)]) == 2
     assert "TensorRT is not installed" in capsys.readouterr().err
 
@@ -166,8 +165,7 @@ def test_tensorrt_matches_torch(student, tmp_path):
 def test_bench_runtime_writes_rows_and_prints_the_table_last(student, tmp_path, capsys):
     import json
 
-    from groupdiff.cli import main
-
+    main = cli_main_or_skip()
     out = tmp_path / "bench.json"
     assert main(["bench", "runtime", "--checkpoint", str(student), "--device", "cpu", "--images", "4",
                  "--repeats", "2", "--variants", "torch", "--out", str(out)]) == 0
