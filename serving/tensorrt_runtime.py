@@ -208,7 +208,8 @@ class TensorRTRuntime:
         self.group_sizes = tuple(p.group_size for p in self.profiles)
         self.max_groups = min(p.max_groups for p in self.profiles)
         self._logger = trt.Logger(trt.Logger.WARNING)
-        self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
+        self._runtime = trt.Runtime(self._logger)  # must outlive the engine
+        self._engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self._engine is None:
             raise ValueError(f"TensorRT cannot deserialise {engine_path}: the file is corrupt or truncated")
         self._stream = torch.cuda.Stream(self.device)
