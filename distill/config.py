@@ -17,20 +17,22 @@ class FACMConfig:
     time_std: float = 1.6
     grid_share: float = 0.25  # share of groups drawn at the times the student serves (not in FACM; short runs)
     derivative: Literal["fd", "jvp"] = "fd"  # dF/dt along the teacher flow: finite difference or torch.func.jvp
-    fd_step: float = 2e-5  # finite-difference step in t: the t-embedding (t·1000) varies on a 1e-3 scale; fp32 only
+    fd_step: float = 0.02  # backward step in t; fp32 only (see docs/distill.md: small steps see t-embedding wiggles)
     relax_power: float = 0.5  # FACM's p: the target moves by (1 − (1 − t)^p) of the clamped gap
     gap_clamp: float = 1.0
     loss_c: float = 1e-3  # adaptive L2: e / (e + c)^power (FACM's norm_l2_loss)
     loss_power: float = 0.5
     anchor_weight: float = 1.0  # weight of the flow-matching anchor loss
+    tangent_warmup: int = 0  # steps over which t·dF/dt ramps from 0 to 1 (sCM's warm-up; not in FACM): the
+    # student first learns the guided velocity itself, then the shortcut
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.grid_share <= 1.0:
             raise ValueError(f"facm.grid_share must lie in [0, 1], got {self.grid_share}")
         if not 0.0 < self.fd_step < 0.5:
             raise ValueError(f"facm.fd_step must lie in (0, 0.5), got {self.fd_step}")
-        if self.time_std <= 0 or self.anchor_weight < 0:
-            raise ValueError("facm.time_std must be > 0 and facm.anchor_weight >= 0")
+        if self.time_std <= 0 or self.anchor_weight < 0 or self.tangent_warmup < 0:
+            raise ValueError("facm.time_std must be > 0, facm.anchor_weight and facm.tangent_warmup >= 0")
 
 
 @dataclass(frozen=True)

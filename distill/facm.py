@@ -51,8 +51,8 @@ def time_derivative(student: StudentFn, x: torch.Tensor, t: torch.Tensor, v: tor
                     step: float = 1e-3, value: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(F(x, t), dF/dt)`` along the flow ``dx/dt = v``; the derivative carries no gradient.
 
-    ``"jvp"`` returns ``F`` with its gradient graph; ``"fd"`` steps ``step`` in t (backwards where
-    ``t + step > 1``) and returns ``value`` (computed without gradients when not given).
+    ``"jvp"`` returns ``F`` with its gradient graph; ``"fd"`` steps ``step`` back along the flow, towards
+    the data (forwards where ``t < step``), and returns ``value`` (computed without gradients when not given).
     """
     if method == "jvp":
         with sdpa_kernel(SDPBackend.MATH):
@@ -63,7 +63,7 @@ def time_derivative(student: StudentFn, x: torch.Tensor, t: torch.Tensor, v: tor
     with torch.no_grad():
         if value is None:
             value = student(x, t)
-        h = torch.where(t + step <= 1.0, step, -step).to(t.dtype)  # (B,)
+        h = torch.where(t >= step, -step, step).to(t.dtype)  # (B,)
         shifted = student(x + per_sample(h, x) * v, t + h)
         return value, (shifted.float() - value.detach().float()) / per_sample(h, x)
 
@@ -74,9 +74,14 @@ def adaptive_l2(prediction: torch.Tensor, target: torch.Tensor, c: float, power:
     return e / (e + c).pow(power).detach()
 
 
-def facm_loss(student: StudentFn, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor,
-              config: FACMConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean FACM loss over the batch and its parts; ``v`` is the teacher's guided velocity at ``(x_t, t)``."""
+def tangent_scale(config: FACMConfig, step: int) -> float:
+    return min(1.0, step / config.tangent_warmup) if config.tangent_warmup else 1.0
+
+
+def facm_loss(student: StudentFn, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor, config: FACMConfig,
+              step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean FACM loss over the batch and its parts; ``v`` is the teacher's guided velocity at ``(x_t, t)``,
+    ``step`` the optimizer step (for the tangent warm-up)."""
     if config.derivative == "fd":  # anchor and consistency outputs in one forward of 2B samples, group-major
         f_anchor, f = student(torch.cat([x_t, x_t]), torch.cat([anchor_time(t), t])).chunk(2)
         f, df_dt = time_derivative(student, x_t, t, v, "fd", config.fd_step, value=f)
@@ -85,7 +90,7 @@ def facm_loss(student: StudentFn, x_t: torch.Tensor, t: torch.Tensor, v: torch.T
         f, df_dt = time_derivative(student, x_t, t, v, "jvp")
     f_sg = f.detach().float()
     tb = per_sample(t, f_sg)  # (B, 1, 1, 1)
-    consistent = v.float() - tb * df_dt  # the F that makes x_t − t·F constant along the flow
+    consistent = v.float() - tangent_scale(config, step) * tb * df_dt  # the F keeping x_t − t·F constant on the flow
     gap = (f_sg - consistent).clamp(-config.gap_clamp, config.gap_clamp)
     relax = 1 - (1 - tb).clamp(min=0).pow(config.relax_power)
     target = f_sg - relax * gap

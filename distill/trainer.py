@@ -165,7 +165,7 @@ class Distiller:
         autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         with autocast:
             v = self.teacher.target(x_t, t, y, n)
-            loss, parts = facm_loss(student, x_t, t, v, config.facm)
+            loss, parts = facm_loss(student, x_t, t, v, config.facm, self.step)
         loss.backward()
         average_gradients(self.student, self.dist)
         torch.nn.utils.clip_grad_norm_(self.student.parameters(), config.optim.grad_clip)

@@ -8,6 +8,7 @@ serving folder (the EMA weights only, with the command that reproduces it).
 from __future__ import annotations
 
 import argparse
+import shlex
 
 
 def register(subparsers) -> None:
@@ -31,6 +32,7 @@ def run(args: argparse.Namespace) -> None:
     from groupdiff.distill.trainer import Distiller, export_student
     from groupdiff.training import distributed
     from groupdiff.training.prepared import load_prepared
+    from groupdiff.training.run_folder import latest_checkpoint
 
     overrides = list(args.overrides)
     for key in ("teacher", "data", "out", "steps"):
@@ -40,10 +42,25 @@ def run(args: argparse.Namespace) -> None:
     dist = distributed.setup(config.device)
     try:
         distiller = Distiller(config, load_prepared(config.data), dist, resume=args.resume)
-        checkpoint = distiller.train()
+        checkpoint = distiller.train() or latest_checkpoint(distiller.out)  # a finished run exports its last one
         if dist.is_main and checkpoint is not None:
             print(f"checkpoint: {checkpoint}")
             if args.export_to:
-                print(f"serving folder: {export_student(checkpoint, args.export_to, args.invocation)}")
+                reproduce = straight_command(args.invocation, distiller.step)
+                print(f"serving folder: {export_student(checkpoint, args.export_to, reproduce)}")
     finally:
         distributed.teardown()
+
+
+def straight_command(invocation: str, step: int) -> str:
+    """The command that makes the same student in one uninterrupted run (resume is exact): the invocation
+    without ``--resume`` and with ``--steps`` set to the checkpoint's step."""
+    words, kept, i = shlex.split(invocation), [], 0
+    while i < len(words):
+        word = words[i]
+        takes_value = word == "--steps" or (word == "--resume" and i + 1 < len(words)
+                                            and not words[i + 1].startswith("-"))
+        if not word.startswith(("--resume", "--steps")):
+            kept.append(word)
+        i += 2 if takes_value else 1
+    return shlex.join([*kept, "--steps", str(step)])

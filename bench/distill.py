@@ -1,0 +1,198 @@
+"""``groupdiff bench distill``: few-step group students against their teacher's full recipe.
+
+Every contender draws the same evaluation set: groups of N images, group ``g`` of class ``g mod 10``,
+from the same initial noise (chunk ``c`` seeded ``seed + c``). The teacher samples with its recorded
+guided recipe (GroupDiff-l CFG, Heun); a student with its plain Euler steps. A student distilled at
+group size 1 makes the same N images of a class independently (group size 1 forwards), so every row is
+scored on the same layout: FID on the first ``fid_samples`` images (TF Inception, slow on the CPU),
+the classifier's accuracy and ``fd_classifier`` and group diversity on all ``num_samples``.
+
+Wall time per group: one group at a time (what a server's single request costs), median of
+``repeats`` timed runs after a warm-up, on this process's threads.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from groupdiff.distill.student import STUDENT_SAMPLER, student_velocity
+from groupdiff.distill.teacher import Teacher, load_teacher
+from groupdiff.evaluation import EvalSettings, SampleSet, evaluate, save_group_grid
+from groupdiff.evaluation.grid import to_uint8
+from groupdiff.model import load_model
+from groupdiff.model.checkpoint import read_checkpoint_info
+from groupdiff.model.samplers import VelocityFn, sample
+from groupdiff.training.autoencoder import sample_decoder
+from groupdiff.training.data import FASHION_MNIST_DIR
+
+from .report import format_table, json_ready, write_report
+
+FAST_METRICS = ["accuracy", "fd_classifier", "diversity"]
+
+
+@dataclass
+class Contender:
+    """One row: how to build the velocity for labels, and how many steps of which rule."""
+
+    name: str
+    checkpoint: str
+    steps: int
+    sampler: str
+    forward_group_size: int  # the group size of its forwards (1 for a size-1 student)
+    forwards_per_step: int
+    velocity: object  # (y, group_size) -> VelocityFn
+
+    @property
+    def forwards_per_image(self) -> int:
+        return self.steps * self.forwards_per_step
+
+
+def teacher_contender(teacher: Teacher, group_size: int) -> Contender:
+    return Contender(f"teacher ({teacher.sampler} {teacher.steps}, CFG {teacher.guidance.scale:g})", teacher.path,
+                     teacher.steps, teacher.sampler, group_size, teacher.forwards_per_step, teacher.velocity)
+
+
+def student_contenders(checkpoint: str, label: str) -> list[Contender]:
+    distill = read_checkpoint_info(checkpoint)["metadata"].get("distill")
+    if distill is None:
+        raise ValueError(f"{checkpoint} is not a distilled student (no metadata['distill'])")
+    weights = "ema" if "ema" in read_checkpoint_info(checkpoint)["weights"] else "model"
+    model = load_model(checkpoint, weights=weights)
+
+    def velocity(y: torch.Tensor, group_size: int) -> VelocityFn:
+        return student_velocity(model, y, group_size)
+
+    size = int(distill["group_size"])
+    return [Contender(f"{label} {steps}-step", checkpoint, steps, STUDENT_SAMPLER, size, 1, velocity)
+            for steps in distill["steps"]]
+
+
+def noise_and_labels(groups: int, group_size: int, shape: tuple[int, ...], seed: int, classes: int,
+                     chunk: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The shared evaluation inputs: per chunk, noise (g·N, C, H, W) and labels (g·N,)."""
+    labels = (torch.arange(groups) % classes).repeat_interleave(group_size)
+    out = []
+    for index, start in enumerate(range(0, groups, chunk)):
+        count = min(chunk, groups - start) * group_size
+        generator = torch.Generator().manual_seed(seed + index)
+        out.append((torch.randn(count, *shape, generator=generator), labels[start * group_size:][:count]))
+    return out
+
+
+@torch.no_grad()
+def draw(contender: Contender, inputs: list[tuple[torch.Tensor, torch.Tensor]], progress: bool) -> torch.Tensor:
+    samples = []
+    for noise, y in tqdm(inputs, desc=contender.name, disable=not progress, leave=False):
+        velocity = contender.velocity(y, contender.forward_group_size)
+        samples.append(sample(velocity, noise, contender.steps, contender.sampler))
+    return torch.cat(samples)
+
+
+@torch.no_grad()
+def seconds_per_group(contender: Contender, noise: torch.Tensor, y: torch.Tensor, repeats: int) -> float:
+    velocity = contender.velocity(y, contender.forward_group_size)
+    sample(velocity, noise, contender.steps, contender.sampler)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sample(velocity, noise, contender.steps, contender.sampler)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run(teacher_path: str, student: str, baseline: str | None, num_samples: int, fid_samples: int, seed: int,
+        repeats: int, out: str, command: str, reference: str = FASHION_MNIST_DIR, reference_count: int = 2000,
+        cache: str | None = None, classifier: str | None = None, progress: bool = True) -> Path:
+    teacher = load_teacher(teacher_path)
+    group_size = int(read_checkpoint_info(student)["metadata"]["distill"]["group_size"])
+    if group_size < 2:
+        raise ValueError("--student must be a group student (group size >= 2); pass the size-1 one as --baseline")
+    if num_samples % (group_size * 10) or fid_samples > num_samples or fid_samples % group_size:
+        raise ValueError(f"--num-samples must be a multiple of {group_size * 10} and --fid-samples a multiple of "
+                         f"{group_size} no larger than it")
+    contenders = [teacher_contender(teacher, group_size), *student_contenders(student, f"student N={group_size}")]
+    if baseline:
+        contenders += student_contenders(baseline, "student N=1")
+    config = teacher.model.config
+    data = read_checkpoint_info(teacher_path)["metadata"].get("data", {})
+    autoencoder = Path(data["root"]) / "autoencoder" if data.get("space") == "latent" else None
+    decode = sample_decoder(data.get("space", "pixel"), float(data.get("scale_factor", 1.0)), autoencoder)
+    shape = (config.in_channels, config.input_size, config.input_size)
+    inputs = noise_and_labels(num_samples // group_size, group_size, shape, seed, config.num_classes, chunk=16)
+    labels = torch.cat([y for _, y in inputs]).numpy()
+    settings = {"reference": reference, "reference_count": reference_count, "cache": cache, "classifier": classifier,
+                "progress": progress, "seed": seed, "group_size": group_size}
+    rows, grids = [], {}
+    for contender in contenders:
+        start = time.perf_counter()
+        samples = draw(contender, inputs, progress)
+        generate_s = time.perf_counter() - start
+        images = to_uint8(decode(samples))
+        grids[contender.name] = decode(samples[: 10 * group_size])
+        fast = evaluate(SampleSet(images, labels, contender.name), EvalSettings(metrics=FAST_METRICS, **settings))
+        metrics = dict(fast["metrics"])
+        if fid_samples:
+            fid = evaluate(SampleSet(images[:fid_samples], labels[:fid_samples], contender.name),
+                           EvalSettings(metrics=["fid"], **settings))
+            metrics["fid"] = fid["metrics"]["fid"]
+        one_group = inputs[0][0][:group_size], inputs[0][1][:group_size]
+        rows.append({
+            "model": contender.name, "steps": contender.steps, "sampler": contender.sampler,
+            "forward_group_size": contender.forward_group_size, "forwards_per_image": contender.forwards_per_image,
+            "s_per_group": seconds_per_group(contender, *one_group, repeats),
+            "generate_s_per_group": generate_s / (num_samples // group_size), **metrics,
+            "checkpoint": contender.checkpoint,
+        })
+    add_ratios(rows)
+    folder = Path(out)
+    path = write_report(folder / "results.json", "distill", command, json_ready(rows), {
+        "teacher": teacher_path, "student": student, "baseline": baseline, "num_samples": num_samples,
+        "fid_samples": fid_samples, "seed": seed, "chunk_groups": 16, "repeats": repeats, "group_size": group_size,
+        "reference": reference, "reference_count": reference_count, "threads": torch.get_num_threads(),
+    })
+    (folder / "table.md").write_text(markdown_table(rows, num_samples, fid_samples) + "\n")
+    save_comparison_grid(folder / "samples.png", grids, group_size, panels=1 + len(student_steps(student)))
+    columns = ["model", "forwards_per_image", "s_per_group", "speedup", "fid", "fid_vs_teacher", "fd_classifier",
+               "accuracy", "diversity_ratio"]
+    print(format_table(rows, [c for c in columns if c in rows[0]]))
+    return path
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """FID relative to the teacher's and the teacher's wall time per group over each row's."""
+    teacher = rows[0]
+    for row in rows:
+        row["speedup"] = teacher["s_per_group"] / row["s_per_group"]
+        if "fid" in teacher:
+            row["fid_vs_teacher"] = row["fid"] / teacher["fid"]
+
+
+def markdown_table(rows: list[dict], num_samples: int, fid_samples: int) -> str:
+    head = ["model", "forwards/image", "s/group (CPU)", "speed-up", f"FID (N={fid_samples})", "FID/teacher",
+            f"fd_classifier (N={num_samples})", "accuracy", "diversity ratio"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        cells = [r["model"], r["forwards_per_image"], f"{r['s_per_group']:.4f}", f"{r['speedup']:.1f}×",
+                 f"{r.get('fid', float('nan')):.1f}", f"{r['fid_vs_teacher']:.2f}" if "fid_vs_teacher" in r else "–",
+                 f"{r['fd_classifier']:.2f}", f"{r['accuracy']:.3f}", f"{r['diversity_ratio']:.3f}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+def student_steps(checkpoint: str) -> list[int]:
+    return list(read_checkpoint_info(checkpoint)["metadata"]["distill"]["steps"])
+
+
+def save_comparison_grid(path: Path, grids: dict[str, torch.Tensor], group_size: int, panels: int) -> Path:
+    """The first ``panels`` models side by side (teacher, then the student at each step count): a row per
+    class, the N members of one group across each panel."""
+    panels = list(grids.values())[:panels]
+    rows = [torch.cat([panel[i * group_size : (i + 1) * group_size] for panel in panels]) for i in range(10)]
+    return save_group_grid(path, torch.cat(rows), group_size * len(panels), upscale=2)
+
