@@ -1,5 +1,6 @@
-# Two entry points (README): `make run` and `make test`. Each creates .venv, installs the project and
-# makes sure Fashion-MNIST is present (Debian's dataset-fashion-mnist, installed with apt when root).
+# Two entry points (README): `make run` (serve the bundled student) and `make test`. Each creates .venv and
+# installs the project; `make test` (and `make teacher`) also make sure Fashion-MNIST is present (Debian's
+# dataset-fashion-mnist, installed with apt when root).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 RUN ?= runs/fmnist-tiny
 
-.PHONY: run test data bench lint clean
+.PHONY: run teacher test data bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +29,15 @@ $(FMNIST):
 		     "or put the four idx .gz files in a folder and pass it with --data (see docs/data.md)"; exit 1; \
 	fi
 
-# The main job on the CPU: prepare Fashion-MNIST (pixels, EfficientNet neighbours; ~10 min, once),
-# train the fmnist-tiny GroupDiff-l teacher (~15 min) and draw a grid of groups from its EMA weights.
-run: $(STAMP) data
+# The main job on the CPU: serve the bundled Fashion-MNIST group student (groupdiff/assets/fmnist-student)
+# over REST on 127.0.0.1:3000 with ONNX Runtime (exported into ~/.cache/groupdiff/engines on first start).
+# No data, GPU or download needed; stop with Ctrl-C. SERVE_ARGS passes options, e.g. SERVE_ARGS="--frontend triton".
+run: $(STAMP)
+	$(BIN)/groupdiff serve $(SERVE_ARGS)
+
+# The teacher pipeline the student comes from: prepare Fashion-MNIST (pixels, EfficientNet neighbours;
+# ~10 min, once), train the fmnist-tiny GroupDiff-l teacher (~15 min) and draw a grid of groups.
+teacher: $(STAMP) data
 	$(BIN)/groupdiff prepare --config prepare-fmnist-pixel --out data/fmnist-pixel
 	$(BIN)/groupdiff train --config fmnist-tiny --out $(RUN) --resume
 	$(BIN)/groupdiff sample --checkpoint $(RUN)/checkpoints/$$(cat $(RUN)/checkpoints/latest) --weights ema \
