@@ -44,13 +44,13 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider -rs tests/test_runtimes.py 
 
 echo "== 3. bench runtime on the GPU"
 status=0
-timeout 300 python3 - "$OUT/bench_runtime_gpu.json" "$CHECKPOINT" <<'PY' 2>&1 | grep -v "it/s]" | tee "$LOG" || status=$?
+timeout 330 python3 - "$OUT/bench_runtime_gpu.json" "$CHECKPOINT" <<'PY' 2>&1 | grep -v "it/s]" | tee "$LOG" || status=$?
 import sys
 from groupdiff.bench.runtime import run
 
 out, checkpoint = sys.argv[1], sys.argv[2] or None
 run(checkpoint, "cuda", None, [1, 4], [4, 16, 64, 256], repeats=20, threads=16, out=out,
-    command="bash bench/gpu/runtime.sh", cache=None, time_budget_s=210)
+    command="bash bench/gpu/runtime.sh", cache=None, time_budget_s=180)
 PY
 echo
 if [ "$status" -ne 0 ]; then
