@@ -84,7 +84,8 @@ def register(subparsers) -> None:
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--request-timeout", type=float, default=10.0,
                        help="client-side timeout per request (overloaded runs drain instead of queueing for minutes)")
-    serve.add_argument("--out", default="docs/results/serve", help="folder for serve.json, serve.md, serve.png")
+    serve.add_argument("--out", default="docs/results/serve/cpu-student",
+                       help="folder for serve.json, serve.md, serve.png")
     serve.set_defaults(run=run_bench_serve)
 
     distill = benches.add_parser("distill", help="few-step students against the teacher's full recipe: FID, "
