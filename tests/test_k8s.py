@@ -266,3 +266,19 @@ def test_monitoring_ships_the_dashboard_for_the_grafana_sidecar(rendered):
     assert config_map["metadata"]["namespace"] == "monitoring"
     dashboard = json.loads(config_map["data"]["grafana-dashboard-groupdiff.json"])
     assert dashboard["uid"] == "groupdiff-serving" and len(dashboard["panels"]) >= 10
+
+
+def test_dockerfile_copies_every_package_folder():
+    """Both images install the project from a copy of its folders; a new subpackage must be copied too."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    folders = set(project["tool"]["setuptools"]["package-dir"].values())
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    installing = [stage for stage in re.split(r"^FROM ", dockerfile, flags=re.M) if "pip install" in stage]
+    assert len(installing) == 2  # the CPU and the GPU image
+    for stage in installing:
+        copied = set(re.findall(r"^COPY (\w+) \./\1$", stage, flags=re.M))
+        assert folders <= copied, f"Dockerfile stage {stage.split()[0]} misses {folders - copied}"
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert not folders & ignored
