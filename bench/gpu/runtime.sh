@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check of the serving runtimes (issue 6) on one H100/H200: expected about 5 minutes, not yet run (the bench stops starting
-# cells after 180 s; per-section timeouts: install 120 s, probe 60 s, tests 150 s, bench 330 s):
+# GPU check of the serving runtimes (issue 6) on one H100/H200: expected about 5 minutes, not yet run
+# (the bench stops starting cells after 180 s; section timeouts: install 120 s, probe 60 s, tests 150 s,
+# bench 330 s):
 #   1. which GPU libraries import here (tensorrt, torch_tensorrt, onnxruntime providers);
 #   2. the runtime parity tests (torch vs ONNX Runtime at group sizes 1 and 4, full sampling loops;
 #      TensorRT parity when tensorrt imports, else skipped with the reason);
