@@ -198,14 +198,15 @@ class GroupDiffService:
     async def generate(self, body: GenerateRequest, request: Request) -> JSONResponse:
         started = time.perf_counter()
         resolved = self._resolve(body)
-        work = asyncio.ensure_future(self.scheduler.submit(resolved))
+        future = self.scheduler.submit_future(resolved)  # queued now (or 429 now), so a disconnect can cancel it
+        work = asyncio.wrap_future(future)
         gone = asyncio.ensure_future(wait_for_disconnect(request))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
             if not work.done():
-                work.cancel()  # the client left: free the request's places
+                future.cancel()  # the client left (or this handler was cancelled): free the request's places
         if not work.done() or work.cancelled():
             self._log(resolved, 499, started)
             return JSONResponse({"error": {"code": "cancelled", "message": "client disconnected"}}, status_code=499)
