@@ -158,6 +158,7 @@ def run(teacher_path: str, student: str, baseline: str | None, num_samples: int,
     })
     (folder / "table.md").write_text(markdown_table(rows, num_samples, fid_samples) + "\n")
     save_comparison_grid(folder / "samples.png", grids, group_size, panels=1 + len(student_steps(student)))
+    plot_quality_vs_time(rows, folder / "quality_vs_time.png")
     columns = ["model", "forwards_per_image", "s_per_group", "speedup", "fid", "fid_vs_teacher", "fd_classifier",
                "accuracy", "diversity_ratio"]
     print(format_table(rows, [c for c in columns if c in rows[0]]))
@@ -196,3 +197,30 @@ def save_comparison_grid(path: Path, grids: dict[str, torch.Tensor], group_size:
     rows = [torch.cat([panel[i * group_size : (i + 1) * group_size] for panel in panels]) for i in range(10)]
     return save_group_grid(path, torch.cat(rows), group_size * len(panels), upscale=2)
 
+
+
+def plot_quality_vs_time(rows: list[dict], path: Path) -> Path:
+    """FID (or fd_classifier without FID) against wall time per group, one line per model family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "fid" if "fid" in rows[0] else "fd_classifier"
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    families: dict[str, list[dict]] = {}
+    for row in rows:
+        families.setdefault(row["model"].rsplit(" ", 1)[0] if "step" in row["model"] else row["model"], []).append(row)
+    for family, members in families.items():
+        axes.plot([r["s_per_group"] for r in members], [r[metric] for r in members], marker="o", label=family)
+        for r in members:
+            axes.annotate(f"{r['steps']}", (r["s_per_group"], r[metric]), fontsize=7, xytext=(3, 3),
+                          textcoords="offset points")
+    axes.set(xscale="log", xlabel="seconds per group of 4 on this CPU (log)", ylabel=metric,
+             title=f"{metric} vs wall time per group (labels: sampler steps)")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
