@@ -106,17 +106,21 @@ def seconds_per_group(contender: Contender, noise: torch.Tensor, y: torch.Tensor
     return statistics.median(times)
 
 
-def run(teacher_path: str, student: str, baseline: str | None, num_samples: int, fid_samples: int, seed: int,
+def run(teacher_path: str, students: list[str], baseline: str | None, num_samples: int, fid_samples: int, seed: int,
         repeats: int, out: str, command: str, reference: str = FASHION_MNIST_DIR, reference_count: int = 2000,
         cache: str | None = None, classifier: str | None = None, progress: bool = True) -> Path:
     teacher = load_teacher(teacher_path)
+    student = students[0]
     group_size = int(read_checkpoint_info(student)["metadata"]["distill"]["group_size"])
     if group_size < 2:
         raise ValueError("--student must be a group student (group size >= 2); pass the size-1 one as --baseline")
     if num_samples % (group_size * 10) or fid_samples > num_samples or fid_samples % group_size:
         raise ValueError(f"--num-samples must be a multiple of {group_size * 10} and --fid-samples a multiple of "
                          f"{group_size} no larger than it")
-    contenders = [teacher_contender(teacher, group_size), *student_contenders(student, f"student N={group_size}")]
+    contenders = [teacher_contender(teacher, group_size)]
+    for checkpoint in students:
+        name = f"student N={group_size}" + (f" ({Path(checkpoint).name})" if len(students) > 1 else "")
+        contenders += student_contenders(checkpoint, name)
     if baseline:
         contenders += student_contenders(baseline, "student N=1")
     config = teacher.model.config
@@ -152,7 +156,7 @@ def run(teacher_path: str, student: str, baseline: str | None, num_samples: int,
     add_ratios(rows)
     folder = Path(out)
     path = write_report(folder / "results.json", "distill", command, json_ready(rows), {
-        "teacher": teacher_path, "student": student, "baseline": baseline, "num_samples": num_samples,
+        "teacher": teacher_path, "students": students, "baseline": baseline, "num_samples": num_samples,
         "fid_samples": fid_samples, "seed": seed, "chunk_groups": 16, "repeats": repeats, "group_size": group_size,
         "reference": reference, "reference_count": reference_count, "threads": torch.get_num_threads(),
     })

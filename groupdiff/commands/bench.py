@@ -91,7 +91,8 @@ def register(subparsers) -> None:
     distill = benches.add_parser("distill", help="few-step students against the teacher's full recipe: FID, "
                                                  "accuracy, diversity and wall time per group")
     distill.add_argument("--teacher", required=True, help="teacher checkpoint (sampled with its recorded recipe)")
-    distill.add_argument("--student", required=True, help="group student checkpoint from groupdiff distill")
+    distill.add_argument("--student", required=True, nargs="+",
+                         help="group student checkpoint(s) from groupdiff distill (the first one's grid is drawn)")
     distill.add_argument("--baseline", help="student distilled the same way with group_size=1")
     distill.add_argument("--num-samples", type=int, default=1000, help="images for accuracy, fd_classifier, diversity")
     distill.add_argument("--fid-samples", type=int, default=500, help="first images scored by Inception FID (0: none)")
