@@ -9,19 +9,17 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, fields
-from importlib import resources
 from pathlib import Path
 
 from groupdiff.model.checkpoint import read_checkpoint_info
 
+from .defaults import BUNDLED_STUDENT
 from .metrics import ServingMetrics
 from .requests import ServerLimits
 from .scheduler import Scheduler, SchedulerConfig
 from .spec import DenoiserSpec, spec_from_checkpoint
 
 ENV_CONFIG = "GROUPDIFF_SERVE_CONFIG"
-ENV_TOKEN = "GROUPDIFF_API_TOKEN"  # bearer token; unset = no authentication
-BUNDLED_STUDENT = Path(str(resources.files("groupdiff"))) / "assets" / "fmnist-student"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .defaults import ENV_TOKEN
 from .metrics import ServingMetrics
 from .requests import (
     MAX_TIMEOUT_S,
@@ -34,7 +35,7 @@ from .requests import (
     resolve,
 )
 from .scheduler import Result, Scheduler
-from .serve_config import ENV_TOKEN, ServeConfig, build_scheduler, check_checkpoint, default_group_size
+from .serve_config import ServeConfig, build_scheduler, check_checkpoint, default_group_size
 from .spec import TEACHER_MAX_STEPS
 
 LOG = logging.getLogger("groupdiff.serving")

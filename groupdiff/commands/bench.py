@@ -61,7 +61,7 @@ def register(subparsers) -> None:
     quality.add_argument("--out", default="outputs/quality", help="folder for row runs, results.json, table, plot")
     quality.set_defaults(run=run_bench_quality)
 
-    from groupdiff.serving.serve_config import BUNDLED_STUDENT
+    from groupdiff.serving.defaults import BUNDLED_STUDENT
 
     serve = benches.add_parser("serve", help="group scheduler vs naive baseline vs runtime peak under closed- and "
                                              "open-loop load (in-process, PNG encoding included)")

@@ -10,7 +10,7 @@ RUNTIME_CHOICES = ("onnxruntime", "torch", "tensorrt", "torch-tensorrt")
 
 
 def register(subparsers) -> None:
-    from groupdiff.serving.serve_config import BUNDLED_STUDENT, ENV_TOKEN
+    from groupdiff.serving.defaults import BUNDLED_STUDENT, ENV_TOKEN
 
     p = subparsers.add_parser("serve", help="serve a checkpoint: REST (BentoML) or Triton (gRPC/HTTP) on CPU or GPU",
                               description=f"Bearer token: set {ENV_TOKEN} to require one on the REST API.")
