@@ -24,20 +24,17 @@ text format, so a config that Triton cannot parse cannot be written.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import sys
 import sysconfig
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from groupdiff.model.checkpoint import read_checkpoint_info
+from groupdiff.model.checkpoint import atomic_directory, read_checkpoint_info
 
 from .serve_config import check_checkpoint, served_weights
 from .spec import DenoiserSpec
@@ -99,23 +96,6 @@ def decoder_config(spec: DenoiserSpec, max_images: int, instances: int, queue_de
     return config
 
 
-@contextlib.contextmanager
-def fresh_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary sibling (nested folders allowed) that replaces ``path`` on success, removed on error."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_config(folder: Path, config: pb.ModelConfig) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.pbtxt").write_text(text_format.MessageToString(config))
@@ -148,7 +128,7 @@ def write_triton_repository(checkpoint: str | os.PathLike, out: str | os.PathLik
     for plan in (denoiser_plan, decoder_plan):
         if plan is not None and not Path(plan).is_file():
             raise FileNotFoundError(f"TensorRT plan not found: {plan}")
-    with fresh_folder(out) as tmp:
+    with atomic_directory(out) as tmp:
         version = tmp / MODEL_NAME / "1"
         version.mkdir(parents=True)
         write_config(tmp / MODEL_NAME, pipeline_config(pipeline_instances))
