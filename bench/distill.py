@@ -119,7 +119,9 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
                          f"{group_size} no larger than it")
     contenders = [teacher_contender(teacher, group_size)]
     for checkpoint in students:
-        name = f"student N={group_size}" + (f" ({Path(checkpoint).name})" if len(students) > 1 else "")
+        folder = Path(checkpoint)
+        run = folder.parent.parent.name if folder.name.startswith("step-") else folder.name  # <run>/checkpoints/step-*
+        name = f"student N={group_size}" + (f" ({run})" if len(students) > 1 else "")
         contenders += student_contenders(checkpoint, name)
     if baseline:
         contenders += student_contenders(baseline, "student N=1")
