@@ -24,7 +24,7 @@ from groupdiff.evaluation import save_group_grid
 from groupdiff.model import fixed_sample_ids, interpolate, load_model, model_config, save_model
 from groupdiff.model.checkpoint import CheckpointError, load_state, read_checkpoint_info
 from groupdiff.training.distributed import Distributed
-from groupdiff.training.optim import EMA, build_optimizer, learning_rate
+from groupdiff.training.optim import EMA, autocast_dtype, build_optimizer, learning_rate
 from groupdiff.training.plan import GroupBatchPlan, PlanConfig
 from groupdiff.training.prepared import PreparedData
 from groupdiff.training.run_folder import (
@@ -103,7 +103,7 @@ class Distiller:
         self.plan = GroupBatchPlan(plan, data.neighbours(config.query), len(data.samples), config.batch_size,
                                    dist.world_size, config.seed)
         self.samples = data.samples.to(self.device)
-        self.autocast_dtype = self._autocast_dtype()
+        self.autocast_dtype = autocast_dtype(config.precision, self.device)
         if self.autocast_dtype is not None and config.facm.derivative == "fd":
             raise ValueError("finite differences need fp32 (a step of 2e-5 in t is below bf16 resolution): "
                              "use facm.derivative=jvp with bf16, or precision=fp32")
@@ -112,12 +112,6 @@ class Distiller:
         if resume:
             self._resume(resume)
 
-    def _autocast_dtype(self) -> torch.dtype | None:
-        precision = self.config.precision
-        if precision == "auto":
-            cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-            return torch.bfloat16 if cuda_bf16 else None
-        return torch.bfloat16 if precision == "bf16" else None
 
     def _resume(self, resume: str) -> None:
         folder = latest_checkpoint(self.out) if resume == "auto" else Path(resume)

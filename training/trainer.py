@@ -31,7 +31,7 @@ from groupdiff.model.pretrained import init_from_pretrained
 
 from .config import TRAJECTORY_FIELDS, TrainConfig
 from .distributed import Distributed
-from .optim import EMA, build_optimizer, learning_rate
+from .optim import EMA, autocast_dtype, build_optimizer, learning_rate
 from .plan import GroupBatchPlan, StepBatch, group_timesteps
 from .run_folder import append_log, checkpoint_folder, latest_checkpoint, mark_latest, prune_checkpoints, truncate_log
 from .train_state import read_train_state, write_train_state
@@ -105,20 +105,13 @@ class Trainer:
             config.plan, neighbours, len(data.samples), config.batch_size, dist.world_size, config.seed
         )
         self.samples = data.samples.to(self.device)
-        self.autocast_dtype = self._autocast_dtype()
+        self.autocast_dtype = autocast_dtype(config.precision, self.device)
         self.step = 0
         self.stop_requested = False
         if resume:
             self._resume(resume)
 
     # -- set-up ---------------------------------------------------------------------------------------------
-    def _autocast_dtype(self) -> torch.dtype | None:
-        precision = self.config.precision
-        if precision == "auto":
-            cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-            return torch.bfloat16 if cuda_bf16 else None
-        return torch.bfloat16 if precision == "bf16" else None
-
     def _resume(self, resume: str) -> None:
         folder = self.latest_checkpoint() if resume == "auto" else Path(resume)
         if folder is None:
