@@ -29,6 +29,7 @@ from groupdiff.training.plan import GroupBatchPlan, PlanConfig
 from groupdiff.training.prepared import PreparedData
 from groupdiff.training.run_folder import (
     append_log,
+    check_same_setup,
     checkpoint_folder,
     latest_checkpoint,
     mark_latest,
@@ -117,14 +118,7 @@ class Distiller:
         folder = latest_checkpoint(self.out) if resume == "auto" else Path(resume)
         if folder is None:
             return
-        saved = read_checkpoint_info(folder).get("metadata", {}).get("distill_config")
-        if saved is None:
-            raise CheckpointError(f"{folder} was not written by the distiller; it has no distill_config to resume")
-        current = to_dict(self.config)
-        mismatched = [k for k in TRAJECTORY_FIELDS if saved.get(k) != current[k]]
-        if mismatched:
-            details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {current[k]!r}" for k in mismatched)
-            raise CheckpointError(f"{folder} was distilled with a different setup ({details})")
+        check_same_setup(folder, "distill_config", to_dict(self.config), TRAJECTORY_FIELDS)
         try:
             self.student.load_state_dict(load_state(folder, "model"))
             self.ema.model.load_state_dict(load_state(folder, "ema"))

@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from groupdiff.model.checkpoint import CheckpointError, read_checkpoint_info
+
 LATEST = "latest"
 
 
@@ -19,6 +21,18 @@ def checkpoint_folder(out: Path, step: int) -> Path:
 def latest_checkpoint(out: Path) -> Path | None:
     pointer = out / "checkpoints" / LATEST
     return out / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
+
+
+def check_same_setup(folder: Path, config_key: str, current: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """Refuse to resume from a checkpoint whose recorded run config (``metadata[config_key]``) differs in a
+    field that shapes the trajectory: the resumed run would silently be another run."""
+    saved = read_checkpoint_info(folder).get("metadata", {}).get(config_key)
+    if saved is None:
+        raise CheckpointError(f"{folder} has no {config_key} in its metadata: it was not written by this command")
+    mismatched = [k for k in fields if saved.get(k) != current[k]]
+    if mismatched:
+        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {current[k]!r}" for k in mismatched)
+        raise CheckpointError(f"{folder} was made with a different setup ({details})")
 
 
 def mark_latest(folder: Path) -> None:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from groupdiff.config import dump_config, to_dict
 from groupdiff.evaluation import save_group_grid
 from groupdiff.model import GroupDiT, Guidance, flow_matching_loss, model_config, random_sample_ids, save_model
-from groupdiff.model.checkpoint import CheckpointError, load_state, read_checkpoint_info
+from groupdiff.model.checkpoint import CheckpointError, load_state
 from groupdiff.model.generate import generate
 from groupdiff.model.pretrained import init_from_pretrained
 
@@ -33,7 +33,15 @@ from .config import TRAJECTORY_FIELDS, TrainConfig
 from .distributed import Distributed
 from .optim import EMA, autocast_dtype, build_optimizer, learning_rate
 from .plan import GroupBatchPlan, StepBatch, group_timesteps
-from .run_folder import append_log, checkpoint_folder, latest_checkpoint, mark_latest, prune_checkpoints, truncate_log
+from .run_folder import (
+    append_log,
+    check_same_setup,
+    checkpoint_folder,
+    latest_checkpoint,
+    mark_latest,
+    prune_checkpoints,
+    truncate_log,
+)
 from .train_state import read_train_state, write_train_state
 
 if TYPE_CHECKING:
@@ -116,15 +124,7 @@ class Trainer:
         folder = self.latest_checkpoint() if resume == "auto" else Path(resume)
         if folder is None:
             return  # nothing to resume: start fresh
-        info = read_checkpoint_info(folder)
-        saved = info.get("metadata", {}).get("train_config")
-        if saved is None:
-            raise CheckpointError(f"{folder} was not written by the trainer; it has no train_config to resume")
-        current = to_dict(self.config)
-        mismatched = [k for k in TRAJECTORY_FIELDS if saved.get(k) != current[k]]
-        if mismatched:
-            details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {current[k]!r}" for k in mismatched)
-            raise CheckpointError(f"{folder} was trained with a different setup ({details})")
+        check_same_setup(folder, "train_config", to_dict(self.config), TRAJECTORY_FIELDS)
         try:
             self.model.load_state_dict(load_state(folder, "model"))
             self.ema.model.load_state_dict(load_state(folder, "ema"))
