@@ -71,14 +71,15 @@ def run(args: argparse.Namespace) -> None:
             elif args.no_progress:
                 result = client.generate(args.class_id, args.num_images, **options, timeout_s=args.timeout_s)
             else:
-                result, bar = None, tqdm(desc="sampling", unit="step")
+                result, bar = None, None  # the bar opens with the first progress event, which knows the total
                 for item in client.stream(args.class_id, args.num_images, **options, timeout_s=args.timeout_s):
                     if isinstance(item, GenerationResult):
                         result = item
                     else:
-                        bar.total = item.steps
+                        bar = bar or tqdm(total=item.steps, desc="sampling", unit="step")
                         bar.update(item.step - bar.n)
-                bar.close()
+                if bar is not None:
+                    bar.close()
                 if result is None:
                     raise GroupDiffError("the stream ended without a result")
     except InvalidRequest as error:
