@@ -24,6 +24,7 @@ from groupdiff.training import distributed
 from groupdiff.training.config import TrainConfig
 from groupdiff.training.data import FASHION_MNIST_DIR
 from groupdiff.training.prepared import load_prepared
+from groupdiff.training.run_folder import checkpoint_folder
 from groupdiff.training.trainer import Trainer
 
 from .quality_eval import Sampling, ablations, sweep_and_fid
@@ -43,7 +44,7 @@ def run(budget: Budget, recipe: str, data: str | None, out: str, command: str, d
     settings = {**asdict(budget), "recipe": recipe, "data": data, "device": device, "eval_seed": EVAL_SEED,
                 "reference": reference, "reference_count": reference_count,
                 "rows": {name: ROWS[name] for name in rows}}
-    report = _load(results, settings, command)
+    report = load_report(results, settings, command)
     done = {(r["row"], r["seed"]) for r in report["runs"]}
     # what every row's scoring shares; the row fills in its group size and guidance mode
     scoring = Sampling(group_size=1, guidance_mode="groupdiff-l", steps=budget.sample_steps, sampler=budget.sampler,
@@ -57,31 +58,31 @@ def run(budget: Budget, recipe: str, data: str | None, out: str, command: str, d
             print(f"quality: {name} seed {seed} already in {results}, skipped")
             continue
         print(f"quality [{index}/{len(runs)}]: {name} seed {seed}")
-        config = _config(budget, recipe, data, out_dir / name / f"seed-{seed}", seed, device, ROWS[name])
+        config = row_config(budget, recipe, data, out_dir / name / f"seed-{seed}", seed, device, ROWS[name])
         if config.data not in prepared:
             prepared[config.data] = load_prepared(config.data)
         start = time.perf_counter()
-        checkpoint = _train(config, prepared[config.data], dist)
+        checkpoint = train_row(config, prepared[config.data], dist)
         trained = time.perf_counter() - start
-        record = sweep_and_fid(_generator(checkpoint, dist.device), _for_row(scoring, config),
+        record = sweep_and_fid(ema_generator(checkpoint, dist.device), _for_row(scoring, config),
                                list(budget.scales), budget.num_samples, budget.fid_samples)
         report["runs"].append({"row": name, "seed": seed, "overrides": ROWS[name], "checkpoint": str(checkpoint),
                                "train_seconds": trained, "eval_seconds": time.perf_counter() - start - trained,
                                **record})
-        _save(results, report)
+        save_report(results, report)
 
     if ABLATION_ROW in rows and budget.ablation_samples and "ablations" not in report:
         report["ablations"] = _ablations(report, budget, recipe, data, out_dir, device, scoring)
-        _save(results, report)
+        save_report(results, report)
     (out_dir / "table.md").write_text(markdown_table(report))
     report["pearson_fid_s_cross"] = plot(report, out_dir / "fid_vs_s_cross.png")
-    _save(results, report)
+    save_report(results, report)
     print((out_dir / "table.md").read_text())
     print(f"wrote {results}, {out_dir / 'table.md'}, {out_dir / 'fid_vs_s_cross.png'}")
     return report
 
 
-def _load(results: Path, settings: dict, command: str) -> dict:
+def load_report(results: Path, settings: dict, command: str) -> dict:
     """The existing report when its settings match (a resumed run), else a fresh one; refuses to mix budgets."""
     fresh = {"benchmark": "quality", "command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
              "machine": machine(), "settings": settings, "runs": []}
@@ -99,7 +100,7 @@ def _load(results: Path, settings: dict, command: str) -> dict:
     return report
 
 
-def _save(path: Path, report: dict) -> None:
+def save_report(path: Path, report: dict) -> None:
     """Write through a temporary file and rename, so an interrupted write never corrupts results.json;
     an undefined metric (NaN) is written as null."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,8 +109,8 @@ def _save(path: Path, report: dict) -> None:
     os.replace(temporary, path)
 
 
-def _config(budget: Budget, recipe: str, data: str | None, out: Path, seed: int, device: str,
-            row: list[str]) -> TrainConfig:
+def row_config(budget: Budget, recipe: str, data: str | None, out: Path, seed: int, device: str,
+               row: list[str]) -> TrainConfig:
     fixed = [f"out={out}", f"seed={seed}", f"steps={budget.steps}", f"batch_size={budget.batch_size}",
              f"device={device}", "sample.every=0", *budget.extra]
     fixed += [f"data={data}"] if data else []
@@ -117,17 +118,25 @@ def _config(budget: Budget, recipe: str, data: str | None, out: Path, seed: int,
     return load_config(TrainConfig, find_config(recipe, "train"), fixed + row)
 
 
-def _train(config: TrainConfig, prepared, dist) -> Path:
-    """Train (or resume, or skip a finished run) and return the final checkpoint."""
-    trainer = Trainer(config, prepared, dist, resume="auto")
+def train_row(config: TrainConfig, prepared, dist) -> Path:
+    """Train (or resume) to ``config.steps`` and return the checkpoint at that step.
+
+    A checkpoint at exactly that step is reused without training (the trainer still checks it was made
+    with the same setup), so the budget curve's baseline run (`quality_budget`) is the baseline row at
+    the budget it chose: the learning rate is constant after warm-up, so stopping a longer run at step
+    S gives the same weights as a run of S steps."""
+    at_budget = checkpoint_folder(Path(config.out), config.steps)
+    trainer = Trainer(config, prepared, dist, resume=str(at_budget) if at_budget.is_dir() else "auto")
+    if trainer.step > config.steps:
+        raise ValueError(f"{config.out} holds a run past step {config.steps} (step {trainer.step}) without a "
+                           f"checkpoint at {config.steps}; use another --out")
     trainer.train()
-    checkpoint = trainer.latest_checkpoint()
-    if trainer.step < config.steps or checkpoint is None:
+    if trainer.step < config.steps or not at_budget.is_dir():
         raise RuntimeError(f"{config.out} stopped at step {trainer.step} of {config.steps}; rerun to resume")
-    return checkpoint
+    return at_budget
 
 
-def _generator(checkpoint: Path, device: torch.device):
+def ema_generator(checkpoint: Path, device: torch.device):
     generator = load_generator(checkpoint, "ema")
     generator.model.to(device).eval()
     return generator
@@ -144,8 +153,8 @@ def _ablations(report: dict, budget: Budget, recipe: str, data: str | None, out_
     """Tables 2 and 3 on the first seed of the ablation row, at that run's chosen guidance scale."""
     seed = budget.seeds[0]
     run = next(r for r in report["runs"] if r["row"] == ABLATION_ROW and r["seed"] == seed)
-    generator = _generator(Path(run["checkpoint"]), torch.device(device))
-    config = _config(budget, recipe, data, out_dir / ABLATION_ROW / f"seed-{seed}", seed, device, ROWS[ABLATION_ROW])
+    generator = ema_generator(Path(run["checkpoint"]), torch.device(device))
+    config = row_config(budget, recipe, data, out_dir / ABLATION_ROW / f"seed-{seed}", seed, device, ROWS[ABLATION_ROW])
     result = ablations(generator, _for_row(scoring, config), run["best_scale"], budget.ablation_samples, WINDOWS,
                        layer_ranges(generator.model.config.depth))
     return {"row": ABLATION_ROW, "seed": seed, **result}

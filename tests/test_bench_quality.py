@@ -152,3 +152,36 @@ def test_the_gpu_script_asks_for_the_gpu_preset_on_cuda():
     assert gpu.rows == tuple(ROWS) and gpu.fid_samples > 0 and 0.0 in gpu.scales
     per_row_images = gpu.steps * gpu.batch_size
     assert per_row_images * len(ROWS) / 2400 < 300  # training alone under 5 min at the H200's measured 2400 img/s
+
+
+def test_budget_curve_grows_point_by_point_and_the_quality_baseline_reuses_its_checkpoint(setup, capsys):
+    out = setup / "budget"
+    curve = ["bench", "quality-budget", "--data", str(setup / "data"), "--classifier", str(setup / "classifier"),
+             "--cache", str(setup / "cache"), "--out", str(out), "--batch-size", "32", "--fid-samples", "24",
+             "--sample-steps", "2", "--reference-count", "40", "--ratio", "1000", "--points", "2", "4",
+             *MICRO[MICRO.index("--set"):]]
+    assert main(curve) == 0
+    report = json.loads((out / "budget.json").read_text())
+    assert report["floor"]["count"] == 24 and report["floor"]["fid"] > 0
+    assert [p["steps"] for p in report["points"]] == [2]  # within 1000x the floor: no training past it
+    assert report["chosen_steps"] == 2 and "Chosen budget: **2 steps** x batch 32" in (out / "budget.md").read_text()
+    point = report["points"][0]
+    assert point["images"] == 64 and point["fid"] > report["floor"]["fid"] and 0 <= point["accuracy"] <= 1
+    capsys.readouterr()
+
+    assert main([*curve, "--all-points"]) == 0
+    printed = capsys.readouterr()
+    assert "at step 2" in printed.out + printed.err  # the second point resumed the first point's run
+    report = json.loads((out / "budget.json").read_text())
+    assert [p["steps"] for p in report["points"]] == [2, 4] and report["chosen_steps"] == 2
+    assert (out / "budget.png").stat().st_size > 1000
+
+    # the quality benchmark's baseline row at a budget the curve passed without a checkpoint: refused
+    assert bench(setup, out, "--rows", "baseline", "--steps", "3", "--ablation-samples", "0") == 2
+    assert "past step 3" in capsys.readouterr().err
+    # ... and at a point of the curve: its checkpoint is scored, nothing is trained
+    assert bench(setup, out, "--rows", "baseline", "--steps", "4", "--ablation-samples", "0") == 0
+    printed = capsys.readouterr()
+    assert "resumed from" in printed.out + printed.err and "step-0000004" in printed.out + printed.err
+    row = json.loads((out / "results.json").read_text())["runs"][0]
+    assert row["checkpoint"] == report["points"][1]["checkpoint"]

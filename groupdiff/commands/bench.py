@@ -61,6 +61,33 @@ def register(subparsers) -> None:
     quality.add_argument("--out", default="outputs/quality", help="folder for row runs, results.json, table, plot")
     quality.set_defaults(run=run_bench_quality)
 
+    curve = benches.add_parser("quality-budget", help="the baseline's FID (N = 2000) against training steps, to choose "
+                                                      "the quality benchmark's per-row budget (resumable)")
+    curve.add_argument("--points", nargs="+", type=int, default=[1000, 2000, 3000, 4500, 6000, 8000, 10000, 13000],
+                       help="training steps at which the run is scored, in increasing order")
+    curve.add_argument("--ratio", type=float, default=3.0, help="the chosen budget is the first point whose FID is "
+                                                                "within this multiple of the real-data floor")
+    curve.add_argument("--all-points", action="store_false", dest="stop_within",
+                       help="score every point (default: stop at the first within --ratio)")
+    curve.add_argument("--row", default="baseline", help="the quality row whose curve is measured")
+    curve.add_argument("--seed", type=int, default=0, help="training seed")
+    curve.add_argument("--batch-size", type=int, help="training batch (default: the full preset's)")
+    curve.add_argument("--fid-samples", type=int, help="samples scored per point (default: the full preset's 2000)")
+    curve.add_argument("--sample-steps", type=int, help="sampler steps (default: the full preset's)")
+    curve.add_argument("--recipe", default="fmnist-tiny", help="base training recipe (as for bench quality)")
+    curve.add_argument("--data", help="prepared data folder (default: the recipe's)")
+    curve.add_argument("--device", default="cpu", help="cpu or cuda")
+    curve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe field (repeatable); bench quality must then get the same --set")
+    curve.add_argument("--reference", default=FASHION_MNIST_DIR, help="idx folder (test split = FID reference)")
+    curve.add_argument("--reference-count", type=int, default=2000, help="first N test images as FID reference")
+    curve.add_argument("--classifier", help="a saved classifier folder (default: the cached one)")
+    curve.add_argument("--cache", help="cache folder (default $GROUPDIFF_CACHE or ~/.cache/groupdiff)")
+    curve.add_argument("--out", default="outputs/quality",
+                       help="the quality benchmark's folder: the run goes to <out>/<row>/seed-<s>, the curve to "
+                            "budget.json/.md/.png")
+    curve.set_defaults(run=run_bench_quality_budget)
+
     from groupdiff.serving.defaults import BUNDLED_STUDENT
 
     serve = benches.add_parser("serve", help="group scheduler vs naive baseline vs runtime peak under closed- and "
@@ -124,6 +151,18 @@ def run_bench_quality(args: argparse.Namespace) -> None:
 
     run(quality_budget(args), args.recipe, args.data, args.out, args.invocation, args.device, args.reference,
         args.reference_count, args.cache, args.classifier)
+
+
+def run_bench_quality_budget(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from groupdiff.bench.quality_budget import run
+    from groupdiff.bench.quality_rows import FULL
+
+    flags = {"batch_size": args.batch_size, "fid_samples": args.fid_samples, "sample_steps": args.sample_steps}
+    budget = replace(FULL, **{k: v for k, v in flags.items() if v is not None}, extra=tuple(args.overrides))
+    run(budget, args.points, args.row, args.seed, args.ratio, args.recipe, args.data, args.out, args.invocation,
+        args.device, args.reference, args.reference_count, args.cache, args.classifier, args.stop_within)
 
 
 def run_bench_distill(args: argparse.Namespace) -> None:
