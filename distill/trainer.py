@@ -10,33 +10,21 @@ resumed run repeats what an uninterrupted run would do. Ranks average gradients 
 
 from __future__ import annotations
 
-import signal
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.distributed
-from tqdm.auto import tqdm
 
-from groupdiff.config import dump_config, to_dict
+from groupdiff.config import to_dict
 from groupdiff.evaluation import save_group_grid
 from groupdiff.model import fixed_sample_ids, interpolate, load_model, model_config, save_model
-from groupdiff.model.checkpoint import CheckpointError, load_state, read_checkpoint_info
+from groupdiff.model.checkpoint import CheckpointError, read_checkpoint_info
 from groupdiff.training.distributed import Distributed
+from groupdiff.training.loop import RunLoop
 from groupdiff.training.optim import EMA, autocast_dtype, build_optimizer, learning_rate
 from groupdiff.training.plan import GroupBatchPlan, PlanConfig
 from groupdiff.training.prepared import PreparedData
-from groupdiff.training.run_folder import (
-    append_log,
-    check_same_setup,
-    checkpoint_folder,
-    latest_checkpoint,
-    mark_latest,
-    prune_checkpoints,
-    truncate_log,
-)
-from groupdiff.training.train_state import read_train_state, write_train_state
 from groupdiff.training.trainer import step_generator
 
 from .config import TRAJECTORY_FIELDS, DistillConfig
@@ -83,7 +71,11 @@ def average_gradients(model: torch.nn.Module, dist: Distributed) -> None:
         grad.copy_(averaged.view_as(grad))
 
 
-class Distiller:
+class Distiller(RunLoop):
+    progress_label = "distill"
+    config_key = "distill_config"
+    trajectory_fields = TRAJECTORY_FIELDS
+
     def __init__(self, config: DistillConfig, data: PreparedData, dist: Distributed, resume: str | None = None):
         if config.teacher is None:
             raise ValueError("no teacher checkpoint: pass --teacher or set teacher in the config")
@@ -97,9 +89,9 @@ class Distiller:
                              f"({teacher_cfg.in_channels}, {teacher_cfg.input_size}, {teacher_cfg.input_size})")
         self.group_size = config.group_size or teacher_cfg.max_group_size
         torch.manual_seed(config.seed)
-        self.student = build_student(config, self.teacher, self.group_size).to(self.device)
-        self.ema = EMA(self.student, config.ema_decay, config.ema_warmup)
-        self.optimizer = build_optimizer(self.student, config.optim)
+        self.model = build_student(config, self.teacher, self.group_size).to(self.device)  # the student
+        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
+        self.optimizer = build_optimizer(self.model, config.optim)
         plan = PlanConfig(mode="groupdiff-f", group_size=self.group_size, label_dropout=0.0, query=config.query)
         self.plan = GroupBatchPlan(plan, data.neighbours(config.query), len(data.samples), config.batch_size,
                                    dist.world_size, config.seed)
@@ -111,23 +103,7 @@ class Distiller:
         self.step = 0
         self.stop_requested = False
         if resume:
-            self._resume(resume)
-
-
-    def _resume(self, resume: str) -> None:
-        folder = latest_checkpoint(self.out) if resume == "auto" else Path(resume)
-        if folder is None:
-            return
-        check_same_setup(folder, "distill_config", to_dict(self.config), TRAJECTORY_FIELDS)
-        try:
-            self.student.load_state_dict(load_state(folder, "model"))
-            self.ema.model.load_state_dict(load_state(folder, "ema"))
-        except RuntimeError as error:
-            raise CheckpointError(f"{folder}: weights do not fit the student: {error}") from None
-        self.step = int(read_train_state(folder, self.optimizer)["step"])
-        if self.dist.is_main:
-            truncate_log(self.out, self.step)
-            tqdm.write(f"resumed from {folder} at step {self.step}")
+            self.resume(resume)
 
     # -- one step -------------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -145,9 +121,9 @@ class Distiller:
 
         def student(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
             repeats = len(x) // len(y)  # the anchor and consistency halves share one forward
-            return self.student(x, times, y.repeat(repeats), group_size=n, sample_ids=ids.repeat(repeats))
+            return self.model(x, times, y.repeat(repeats), group_size=n, sample_ids=ids.repeat(repeats))
 
-        self.student.train()
+        self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(config.optim, self.step)
         autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
@@ -155,57 +131,13 @@ class Distiller:
             v = self.teacher.target(x_t, t, y, n)
             loss, parts = facm_loss(student, x_t, t, v, config.facm, self.step)
         loss.backward()
-        average_gradients(self.student, self.dist)
-        torch.nn.utils.clip_grad_norm_(self.student.parameters(), config.optim.grad_clip)
+        average_gradients(self.model, self.dist)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.student, self.step)
+        self.ema.update(self.model, self.step)
         self.step += 1
         return {"loss": loss.item(), **parts}
-
-    # -- the loop -------------------------------------------------------------------------------------------
-    def train(self) -> Path | None:
-        config = self.config
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            dump_config(config, self.out / "config.yaml")
-        previous = signal.signal(signal.SIGTERM, self._request_stop)
-        progress = tqdm(total=config.steps, initial=self.step, desc="distill", disable=not self.dist.is_main,
-                        dynamic_ncols=True)
-        last_saved = None
-        window_start, window_images, window = time.perf_counter(), 0, []
-        try:
-            while self.step < config.steps:
-                window.append(self.train_step())
-                window_images += config.batch_size
-                progress.update(1)
-                stop = self.dist.any(self.stop_requested)
-                finished = self.step >= config.steps
-                if self.step % config.log_every == 0 or finished or stop:
-                    means = {k: self.dist.sum(sum(w[k] for w in window) / len(window)) / self.dist.world_size
-                             for k in window[0]}
-                    record = {"step": self.step, **means, "lr": learning_rate(config.optim, self.step - 1),
-                              "images_per_s": window_images / (time.perf_counter() - window_start),
-                              "epoch": self.step / self.plan.steps_per_epoch}
-                    if self.dist.is_main:
-                        append_log(self.out, record)
-                        progress.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
-                    window_start, window_images, window = time.perf_counter(), 0, []
-                if self.step % config.checkpoint_every == 0 or finished or stop:
-                    last_saved = self.save_checkpoint()
-                if self.dist.is_main and (finished or (config.sample_every and self.step % config.sample_every == 0)):
-                    self.sample_grids()
-                if stop:
-                    if self.dist.is_main:
-                        tqdm.write(f"stopped by SIGTERM at step {self.step}; resume with --resume")
-                    break
-        finally:
-            progress.close()
-            signal.signal(signal.SIGTERM, previous)
-        return last_saved
-
-    def _request_stop(self, signum, frame) -> None:
-        self.stop_requested = True
 
     # -- outputs --------------------------------------------------------------------------------------------
     def metadata(self) -> dict:
@@ -217,20 +149,15 @@ class Distiller:
             "data": teacher_data,
         }
 
-    def save_checkpoint(self) -> Path:
-        folder = checkpoint_folder(self.out, self.step)
-        if self.dist.is_main:
-            state = {"step": self.step, "world_size": self.dist.world_size}
-            save_model(folder, self.student, self.ema.model, self.metadata(),
-                       write_extra=lambda tmp: write_train_state(tmp, self.optimizer, state))
-            mark_latest(folder)
-            prune_checkpoints(self.out, self.config.keep_checkpoints)
-        self.dist.barrier()
-        return folder
+    def sample_every(self) -> int:
+        return self.config.sample_every
+
+    def sample(self) -> None:
+        self.sample_grids()
 
     def sample_grids(self) -> list[Path]:
         """One grid per served step count: a row per class, each row one group of the EMA student."""
-        n, cfg = self.group_size, self.student.config
+        n, cfg = self.group_size, self.model.config
         classes = torch.arange(min(10, cfg.num_classes), device=self.device)
         y = classes.repeat_interleave(n)
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed)

@@ -9,8 +9,6 @@ by ``(seed, step, rank)``, so a resumed run repeats exactly what an uninterrupte
 from __future__ import annotations
 
 import json
-import signal
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import zip_longest
@@ -20,29 +18,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
-from groupdiff.config import dump_config, to_dict
+from groupdiff.config import to_dict
 from groupdiff.evaluation import save_group_grid
-from groupdiff.model import GroupDiT, Guidance, flow_matching_loss, model_config, random_sample_ids, save_model
-from groupdiff.model.checkpoint import CheckpointError, load_state
+from groupdiff.model import GroupDiT, Guidance, flow_matching_loss, model_config, random_sample_ids
 from groupdiff.model.generate import generate
 from groupdiff.model.pretrained import init_from_pretrained
 
 from .config import TRAJECTORY_FIELDS, TrainConfig
 from .distributed import Distributed
+from .loop import RunLoop
 from .optim import EMA, autocast_dtype, build_optimizer, learning_rate
 from .plan import GroupBatchPlan, StepBatch, group_timesteps
-from .run_folder import (
-    append_log,
-    check_same_setup,
-    checkpoint_folder,
-    latest_checkpoint,
-    mark_latest,
-    prune_checkpoints,
-    truncate_log,
-)
-from .train_state import read_train_state, write_train_state
 
 if TYPE_CHECKING:
     from .prepared import PreparedData
@@ -91,7 +78,11 @@ class LossInputs:
         return parts
 
 
-class Trainer:
+class Trainer(RunLoop):
+    progress_label = "train"
+    config_key = "train_config"
+    trajectory_fields = TRAJECTORY_FIELDS
+
     def __init__(self, config: TrainConfig, data: PreparedData, dist: Distributed, resume: str | None = None):
         self.config = config
         self.data = data
@@ -117,27 +108,7 @@ class Trainer:
         self.step = 0
         self.stop_requested = False
         if resume:
-            self._resume(resume)
-
-    # -- set-up ---------------------------------------------------------------------------------------------
-    def _resume(self, resume: str) -> None:
-        folder = self.latest_checkpoint() if resume == "auto" else Path(resume)
-        if folder is None:
-            return  # nothing to resume: start fresh
-        check_same_setup(folder, "train_config", to_dict(self.config), TRAJECTORY_FIELDS)
-        try:
-            self.model.load_state_dict(load_state(folder, "model"))
-            self.ema.model.load_state_dict(load_state(folder, "ema"))
-        except RuntimeError as error:
-            raise CheckpointError(f"{folder}: weights do not fit the model: {error}") from None
-        state = read_train_state(folder, self.optimizer)
-        self.step = int(state["step"])
-        if self.dist.is_main:
-            truncate_log(self.out, self.step)
-            tqdm.write(f"resumed from {folder} at step {self.step}")
-
-    def latest_checkpoint(self) -> Path | None:
-        return latest_checkpoint(self.out)
+            self.resume(resume)
 
     # -- one step -------------------------------------------------------------------------------------------
     def _draw_inputs(self, batch: StepBatch, generator: torch.Generator) -> list[LossInputs]:
@@ -173,7 +144,7 @@ class Trainer:
                                       inputs.group_size, inputs.sample_ids.to(**to))
         return loss.sum()
 
-    def train_step(self) -> float:
+    def train_step(self) -> dict[str, float]:
         """One optimizer step; returns this rank's mean loss."""
         batch = self.plan.batch(self.step, self.dist.rank)
         if self.config.record_indices:
@@ -196,7 +167,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.model, self.step)
         self.step += 1
-        return loss_sum / total
+        return {"loss": loss_sum / total}
 
     def _record(self, batch: StepBatch) -> None:
         folder = self.out / "seen"
@@ -205,71 +176,23 @@ class Trainer:
             handle.write(json.dumps({"step": self.step, "singles": batch.singles.tolist(),
                                      "groups": batch.groups.tolist()}) + "\n")
 
-    # -- the loop -------------------------------------------------------------------------------------------
-    def train(self) -> Path | None:
-        config = self.config
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            dump_config(config, self.out / "config.yaml")
-        previous = signal.signal(signal.SIGTERM, self._request_stop)
-        progress = tqdm(total=config.steps, initial=self.step, desc="train", disable=not self.dist.is_main,
-                        dynamic_ncols=True)
-        last_saved = None
-        window_start, window_images, window_loss, window_steps = time.perf_counter(), 0, 0.0, 0
-        try:
-            while self.step < config.steps:
-                loss = self.train_step()
-                window_loss, window_steps = window_loss + loss, window_steps + 1
-                window_images += config.batch_size
-                progress.update(1)
-                stop = self.dist.any(self.stop_requested)
-                finished = self.step >= config.steps
-                if self.step % config.log_every == 0 or finished or stop:
-                    elapsed = time.perf_counter() - window_start
-                    mean_loss = self.dist.sum(window_loss / window_steps) / self.dist.world_size
-                    record = {"step": self.step, "loss": mean_loss, "lr": learning_rate(config.optim, self.step - 1),
-                              "images_per_s": window_images / elapsed, "epoch": self.step / self.plan.steps_per_epoch}
-                    if self.dist.is_main:
-                        record["s_cross"] = self.cross_sample_score()
-                        self._log(record)
-                        progress.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{record['images_per_s']:.0f}")
-                    window_start, window_images, window_loss, window_steps = time.perf_counter(), 0, 0.0, 0
-                if self.step % config.checkpoint_every == 0 or finished or stop:
-                    last_saved = self.save_checkpoint()
-                if self.dist.is_main and (finished or (config.sample.every and self.step % config.sample.every == 0)):
-                    self.sample_grid()
-                if stop:
-                    if self.dist.is_main:
-                        tqdm.write(f"stopped by SIGTERM at step {self.step}; resume with --resume")
-                    break
-        finally:
-            progress.close()
-            signal.signal(signal.SIGTERM, previous)
-        return last_saved
+    # -- what the run loop records and draws ---------------------------------------------------------------
+    def metadata(self) -> dict:
+        return {
+            "train_config": to_dict(self.config),
+            "step": self.step,
+            "data": {"root": str(self.data.root), "space": self.data.space, "scale_factor": self.data.scale_factor,
+                     "class_names": self.data.class_names, "query": self.config.plan.query},
+        }
 
-    def _request_stop(self, signum, frame) -> None:
-        self.stop_requested = True
+    def log_extra(self) -> dict[str, Any]:
+        return {"s_cross": self.cross_sample_score()}
 
-    # -- outputs --------------------------------------------------------------------------------------------
-    def _log(self, record: dict[str, Any]) -> None:
-        append_log(self.out, record)
+    def sample_every(self) -> int:
+        return self.config.sample.every
 
-    def save_checkpoint(self) -> Path:
-        folder = checkpoint_folder(self.out, self.step)
-        if self.dist.is_main:
-            metadata = {
-                "train_config": to_dict(self.config),
-                "step": self.step,
-                "data": {"root": str(self.data.root), "space": self.data.space, "scale_factor": self.data.scale_factor,
-                         "class_names": self.data.class_names, "query": self.config.plan.query},
-            }
-            state = {"step": self.step, "world_size": self.dist.world_size}
-            save_model(folder, self.model, self.ema.model, metadata,
-                       write_extra=lambda tmp: write_train_state(tmp, self.optimizer, state))
-            mark_latest(folder)
-            prune_checkpoints(self.out, self.config.keep_checkpoints)
-        self.dist.barrier()
-        return folder
+    def sample(self) -> None:
+        self.sample_grid()
 
     @torch.no_grad()
     def cross_sample_score(self) -> float | None:
