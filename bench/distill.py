@@ -2,7 +2,8 @@
 
 Every contender draws the same evaluation set: groups of N images, group ``g`` of class ``g mod 10``,
 from the same initial noise (chunk ``c`` seeded ``seed + c``). The teacher samples with its recorded
-guided recipe (GroupDiff-l CFG, Heun); a student with its plain Euler steps. A student distilled at
+guided recipe (GroupDiff-l CFG, Heun); a student with its recorded rule (consistency steps, or Euler for
+students exported before that rule), one forward per step. A student distilled at
 group size 1 makes the same N images of a class independently (group size 1 forwards), so every row is
 scored on the same layout: FID on the first ``fid_samples`` images (TF Inception, slow on the CPU),
 the classifier's accuracy and ``fd_classifier`` and group diversity on all ``num_samples``.
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from groupdiff.distill.student import STUDENT_SAMPLER, student_velocity
+from groupdiff.distill.student import student_velocity
 from groupdiff.distill.teacher import Teacher, load_teacher
 from groupdiff.evaluation import EvalSettings, SampleSet, evaluate, save_group_grid
 from groupdiff.evaluation.grid import to_uint8
@@ -34,6 +35,8 @@ from groupdiff.training.data import FASHION_MNIST_DIR
 from .report import format_table, json_ready, write_report
 
 FAST_METRICS = ["accuracy", "fd_classifier", "diversity"]
+# chunk c's fresh noise between consistency steps is seeded seed + offset + c, apart from its initial noise
+STEP_NOISE_OFFSET = 1_000_003
 
 
 @dataclass
@@ -58,7 +61,8 @@ def teacher_contender(teacher: Teacher, group_size: int) -> Contender:
                      teacher.steps, teacher.sampler, group_size, teacher.forwards_per_step, teacher.velocity)
 
 
-def student_contenders(checkpoint: str, label: str) -> list[Contender]:
+def student_contenders(checkpoint: str, label: str, samplers: list[str] | None = None) -> list[Contender]:
+    """One row per served step count and per step rule: ``samplers`` (named in the row) or the recorded one."""
     distill = read_checkpoint_info(checkpoint)["metadata"].get("distill")
     if distill is None:
         raise ValueError(f"{checkpoint} is not a distilled student (no metadata['distill'])")
@@ -69,8 +73,9 @@ def student_contenders(checkpoint: str, label: str) -> list[Contender]:
         return student_velocity(model, y, group_size)
 
     size = int(distill["group_size"])
-    return [Contender(f"{label} {steps}-step", checkpoint, steps, STUDENT_SAMPLER, size, 1, velocity)
-            for steps in distill["steps"]]
+    rules = samplers or [distill["sampler"]]
+    return [Contender(f"{label} {steps}-step" + (f", {rule}" if samplers else ""), checkpoint, steps, rule, size, 1,
+                      velocity) for rule in rules for steps in distill["steps"]]
 
 
 def noise_and_labels(groups: int, group_size: int, shape: tuple[int, ...], seed: int, classes: int,
@@ -86,29 +91,32 @@ def noise_and_labels(groups: int, group_size: int, shape: tuple[int, ...], seed:
 
 
 @torch.no_grad()
-def draw(contender: Contender, inputs: list[tuple[torch.Tensor, torch.Tensor]], progress: bool) -> torch.Tensor:
+def draw(contender: Contender, inputs: list[tuple[torch.Tensor, torch.Tensor]], seed: int,
+         progress: bool) -> torch.Tensor:
     samples = []
-    for noise, y in tqdm(inputs, desc=contender.name, disable=not progress, leave=False):
+    for index, (noise, y) in enumerate(tqdm(inputs, desc=contender.name, disable=not progress, leave=False)):
         velocity = contender.velocity(y, contender.forward_group_size)
-        samples.append(sample(velocity, noise, contender.steps, contender.sampler))
+        between = torch.Generator().manual_seed(seed + STEP_NOISE_OFFSET + index)  # the consistency rule's fresh noise
+        samples.append(sample(velocity, noise, contender.steps, contender.sampler, generator=between))
     return torch.cat(samples)
 
 
 @torch.no_grad()
 def seconds_per_group(contender: Contender, noise: torch.Tensor, y: torch.Tensor, repeats: int) -> float:
     velocity = contender.velocity(y, contender.forward_group_size)
-    sample(velocity, noise, contender.steps, contender.sampler)  # warm-up
+    sample(velocity, noise, contender.steps, contender.sampler, generator=torch.Generator())  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        sample(velocity, noise, contender.steps, contender.sampler)
+        sample(velocity, noise, contender.steps, contender.sampler, generator=torch.Generator())
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def run(teacher_path: str, students: list[str], baseline: str | None, num_samples: int, fid_samples: int, seed: int,
         repeats: int, out: str, command: str, reference: str = FASHION_MNIST_DIR, reference_count: int = 2000,
-        cache: str | None = None, classifier: str | None = None, progress: bool = True) -> Path:
+        cache: str | None = None, classifier: str | None = None, progress: bool = True,
+        student_samplers: list[str] | None = None) -> Path:
     teacher = load_teacher(teacher_path)
     student = students[0]
     group_size = int(read_checkpoint_info(student)["metadata"]["distill"]["group_size"])
@@ -122,9 +130,9 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
         folder = Path(checkpoint)
         run = folder.parent.parent.name if folder.name.startswith("step-") else folder.name  # <run>/checkpoints/step-*
         name = f"student N={group_size}" + (f" ({run})" if len(students) > 1 else "")
-        contenders += student_contenders(checkpoint, name)
+        contenders += student_contenders(checkpoint, name, student_samplers)
     if baseline:
-        contenders += student_contenders(baseline, "student N=1")
+        contenders += student_contenders(baseline, "student N=1", student_samplers)
     config = teacher.model.config
     data = read_checkpoint_info(teacher_path)["metadata"].get("data", {})
     autoencoder = Path(data["root"]) / "autoencoder" if data.get("space") == "latent" else None
@@ -137,7 +145,7 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
     rows, grids = [], {}
     for contender in contenders:
         start = time.perf_counter()
-        samples = draw(contender, inputs, progress)
+        samples = draw(contender, inputs, seed, progress)
         generate_s = time.perf_counter() - start
         images = to_uint8(decode(samples))
         grids[contender.name] = decode(samples[: 10 * group_size])
@@ -161,6 +169,7 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
         "teacher": teacher_path, "students": students, "baseline": baseline, "num_samples": num_samples,
         "fid_samples": fid_samples, "seed": seed, "chunk_groups": 16, "repeats": repeats, "group_size": group_size,
         "reference": reference, "reference_count": reference_count, "threads": torch.get_num_threads(),
+        "student_samplers": student_samplers or "recorded",
     })
     (folder / "table.md").write_text(markdown_table(rows, num_samples, fid_samples) + "\n")
     save_comparison_grid(folder / "samples.png", grids, group_size, panels=1 + len(student_steps(student)))

@@ -165,7 +165,8 @@ class Distiller(RunLoop):
                             device=self.device)
         paths = []
         for steps in self.config.serve_steps:
-            samples = generate_student(self.ema.model, noise, y, n, steps)
+            between = torch.Generator(device=self.device).manual_seed(self.config.seed + 1)  # noise between steps
+            samples = generate_student(self.ema.model, noise, y, n, steps, between)
             path = self.out / "samples" / f"step-{self.step:07d}-{steps}step.png"
             paths.append(save_group_grid(path, self.data.decode(samples), n, upscale=2))
         return paths

@@ -16,12 +16,16 @@ from tqdm.auto import tqdm
 from .transport import velocity_to_score
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-SAMPLERS = ("euler", "heun", "euler-maruyama")
+SAMPLERS = ("euler", "heun", "euler-maruyama", "consistency")
 SDE_LAST_TIME = 0.04  # the SDE stops here and takes one deterministic mean step to 0 (SiT / REPA)
 
 
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))  # (B,) -> (B, 1, 1, 1)
+
+
 def _dt(t: torch.Tensor, t_next: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return (t_next - t).to(like.dtype).view(-1, *([1] * (like.ndim - 1)))  # (B, 1, 1, 1), negative
+    return _per_sample(t_next - t, like)  # negative
 
 
 def euler_step(velocity: VelocityFn, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
@@ -59,6 +63,22 @@ def euler_maruyama_step(
     return x_next
 
 
+def consistency_step(velocity: VelocityFn, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
+                     noise: torch.Tensor | None) -> torch.Tensor:
+    """Jump to ``x₀ = x − t·F(x, t)`` and re-noise it to ``t_next`` with fresh ``noise`` (None: stay at x₀).
+
+    The rule for a *flow map* ``F`` (a distilled student's average velocity to 0, FACM / sCM): if the
+    prediction is exact, ``x₀`` follows the data distribution and a fresh draw puts the state exactly on
+    the marginal at ``t_next``. Re-noising with the noise implied by ``x`` instead is an Euler step with
+    ``F``, which keeps errors of the jump and leaves the marginals unless the paths are straight.
+    """
+    x0 = x - _per_sample(t, x) * velocity(x, t)
+    if noise is None:
+        return x0
+    s = _per_sample(t_next, x)
+    return (1 - s) * x0 + s * noise
+
+
 def time_grid(steps: int, method: str) -> torch.Tensor:
     """The times a sampler visits, from 1 to 0: ``steps`` velocity steps (Heun: 2 evaluations each)."""
     if steps < 1:
@@ -84,8 +104,8 @@ def sample(
 ) -> torch.Tensor:
     """Integrate from ``noise`` at ``t = 1`` to a sample at ``t = 0``.
 
-    ``generator`` draws the SDE noise (Euler–Maruyama only). ``on_step(i, steps, x)`` is called after
-    every step, for progress reporting.
+    ``generator`` draws the per-step noise of the stochastic rules (Euler–Maruyama, consistency).
+    ``on_step(i, steps, x)`` is called after every step, for progress reporting.
     """
     grid = time_grid(steps, method)
     x = noise
@@ -102,7 +122,8 @@ def sample(
             step_noise = None if last else torch.randn(
                 x.shape, generator=generator, device=x.device, dtype=x.dtype
             )
-            x = euler_maruyama_step(velocity, x, t, t_next, step_noise)
+            step = euler_maruyama_step if method == "euler-maruyama" else consistency_step
+            x = step(velocity, x, t, t_next, step_noise)
         if on_step is not None:
             on_step(i + 1, steps, x)
     return x

@@ -4,7 +4,9 @@ of groups on a runtime, decode, PNG encoding.
 Every step here treats a batch as independent groups: each member carries its own time, so groups
 that joined the running batch at different moments advance together in one runtime call. The step
 rules themselves come from `groupdiff.model.samplers`; this module only adapts a runtime to the
-``v(x, t)`` those rules integrate.
+``v(x, t)`` those rules integrate. Every random draw (initial noise, the consistency rule's fresh
+noise after each step) comes from a generator of the member's own seed (and step), so an image
+depends on its seed only, never on what it was batched with.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from groupdiff.model import samplers
 
 from .runtime import Decoder, Runtime
 
-StepRule = Callable[[samplers.VelocityFn, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (velocity, x, t, t_next, noise) -> x at t_next; noise is None for the deterministic rules
+StepRule = Callable[[samplers.VelocityFn, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None],
+                    torch.Tensor]
+STOCHASTIC_SAMPLERS = ("consistency",)
 
 
 def member_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Tensor:
@@ -28,12 +33,31 @@ def member_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Ten
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed)) for seed in seeds])
 
 
+def step_noise(sampler: str, keys: Sequence[tuple[int, int]], shape: tuple[int, int, int]) -> torch.Tensor | None:
+    """(N, C, H, W) fresh noise for the members ``(seed, step)`` of a stochastic rule; None for the others.
+
+    Each member's generator is seeded from its seed and the index of the step it takes, so the draw is
+    the same whether the member runs alone, in a direct batch or in the scheduler's mixed batches."""
+    if sampler not in STOCHASTIC_SAMPLERS:
+        return None
+    seeds = [int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0]) for seed, step in keys]
+    return member_noise(seeds, shape)
+
+
 def step_rule(sampler: str) -> StepRule:
     """The `groupdiff.model.samplers` step a served model's sampler names."""
-    rules = {"euler": samplers.euler_step, "heun": samplers.heun_step}
+    rules = {"euler": _deterministic(samplers.euler_step), "heun": _deterministic(samplers.heun_step),
+             "consistency": samplers.consistency_step}
     if sampler not in rules:
         raise ValueError(f"the serving pipeline has no step rule for sampler {sampler!r} (has: {sorted(rules)})")
     return rules[sampler]
+
+
+def _deterministic(step) -> StepRule:
+    def rule(velocity, x, t, t_next, noise):
+        return step(velocity, x, t, t_next)
+
+    return rule
 
 
 def time_grid(steps: int, sampler: str) -> torch.Tensor:
@@ -56,9 +80,11 @@ def batch_velocity(runtime: Runtime, y: torch.Tensor, guidance: torch.Tensor, gr
 
 
 def denoise_step(runtime: Runtime, rule: StepRule, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
-                 y: torch.Tensor, guidance: torch.Tensor, group_size: int) -> torch.Tensor:
-    """One sampler step for G groups: x (G·N, C, H, W), t / t_next / y (G·N,), guidance (G,)."""
-    return rule(batch_velocity(runtime, y, guidance, group_size), x, t, t_next)
+                 y: torch.Tensor, guidance: torch.Tensor, group_size: int,
+                 noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One sampler step for G groups: x and noise (G·N, C, H, W), t / t_next / y (G·N,), guidance (G,)."""
+    return rule(batch_velocity(runtime, y, guidance, group_size), x, t, t_next,
+                None if noise is None else noise.to(x.device))
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -87,5 +113,6 @@ def generate_direct(runtime: Runtime, decoder: Decoder, class_ids: Sequence[int]
     rule = step_rule(spec.sampler)
     for i in range(steps):
         t, t_next = grid[i].expand(x.shape[0]), grid[i + 1].expand(x.shape[0])
-        x = denoise_step(runtime, rule, x, t, t_next, y, guidance, group_size)
+        noise = step_noise(spec.sampler, [(seed, i) for seed in seeds], x.shape[1:])
+        x = denoise_step(runtime, rule, x, t, t_next, y, guidance, group_size, noise)
     return decoder.decode(x)

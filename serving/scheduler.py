@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .metrics import ServingMetrics
-from .pipeline import denoise_step, encode_png, member_noise, step_rule, time_grid
+from .pipeline import denoise_step, encode_png, member_noise, step_noise, step_rule, time_grid
 from .requests import RequestError, ResolvedRequest, ServedModel, ServerLimits
 from .runtime import Decoder, Runtime
 
@@ -339,7 +339,8 @@ class Scheduler:
             t = torch.ones(x.shape[0], device=self.runtime.device)
             y = torch.zeros(x.shape[0], dtype=torch.int64, device=self.runtime.device)
             guidance = torch.full((groups,), spec.guidance_scale, device=self.runtime.device)
-            x = denoise_step(self.runtime, self._rule, x, t, t * 0.5, y, guidance, default)
+            noise = step_noise(spec.sampler, [(seed, 0) for seed in range(x.shape[0])], shape)
+            x = denoise_step(self.runtime, self._rule, x, t, t * 0.5, y, guidance, default, noise)
             images = self.decoder.decode(x)
         self.image_shape = tuple(images.shape[1:])
         LOG.info("model %s ready on %s (group sizes %s, up to %d groups per call)", spec.model_version,
@@ -487,8 +488,10 @@ class Scheduler:
                               device=device)
         y = torch.tensor([g.request.class_id for g in groups for _ in range(n)], dtype=torch.int64, device=device)
         guidance = torch.tensor([g.request.guidance_scale for g in groups], dtype=torch.float32, device=device)
+        shape = tuple(x.shape[1:])
+        noise = step_noise(self.served.spec.sampler, [(m.seed, g.step) for g in groups for m in g.members], shape)
         began = time.perf_counter()
-        x = denoise_step(self.runtime, self._rule, x, t, t_next, y, guidance, n)
+        x = denoise_step(self.runtime, self._rule, x, t, t_next, y, guidance, n, noise)
         self.model_seconds += time.perf_counter() - began
         self.metrics.batch_groups.observe(len(groups))
         for i, group in enumerate(groups):

@@ -42,10 +42,10 @@ def free_port() -> int:
 
 
 def tiny_checkpoint(path: str | os.PathLike, kind: str = "teacher", steps: int = 2, group_size: int = 4,
-                    seed: int = 0) -> Path:
+                    seed: int = 0, student_sampler: str = "euler") -> Path:
     """A random DiT-T/4 on 8x8x1 images, 10 classes, groups up to 4: a teacher (Heun, ``steps`` steps,
-    guidance 1.0, GroupDiff-l) or a student (Euler, steps 1/2/4, baked guidance 1.0, distilled at
-    ``group_size``). Weights are noise with std 0.05, so outputs are not trivially zero."""
+    guidance 1.0, GroupDiff-l) or a student (``student_sampler``, steps 1/2/4, baked guidance 1.0,
+    distilled at ``group_size``). Weights are noise with std 0.05, so outputs are not trivially zero."""
     model = GroupDiT(model_config("DiT-T/4", **TINY))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -55,7 +55,7 @@ def tiny_checkpoint(path: str | os.PathLike, kind: str = "teacher", steps: int =
         metadata = {"train_config": {"sample": {"sampler": "heun", "steps": steps, "guidance_scale": 1.0},
                                      "plan": {"mode": "groupdiff-l"}}}
     elif kind == "student":
-        metadata = {"distill": {"sampler": "euler", "steps": [1, 2, 4], "teacher": "tests/teacher",
+        metadata = {"distill": {"sampler": student_sampler, "steps": [1, 2, 4], "teacher": "tests/teacher",
                                 "guidance": {"scale": 1.0, "mode": "groupdiff-l", "interval": [0.0, 1.0]},
                                 "group_size": group_size}}
     else:

@@ -169,7 +169,8 @@ def test_a_distillation_run_resumes_exactly_exports_and_serves(setup, tmp_path):
         f"step-000000{s}-{k}step.png" for s in (2, 3) for k in (1, 2, 4)]
 
     spec = spec_from_checkpoint(tmp_path / "straight/checkpoints/step-0000003")
-    assert (spec.kind, spec.sampler, spec.steps, spec.guidance_mode) == ("student", "euler", (1, 2, 4), "groupdiff-l")
+    assert (spec.kind, spec.sampler, spec.steps) == ("student", "consistency", (1, 2, 4))
+    assert spec.guidance_mode == "groupdiff-l"
     assert spec.guidance_interval == INTERVAL and spec.max_group_size == 4
     # the serving folder: the EMA weights as the only weights, no optimizer, the command that made it
     assert sorted(p.name for p in export.iterdir()) == ["config.json", "model.safetensors"]
@@ -199,3 +200,28 @@ def test_bad_distill_input_exits_2(setup, tmp_path, capsys):
     assert distill(setup, tmp_path / "bf16", 1, "--set", "precision=bf16") == 2
     assert "finite differences need fp32" in capsys.readouterr().err
     assert distill(setup, tmp_path / "nope", 1, "--set", "facm.derivative=euler") == 2
+
+
+def test_bench_distill_scores_the_teacher_and_each_student_rule(setup, tmp_path):
+    from groupdiff.evaluation.classifier import ClassifierConfig, save_classifier, train_classifier
+    from groupdiff.training.data import load_fashion_mnist
+
+    assert distill(setup, tmp_path / "student", 1) == 0
+    data = load_fashion_mnist(split="train", limit=200)
+    classifier = train_classifier(data.images.permute(0, 2, 3, 1).contiguous().numpy(), data.labels.numpy(),
+                                  ClassifierConfig(), steps=3, batch_size=32)
+    save_classifier(tmp_path / "classifier", classifier, {"dataset": "fmnist-200", "test_accuracy": None})
+    out = tmp_path / "bench"
+    assert main(["bench", "distill", "--teacher", str(setup[1]), "--student",
+                 str(tmp_path / "student/checkpoints/step-0000001"), "--num-samples", "40", "--fid-samples", "0",
+                 "--repeats", "1", "--student-samplers", "euler", "consistency", "--classifier",
+                 str(tmp_path / "classifier"), "--cache", str(tmp_path / "cache"), "--reference-count", "40",
+                 "--out", str(out)]) == 0
+    rows = {row["model"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
+    assert len(rows) == 7 and next(iter(rows)).startswith("teacher (heun 3")
+    euler_1, euler_2 = (rows[f"student N=4 {k}-step, euler"] for k in (1, 2))
+    consistency_1, consistency_2 = (rows[f"student N=4 {k}-step, consistency"] for k in (1, 2))
+    assert euler_1["fd_classifier"] == consistency_1["fd_classifier"]  # one step: both are the jump to x0
+    assert euler_2["fd_classifier"] != consistency_2["fd_classifier"]  # after it: implied vs fresh noise
+    assert all(row["speedup"] > 0 and 0 <= row["accuracy"] <= 1 for row in rows.values())
+    assert "| student N=4 4-step, consistency | 4 |" in (out / "table.md").read_text()

@@ -14,6 +14,7 @@ from groupdiff.serving.pipeline import (
     encode_png,
     generate_direct,
     member_noise,
+    step_noise,
     step_rule,
     time_grid,
 )
@@ -33,6 +34,14 @@ def test_member_noise_depends_on_its_own_seed_only():
     alone = member_noise([5], (1, 8, 8))
     among = member_noise([1, 5, 9], (1, 8, 8))
     assert torch.equal(alone[0], among[1]) and not torch.equal(among[0], among[1])
+
+
+def test_step_noise_depends_on_its_member_seed_and_step_only():
+    assert step_noise("euler", [(5, 0)], (1, 8, 8)) is None and step_noise("heun", [(5, 0)], (1, 8, 8)) is None
+    alone = step_noise("consistency", [(5, 1)], (1, 8, 8))
+    among = step_noise("consistency", [(9, 0), (5, 1), (5, 2)], (1, 8, 8))
+    assert torch.equal(alone[0], among[1]) and not torch.equal(among[1], among[2])
+    assert not torch.equal(alone[0], member_noise([5], (1, 8, 8))[0])  # not the member's initial noise
 
 
 def test_unknown_sampler_is_a_clear_error():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from groupdiff.model import sample
-from groupdiff.model.samplers import time_grid
+from groupdiff.model.samplers import consistency_step, time_grid
 
 MEAN = torch.tensor([1.0, -2.0], dtype=torch.float64)
 COV = torch.tensor([[0.5, 0.3], [0.3, 1.5]], dtype=torch.float64)
@@ -23,10 +23,7 @@ def gaussian_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def sampled_moments(method: str, steps: int, n: int = 40000):
-    generator = torch.Generator().manual_seed(0)
-    noise = torch.randn(n, 2, generator=generator, dtype=torch.float64)
-    x = sample(gaussian_velocity, noise, steps, method=method, generator=generator)
-    return x.mean(0), torch.cov(x.T)
+    return sampled_moments_of(gaussian_velocity, method, steps, n)
 
 
 @pytest.mark.parametrize("method,steps", [("heun", 6), ("euler", 200), ("euler-maruyama", 200)])
@@ -61,3 +58,42 @@ def test_sde_sampler_is_reproducible_from_its_generator():
 
     assert torch.equal(run(3), run(3))
     assert not torch.equal(run(3), run(4))
+
+
+def gaussian_flow_map(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Exact average velocity from t to 0 along the probability-flow ODE, (x_t − x₀(x_t)) / t.
+
+    COV and the noise's identity covariance commute, so the ODE maps x_t to μ + COV^½ Σ_t^-½ (x_t − m_t)."""
+    values, vectors = torch.linalg.eigh(COV)
+    a, s = (1 - t).view(-1, 1), t.view(-1, 1)
+    scale = values.sqrt() / (a**2 * values + s**2).sqrt()  # (B, 2): σ₀ / σ_t per eigen-direction
+    coords = (x - a * MEAN) @ vectors  # (B, 2) in the eigenbasis
+    x0 = MEAN + (coords * scale) @ vectors.T
+    return (x - x0) / s
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_consistency_sampler_keeps_an_exact_flow_map_on_the_data_distribution(steps):
+    mean, cov = sampled_moments_of(gaussian_flow_map, "consistency", steps)
+    torch.testing.assert_close(mean, MEAN, atol=0.03, rtol=0)
+    torch.testing.assert_close(cov, COV, atol=0.06, rtol=0.05)
+
+
+def test_euler_steps_with_a_flow_map_miss_the_data_distribution():
+    # why a distilled student re-noises with fresh noise: implied-noise (Euler) steps inflate the spread (2x here)
+    _, cov = sampled_moments_of(gaussian_flow_map, "euler", 2)
+    assert (cov - COV).abs().max() > 0.1
+
+
+def sampled_moments_of(velocity, method: str, steps: int, n: int = 40000):
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    x = sample(velocity, noise, steps, method=method, generator=generator)
+    return x.mean(0), torch.cov(x.T)
+
+
+def test_consistency_step_without_noise_is_the_jump_to_data():
+    x = torch.randn(5, 2, dtype=torch.float64)
+    t = torch.full((5,), 0.6, dtype=torch.float64)
+    expected = x - 0.6 * gaussian_flow_map(x, t)
+    torch.testing.assert_close(consistency_step(gaussian_flow_map, x, t, torch.zeros(5), None), expected)

@@ -67,6 +67,25 @@ def test_isolated_request_matches_a_direct_run_with_its_padding(scheduler):
     assert result.seeds == [1000 + i for i in range(5)]
 
 
+def test_a_consistency_student_draws_fresh_noise_from_each_member_seed_and_step(tmp_path):
+    """The same request alone, batched with groups at other steps, and in a direct run: the same bytes."""
+    student = tiny_checkpoint(tmp_path / "student", kind="student", student_sampler="consistency")
+    running = make_scheduler(student, max_batch_groups=4, batch_wait_ms=20)
+    try:
+        (alone,) = run_all(running, [request(running, class_id=3, num_images=4, group_size=4, steps=4, seed=77)])
+        mixed = run_all(running, [request(running, class_id=c, num_images=4, group_size=4, steps=s, seed=seed)
+                                  for c, s, seed in ((1, 2, 5), (3, 4, 77), (3, 1, 9))])
+        # some runtime call held more than one group, each at its own step
+        assert dict(histogram(running.metrics.batch_groups))[1.0] < observations(running.metrics.batch_groups)
+        np.testing.assert_array_equal(mixed[1].images, alone.images)
+        direct = generate_direct(running.runtime, running.decoder, [3], [77, 78, 79, 80], 4, 4, 1.0)
+        np.testing.assert_array_equal(alone.images, direct)
+        (other,) = run_all(running, [request(running, class_id=3, num_images=4, group_size=4, steps=4, seed=76)])
+        assert not np.array_equal(other.images, alone.images)
+    finally:
+        running.close()
+
+
 def test_group_fill_isolated_pads_and_shared_fills(checkpoint):
     isolated = make_scheduler(checkpoint, batch_wait_ms=50)
     shared = make_scheduler(checkpoint, batch_wait_ms=50)

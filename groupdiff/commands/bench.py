@@ -123,6 +123,8 @@ def register(subparsers) -> None:
     distill.add_argument("--baseline", help="student distilled the same way with group_size=1")
     distill.add_argument("--num-samples", type=int, default=1000, help="images for accuracy, fd_classifier, diversity")
     distill.add_argument("--fid-samples", type=int, default=500, help="first images scored by Inception FID (0: none)")
+    distill.add_argument("--student-samplers", nargs="+", choices=["euler", "consistency"],
+                         help="score every student with each of these step rules (default: the one it records)")
     distill.add_argument("--seed", type=int, default=0)
     distill.add_argument("--repeats", type=int, default=5, help="timed runs of one group per row (median)")
     distill.add_argument("--reference", default=FASHION_MNIST_DIR,
@@ -169,7 +171,8 @@ def run_bench_distill(args: argparse.Namespace) -> None:
     from groupdiff.bench.distill import run
 
     run(args.teacher, args.student, args.baseline, args.num_samples, args.fid_samples, args.seed, args.repeats,
-        args.out, args.invocation, args.reference, args.reference_count, args.cache, args.classifier)
+        args.out, args.invocation, args.reference, args.reference_count, args.cache, args.classifier,
+        student_samplers=args.student_samplers)
 
 
 def run_bench_serve(args: argparse.Namespace) -> None:
