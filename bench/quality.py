@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from groupdiff.config import find_config, load_config
+from groupdiff.config import find_config, load_config, to_dict
 from groupdiff.evaluation.generation import load_generator
 from groupdiff.training import distributed
-from groupdiff.training.config import TrainConfig
+from groupdiff.training.config import TRAJECTORY_FIELDS, TrainConfig
 from groupdiff.training.data import FASHION_MNIST_DIR
 from groupdiff.training.prepared import load_prepared
-from groupdiff.training.run_folder import checkpoint_folder
+from groupdiff.training.run_folder import check_same_setup, checkpoint_folder
 from groupdiff.training.trainer import Trainer
 
 from .quality_eval import Sampling, ablations, sweep_and_fid
@@ -37,9 +37,12 @@ EVAL_SEED = 0  # the same sampling noise for every row and training seed: rows a
 
 def run(budget: Budget, recipe: str, data: str | None, out: str, command: str, device: str = "cpu",
         reference: str = FASHION_MNIST_DIR, reference_count: int = 2000, cache: str | None = None,
-        classifier: str | None = None, progress: bool = True) -> dict:
+        classifier: str | None = None, progress: bool = True, train_only: bool = False) -> dict:
+    """Train and score every (row, seed); ``train_only`` trains them and stops (score later, elsewhere)."""
     rows = check_rows(list(budget.rows))
     out_dir = Path(out)
+    if train_only:
+        return _train_rows(budget, rows, recipe, data, out_dir, device)
     results = out_dir / "results.json"
     settings = {**asdict(budget), "recipe": recipe, "data": data, "device": device, "eval_seed": EVAL_SEED,
                 "reference": reference, "reference_count": reference_count,
@@ -61,14 +64,15 @@ def run(budget: Budget, recipe: str, data: str | None, out: str, command: str, d
         config = row_config(budget, recipe, data, out_dir / name / f"seed-{seed}", seed, device, ROWS[name])
         if config.data not in prepared:
             prepared[config.data] = load_prepared(config.data)
+        reused = checkpoint_folder(Path(config.out), config.steps).is_dir()
         start = time.perf_counter()
         checkpoint = train_row(config, prepared[config.data], dist)
         trained = time.perf_counter() - start
         record = sweep_and_fid(ema_generator(checkpoint, dist.device), _for_row(scoring, config),
                                list(budget.scales), budget.num_samples, budget.fid_samples)
         report["runs"].append({"row": name, "seed": seed, "overrides": ROWS[name], "checkpoint": str(checkpoint),
-                               "train_seconds": trained, "eval_seconds": time.perf_counter() - start - trained,
-                               **record})
+                               "train_seconds": None if reused else trained, "checkpoint_reused": reused,
+                               "eval_seconds": time.perf_counter() - start - trained, **record})
         save_report(results, report)
 
     if ABLATION_ROW in rows and budget.ablation_samples and "ablations" not in report:
@@ -80,6 +84,19 @@ def run(budget: Budget, recipe: str, data: str | None, out: str, command: str, d
     print((out_dir / "table.md").read_text())
     print(f"wrote {results}, {out_dir / 'table.md'}, {out_dir / 'fid_vs_s_cross.png'}")
     return report
+
+
+def _train_rows(budget: Budget, rows: list[str], recipe: str, data: str | None, out_dir: Path, device: str) -> dict:
+    dist = distributed.setup(device)
+    trained, prepared = {}, {}
+    for name in rows:
+        for seed in budget.seeds:
+            config = row_config(budget, recipe, data, out_dir / name / f"seed-{seed}", seed, device, ROWS[name])
+            if config.data not in prepared:
+                prepared[config.data] = load_prepared(config.data)
+            trained[f"{name}/seed-{seed}"] = str(train_row(config, prepared[config.data], dist))
+            print(f"quality: trained {name} seed {seed}: {trained[f'{name}/seed-{seed}']}")
+    return {"trained": trained}
 
 
 def load_report(results: Path, settings: dict, command: str) -> dict:
@@ -121,15 +138,20 @@ def row_config(budget: Budget, recipe: str, data: str | None, out: Path, seed: i
 def train_row(config: TrainConfig, prepared, dist) -> Path:
     """Train (or resume) to ``config.steps`` and return the checkpoint at that step.
 
-    A checkpoint at exactly that step is reused without training (the trainer still checks it was made
-    with the same setup), so the budget curve's baseline run (`quality_budget`) is the baseline row at
-    the budget it chose: the learning rate is constant after warm-up, so stopping a longer run at step
-    S gives the same weights as a run of S steps."""
+    A checkpoint already at that step is used as it is once its recorded setup matches the row's: the
+    budget curve's baseline run (`quality_budget`) then *is* the baseline row at the budget it chose
+    (the learning rate is constant after warm-up, so stopping a longer run at step S gives the weights
+    of an S-step run), and rows trained elsewhere (`--train-only` on a GPU) are scored from their EMA
+    weights alone."""
     at_budget = checkpoint_folder(Path(config.out), config.steps)
-    trainer = Trainer(config, prepared, dist, resume=str(at_budget) if at_budget.is_dir() else "auto")
+    if at_budget.is_dir():
+        check_same_setup(at_budget, "train_config", to_dict(config), TRAJECTORY_FIELDS)
+        print(f"quality: using {at_budget}")
+        return at_budget
+    trainer = Trainer(config, prepared, dist, resume="auto")
     if trainer.step > config.steps:
         raise ValueError(f"{config.out} holds a run past step {config.steps} (step {trainer.step}) without a "
-                           f"checkpoint at {config.steps}; use another --out")
+                         f"checkpoint at {config.steps}; use another --out")
     trainer.train()
     if trainer.step < config.steps or not at_budget.is_dir():
         raise RuntimeError(f"{config.out} stopped at step {trainer.step} of {config.steps}; rerun to resume")

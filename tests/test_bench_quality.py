@@ -182,6 +182,27 @@ def test_budget_curve_grows_point_by_point_and_the_quality_baseline_reuses_its_c
     # ... and at a point of the curve: its checkpoint is scored, nothing is trained
     assert bench(setup, out, "--rows", "baseline", "--steps", "4", "--ablation-samples", "0") == 0
     printed = capsys.readouterr()
-    assert "resumed from" in printed.out + printed.err and "step-0000004" in printed.out + printed.err
+    assert f"using {out}/baseline/seed-0/checkpoints/step-0000004" in printed.out
     row = json.loads((out / "results.json").read_text())["runs"][0]
-    assert row["checkpoint"] == report["points"][1]["checkpoint"]
+    assert row["checkpoint"] == report["points"][1]["checkpoint"] and row["checkpoint_reused"]
+
+
+def test_rows_trained_elsewhere_are_scored_from_their_ema_weights(setup, capsys):
+    out = setup / "train-only"
+    args = ["--rows", "l-uc4-query-random", "--ablation-samples", "0"]
+    assert bench(setup, out, *args, "--train-only") == 0
+    assert not (out / "results.json").exists()  # trained, not scored
+    checkpoint = out / "l-uc4-query-random/seed-0/checkpoints/step-0000003"
+    for name in ("model.safetensors", "optimizer.safetensors", "trainer_state.json"):
+        (checkpoint / name).unlink()  # what comes back from a GPU run: config and EMA weights
+    capsys.readouterr()
+    assert bench(setup, out, *args) == 0
+    assert f"using {checkpoint}" in capsys.readouterr().out
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["checkpoint_reused"] and run["train_seconds"] is None and run["checkpoint"] == str(checkpoint)
+    # a checkpoint of another row's setup in a row's folder is refused, not scored
+    other = out / "l-uc4-query-class/seed-0/checkpoints"
+    other.mkdir(parents=True)
+    (other / "step-0000003").symlink_to(checkpoint)
+    assert bench(setup, out, "--rows", "l-uc4-query-class", "--ablation-samples", "0") == 2
+    assert "different setup" in capsys.readouterr().err

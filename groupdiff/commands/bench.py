@@ -58,6 +58,9 @@ def register(subparsers) -> None:
     quality.add_argument("--reference-count", type=int, default=2000, help="first N test images as FID reference")
     quality.add_argument("--classifier", help="a saved classifier folder (default: the cached one)")
     quality.add_argument("--cache", help="cache folder (default $GROUPDIFF_CACHE or ~/.cache/groupdiff)")
+    quality.add_argument("--train-only", action="store_true",
+                         help="train the rows' checkpoints and stop; a later run without it scores them (e.g. "
+                              "rows trained on a GPU, scored where the Inception network is)")
     quality.add_argument("--out", default="outputs/quality", help="folder for row runs, results.json, table, plot")
     quality.set_defaults(run=run_bench_quality)
 
@@ -152,7 +155,7 @@ def run_bench_quality(args: argparse.Namespace) -> None:
     from groupdiff.bench.quality import run
 
     run(quality_budget(args), args.recipe, args.data, args.out, args.invocation, args.device, args.reference,
-        args.reference_count, args.cache, args.classifier)
+        args.reference_count, args.cache, args.classifier, train_only=args.train_only)
 
 
 def run_bench_quality_budget(args: argparse.Namespace) -> None:
