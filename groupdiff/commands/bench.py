@@ -6,7 +6,6 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from groupdiff.training.data import FASHION_MNIST_DIR
 
     p = subparsers.add_parser("bench", help="benchmarks: print a table and write JSON")
     benches = p.add_subparsers(dest="bench", required=True)
@@ -48,16 +47,8 @@ def register(subparsers) -> None:
     quality.add_argument("--ablation-samples", type=int, help="samples per Table 2/3 ablation (0 = skip them)")
     quality.add_argument("--scales", nargs="+", type=float, help="guidance-scale sweep (s = 0 is unguided)")
     quality.add_argument("--sample-steps", type=int, help="sampler steps")
-    quality.add_argument("--recipe", default="fmnist-tiny", help="base training recipe the rows override")
-    quality.add_argument("--data", help="prepared data folder (default: the recipe's)")
-    quality.add_argument("--device", default="cpu", help="cpu or cuda")
-    quality.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a recipe field for every row, e.g. precision=bf16 (repeatable)")
-    quality.add_argument("--reference", default=FASHION_MNIST_DIR,
-                         help="idx folder: its test split is the FID reference, its train split trains the classifier")
-    quality.add_argument("--reference-count", type=int, default=2000, help="first N test images as FID reference")
-    quality.add_argument("--classifier", help="a saved classifier folder (default: the cached one)")
-    quality.add_argument("--cache", help="cache folder (default $GROUPDIFF_CACHE or ~/.cache/groupdiff)")
+    add_training_args(quality)
+    add_scoring_args(quality)
     quality.add_argument("--train-only", action="store_true",
                          help="train the rows' checkpoints and stop; a later run without it scores them (e.g. "
                               "rows trained on a GPU, scored where the Inception network is)")
@@ -77,15 +68,8 @@ def register(subparsers) -> None:
     curve.add_argument("--batch-size", type=int, help="training batch (default: the full preset's)")
     curve.add_argument("--fid-samples", type=int, help="samples scored per point (default: the full preset's 2000)")
     curve.add_argument("--sample-steps", type=int, help="sampler steps (default: the full preset's)")
-    curve.add_argument("--recipe", default="fmnist-tiny", help="base training recipe (as for bench quality)")
-    curve.add_argument("--data", help="prepared data folder (default: the recipe's)")
-    curve.add_argument("--device", default="cpu", help="cpu or cuda")
-    curve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a recipe field (repeatable); bench quality must then get the same --set")
-    curve.add_argument("--reference", default=FASHION_MNIST_DIR, help="idx folder (test split = FID reference)")
-    curve.add_argument("--reference-count", type=int, default=2000, help="first N test images as FID reference")
-    curve.add_argument("--classifier", help="a saved classifier folder (default: the cached one)")
-    curve.add_argument("--cache", help="cache folder (default $GROUPDIFF_CACHE or ~/.cache/groupdiff)")
+    add_training_args(curve)
+    add_scoring_args(curve)
     curve.add_argument("--out", default="outputs/quality",
                        help="the quality benchmark's folder: the run goes to <out>/<row>/seed-<s>, the curve to "
                             "budget.json/.md/.png")
@@ -130,13 +114,30 @@ def register(subparsers) -> None:
                          help="score every student with each of these step rules (default: the one it records)")
     distill.add_argument("--seed", type=int, default=0)
     distill.add_argument("--repeats", type=int, default=5, help="timed runs of one group per row (median)")
-    distill.add_argument("--reference", default=FASHION_MNIST_DIR,
-                         help="idx folder: its test split is the FID reference, its train split trains the classifier")
-    distill.add_argument("--reference-count", type=int, default=2000)
-    distill.add_argument("--classifier", help="a saved classifier folder (default: the cached one)")
-    distill.add_argument("--cache", help="cache folder (default $GROUPDIFF_CACHE or ~/.cache/groupdiff)")
+    add_scoring_args(distill)
     distill.add_argument("--out", default="docs/results/distill", help="folder for results.json, table.md, samples.png")
     distill.set_defaults(run=run_bench_distill)
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    """How the quality benchmarks train their rows (bench quality and quality-budget must agree)."""
+    parser.add_argument("--recipe", default="fmnist-tiny", help="base training recipe the rows override")
+    parser.add_argument("--data", help="prepared data folder (default: the recipe's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe field for every row, e.g. precision=bf16 (repeatable; give bench "
+                             "quality and quality-budget the same ones)")
+
+
+def add_scoring_args(parser: argparse.ArgumentParser) -> None:
+    """Where FID's reference and the project classifier come from."""
+    from groupdiff.training.data import FASHION_MNIST_DIR
+
+    parser.add_argument("--reference", default=FASHION_MNIST_DIR,
+                        help="idx folder: its test split is the FID reference, its train split trains the classifier")
+    parser.add_argument("--reference-count", type=int, default=2000, help="first N test images as FID reference")
+    parser.add_argument("--classifier", help="a saved classifier folder (default: the cached one)")
+    parser.add_argument("--cache", help="cache folder (default $GROUPDIFF_CACHE or ~/.cache/groupdiff)")
 
 
 def run_bench_model(args: argparse.Namespace) -> None:
