@@ -10,7 +10,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, guidance
     from groupdiff.model import GUIDANCE_MODES, SAMPLERS
 
     parser.add_argument("--steps", type=int, default=steps)
-    parser.add_argument("--sampler", choices=SAMPLERS, default="heun")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="heun",
+                        help="step rule: heun, euler or euler-maruyama (SDE) for a teacher; consistency for a "
+                             "distilled student")
     parser.add_argument("--guidance-scale", type=float, default=guidance_scale,
                         help="v = v_c + s (v_c - v_u); 0 = off (DiT's cfg_scale is 1 + s)")
     parser.add_argument("--guidance-mode", choices=GUIDANCE_MODES, default="groupdiff-l")
