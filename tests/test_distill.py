@@ -225,3 +225,15 @@ def test_bench_distill_scores_the_teacher_and_each_student_rule(setup, tmp_path)
     assert euler_2["fd_classifier"] != consistency_2["fd_classifier"]  # after it: implied vs fresh noise
     assert all(row["speedup"] > 0 and 0 <= row["accuracy"] <= 1 for row in rows.values())
     assert "| student N=4 4-step, consistency | 4 |" in (out / "table.md").read_text()
+
+
+def test_the_start_gap_is_zero_where_the_student_starts_at_its_target(setup):
+    from groupdiff.bench.distill_gap import relative_gaps
+
+    data, teacher = setup
+    unguided = relative_gaps(str(teacher), str(data), [1, 4], [0.5], groups=2, guidance_scale=0.0)
+    guided = relative_gaps(str(teacher), str(data), [1, 4], [0.5], groups=2)
+    # unguided at group size 1 the target is the plain conditional velocity: the teacher's own forward
+    assert unguided[0] == {"group_size": 1, "t": 0.5, "relative_gap": 0.0}
+    assert unguided[1]["relative_gap"] > 0  # at N = 4 the target still runs the conditional branch at size 1
+    assert all(row["relative_gap"] > 0 for row in guided)
