@@ -196,7 +196,8 @@ def test_queue_full_is_retried_after_the_servers_retry_after(servers):
     Retry-After, and a retrying client waits that long before it succeeds."""
     url = servers.rest.url
     with GroupDiffClient(url, retry=RetryPolicy(retries=0)) as client, ThreadPoolExecutor(1) as background:
-        blocker = background.submit(client.generate, 0, 4, group_size=1, steps=8, seed=1, timeout_s=120)
+        # 30 steps: the queue stays full far longer than the next request takes to arrive, also on a busy machine
+        blocker = background.submit(client.generate, 0, 4, group_size=1, steps=30, seed=1, timeout_s=120)
         deadline = time.monotonic() + 30
         while queued_groups(url) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
