@@ -94,17 +94,21 @@ def run(budget: Budget, points: list[int], row: str, seed: int, ratio: float, re
                                  **{k: scored[k] for k in ("fid", "precision", "recall", "accuracy",
                                                            "fd_classifier")}})
         report["points"].sort(key=lambda p: p["steps"])
-        report["chosen_steps"] = chosen_steps(report["points"], target)
-        save_report(path, report)
+        _write(report, target, out_dir)
         print(f"quality-budget: step {steps}: FID {scored['fid']:.2f} ({scored['fid'] / report['floor']['fid']:.2f}x "
               f"the floor)")
 
-    report["chosen_steps"] = chosen_steps(report["points"], target)
-    (out_dir / "budget.md").write_text(markdown(report))
-    plot(report, out_dir / "budget.png")
-    save_report(path, report)
+    _write(report, target, out_dir)
     print((out_dir / "budget.md").read_text())
     return report
+
+
+def _write(report: dict, target: float, out_dir: Path) -> None:
+    """budget.json, .md and .png after every point, so an interrupted curve still has its table and plot."""
+    report["chosen_steps"] = chosen_steps(report["points"], target)
+    save_report(out_dir / "budget.json", report)
+    (out_dir / "budget.md").write_text(markdown(report))
+    plot(report, out_dir / "budget.png")
 
 
 def real_data_floor(evaluation: EvalSettings, count: int) -> dict:
