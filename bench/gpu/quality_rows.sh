@@ -24,10 +24,9 @@ DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
-python3 -m pip install -q --no-deps --no-build-isolation -e . >"$WORK/pip.log" 2>&1 || { cat "$WORK/pip.log"; exit 1; }
-if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; else echo "$DEVICE"; fi \
-  | tee "$OUT/gpu.txt"
-[ -d data/fmnist-pixel ] || python3 -m groupdiff.bench.device_kit unpack "$KIT" data/fmnist-pixel
+# shellcheck source=bench/gpu/common.sh
+source "$(dirname "$0")/common.sh"
+device_setup
 start=$(date +%s)
 pids=()
 for row in $ROWS; do
