@@ -56,9 +56,14 @@ class Contender:
         return self.steps * self.forwards_per_step
 
 
-def teacher_contender(teacher: Teacher, group_size: int) -> Contender:
-    return Contender(f"teacher ({teacher.sampler} {teacher.steps}, CFG {teacher.guidance.scale:g})", teacher.path,
-                     teacher.steps, teacher.sampler, group_size, teacher.forwards_per_step, teacher.velocity)
+def teacher_contender(teacher: Teacher, group_size: int, alone: bool = False) -> Contender:
+    """The teacher's full recipe on groups of ``group_size``; ``alone``: the same recipe with every image
+    its own group of 1, the target a size-1 student learns (so the gap between the two teacher rows is all
+    a group student can gain from joint generation)."""
+    recipe = f"{teacher.sampler} {teacher.steps}, CFG {teacher.guidance.scale:g}"
+    name = f"teacher N=1 ({recipe})" if alone else f"teacher ({recipe})"
+    return Contender(name, teacher.path, teacher.steps, teacher.sampler, 1 if alone else group_size,
+                     teacher.forwards_per_step, teacher.velocity)
 
 
 def student_contenders(checkpoint: str, label: str, samplers: list[str] | None = None) -> list[Contender]:
@@ -116,7 +121,7 @@ def seconds_per_group(contender: Contender, noise: torch.Tensor, y: torch.Tensor
 def run(teacher_path: str, students: list[str], baseline: str | None, num_samples: int, fid_samples: int, seed: int,
         repeats: int, out: str, command: str, reference: str = FASHION_MNIST_DIR, reference_count: int = 2000,
         cache: str | None = None, classifier: str | None = None, progress: bool = True,
-        student_samplers: list[str] | None = None) -> Path:
+        student_samplers: list[str] | None = None, teacher_alone: bool = False) -> Path:
     teacher = load_teacher(teacher_path)
     student = students[0]
     group_size = int(read_checkpoint_info(student)["metadata"]["distill"]["group_size"])
@@ -131,6 +136,9 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
         run = folder.parent.parent.name if folder.name.startswith("step-") else folder.name  # <run>/checkpoints/step-*
         name = f"student N={group_size}" + (f" ({run})" if len(students) > 1 else "")
         contenders += student_contenders(checkpoint, name, student_samplers)
+    grid_rows = [contenders[0].name] + [c.name for c in contenders[1:]][: len(student_steps(student))]
+    if teacher_alone:
+        contenders.append(teacher_contender(teacher, group_size, alone=True))
     if baseline:
         contenders += student_contenders(baseline, "student N=1", student_samplers)
     config = teacher.model.config
@@ -169,10 +177,10 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
         "teacher": teacher_path, "students": students, "baseline": baseline, "num_samples": num_samples,
         "fid_samples": fid_samples, "seed": seed, "chunk_groups": 16, "repeats": repeats, "group_size": group_size,
         "reference": reference, "reference_count": reference_count, "threads": torch.get_num_threads(),
-        "student_samplers": student_samplers or "recorded",
+        "student_samplers": student_samplers or "recorded", "teacher_alone": teacher_alone,
     })
     (folder / "table.md").write_text(markdown_table(rows, num_samples, fid_samples) + "\n")
-    save_comparison_grid(folder / "samples.png", grids, group_size, panels=1 + len(student_steps(student)))
+    save_comparison_grid(folder / "samples.png", [grids[name] for name in grid_rows], group_size)
     plot_quality_vs_time(rows, folder / "quality_vs_time.png")
     columns = ["model", "forwards_per_image", "s_per_group", "speedup", "fid", "fid_vs_teacher", "fd_classifier",
                "accuracy", "diversity_ratio"]
@@ -205,10 +213,9 @@ def student_steps(checkpoint: str) -> list[int]:
     return list(read_checkpoint_info(checkpoint)["metadata"]["distill"]["steps"])
 
 
-def save_comparison_grid(path: Path, grids: dict[str, torch.Tensor], group_size: int, panels: int) -> Path:
-    """The first ``panels`` models side by side (teacher, then the student at each step count): a row per
-    class, the N members of one group across each panel."""
-    panels = list(grids.values())[:panels]
+def save_comparison_grid(path: Path, panels: list[torch.Tensor], group_size: int) -> Path:
+    """Models side by side (teacher, then the student at each step count): a row per class, the N members
+    of one group across each panel."""
     rows = [torch.cat([panel[i * group_size : (i + 1) * group_size] for panel in panels]) for i in range(10)]
     return save_group_grid(path, torch.cat(rows), group_size * len(panels), upscale=2)
 

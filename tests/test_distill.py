@@ -214,11 +214,14 @@ def test_bench_distill_scores_the_teacher_and_each_student_rule(setup, tmp_path)
     out = tmp_path / "bench"
     assert main(["bench", "distill", "--teacher", str(setup[1]), "--student",
                  str(tmp_path / "student/checkpoints/step-0000001"), "--num-samples", "40", "--fid-samples", "0",
-                 "--repeats", "1", "--student-samplers", "euler", "consistency", "--classifier",
+                 "--repeats", "1", "--student-samplers", "euler", "consistency", "--teacher-alone", "--classifier",
                  str(tmp_path / "classifier"), "--cache", str(tmp_path / "cache"), "--reference-count", "40",
                  "--out", str(out)]) == 0
     rows = {row["model"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
-    assert len(rows) == 7 and next(iter(rows)).startswith("teacher (heun 3")
+    assert len(rows) == 8 and next(iter(rows)).startswith("teacher (heun 3")
+    teacher, alone = (row for name, row in rows.items() if name.startswith("teacher"))
+    assert alone["model"].startswith("teacher N=1") and alone["forward_group_size"] == 1
+    assert alone["fd_classifier"] != teacher["fd_classifier"]  # the unconditional branch no longer sees the group
     euler_1, euler_2 = (rows[f"student N=4 {k}-step, euler"] for k in (1, 2))
     consistency_1, consistency_2 = (rows[f"student N=4 {k}-step, consistency"] for k in (1, 2))
     assert euler_1["fd_classifier"] == consistency_1["fd_classifier"]  # one step: both are the jump to x0

@@ -112,6 +112,9 @@ def register(subparsers) -> None:
     distill.add_argument("--fid-samples", type=int, default=500, help="first images scored by Inception FID (0: none)")
     distill.add_argument("--student-samplers", nargs="+", choices=["euler", "consistency"],
                          help="score every student with each of these step rules (default: the one it records)")
+    distill.add_argument("--teacher-alone", action="store_true",
+                         help="also sample the teacher with every image its own group (group size 1): the size-1 "
+                              "student's target, and what joint generation adds in the teacher itself")
     distill.add_argument("--seed", type=int, default=0)
     distill.add_argument("--repeats", type=int, default=5, help="timed runs of one group per row (median)")
     add_scoring_args(distill)
@@ -176,7 +179,7 @@ def run_bench_distill(args: argparse.Namespace) -> None:
 
     run(args.teacher, args.student, args.baseline, args.num_samples, args.fid_samples, args.seed, args.repeats,
         args.out, args.invocation, args.reference, args.reference_count, args.cache, args.classifier,
-        student_samplers=args.student_samplers)
+        student_samplers=args.student_samplers, teacher_alone=args.teacher_alone)
 
 
 def run_bench_serve(args: argparse.Namespace) -> None:
