@@ -36,7 +36,7 @@ CLAIM_ROWS = ["baseline", "l-uc4", "l-uc4-query-class", "l-uc4-query-random", "l
 class Budget:
     """Everything that sets the cost of a run; the CLI flags override single fields."""
 
-    steps: int = 3000
+    steps: int = 10000  # measured: the baseline's first point within 3x the real-data floor (quality_budget)
     batch_size: int = 128
     model_overrides: str | None = None  # a `model_overrides={...}` value; None keeps the recipe's model
     num_samples: int = 800  # per guidance scale of the sweep: fast metrics (classifier, diversity, S_cross)
