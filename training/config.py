@@ -49,6 +49,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_warmup: bool = True  # decay min(ema_decay, (1+step)/(10+step)): a short run's EMA is not its init
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs that support it
+    compile: bool = False  # torch.compile the training forward: the same math in fused kernels (docs/training.md)
     device: str = "auto"  # auto, cpu, cuda
     log_every: int = 50
     checkpoint_every: int = 500

@@ -99,6 +99,9 @@ class Trainer(RunLoop):
             DistributedDataParallel(self.model, device_ids=[dist.local_rank] if self.device.type == "cuda" else None)
             if dist.enabled else None
         )
+        # compiled on the first step of each batch layout (singles, groups); checkpoints keep `self.model`'s
+        # plain state dict, so a run may resume with or without compiling
+        self.network = torch.compile(self.ddp or self.model) if config.compile else (self.ddp or self.model)
         neighbours = data.neighbours(config.plan.query)
         self.plan = GroupBatchPlan(
             config.plan, neighbours, len(data.samples), config.batch_size, dist.world_size, config.seed
@@ -133,15 +136,14 @@ class Trainer(RunLoop):
 
     def _loss(self, inputs: LossInputs) -> torch.Tensor:
         """Summed per-sample flow-matching loss of one forward."""
-        network = self.ddp or self.model
         x0 = self.samples[inputs.index.to(self.device)]
         to = {"device": self.device}
         autocast = (
             torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         )
         with autocast:
-            loss = flow_matching_loss(network, x0, inputs.t.to(**to), inputs.labels.to(**to), inputs.noise.to(**to),
-                                      inputs.group_size, inputs.sample_ids.to(**to))
+            loss = flow_matching_loss(self.network, x0, inputs.t.to(**to), inputs.labels.to(**to),
+                                      inputs.noise.to(**to), inputs.group_size, inputs.sample_ids.to(**to))
         return loss.sum()
 
     def train_step(self) -> dict[str, float]:

@@ -14,6 +14,9 @@ python3 -m groupdiff prepare --data "$FMNIST" --encoders class random --space pi
 python3 -m groupdiff bench train --device cuda --data "$WORK/fm" --steps 50 --set plan.query=class \
   --out "$OUT/bench_train_gpu.json" \
   2>&1 | grep -v "it/s"
+python3 -m groupdiff bench train --device cuda --data "$WORK/fm" --steps 50 --warmup 10 --set plan.query=class \
+  --set compile=true --out "$OUT/bench_train_gpu_compiled.json" \
+  2>&1 | grep -v "it/s"
 time python3 -m groupdiff train --config fmnist-tiny --data "$WORK/fm" --out "$WORK/run" --set plan.query=class \
   --set device=cuda 2>&1 | grep -v "it/s" | tail -5
 cp "$WORK/run/log.jsonl" "$OUT/fmnist_tiny_gpu_log.jsonl"
