@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from groupdiff.training.config import OptimConfig
@@ -36,6 +36,24 @@ class FACMConfig:
 
 
 @dataclass(frozen=True)
+class DMDConfig:
+    """Distribution matching (DMD2, ``tianweiy/DMD2``) without its GAN head: a 1-step fine-tune of a
+    method-1 student against a fake-score network with group attention (REFERENCES §4 B)."""
+
+    init: str | None = None  # the FACM student checkpoint to fine-tune (its EMA weights); None: the teacher's
+    critic_updates: int = 5  # fake-score updates per generator update (DMD2's two time-scale rule)
+    critic_lr: float = 1e-4
+    t_min: float = 0.02  # re-noising times of the distribution-matching gradient and the critic, t ~ U[t_min, t_max]
+    t_max: float = 0.98
+
+    def __post_init__(self) -> None:
+        if self.critic_updates < 1 or self.critic_lr <= 0:
+            raise ValueError("dmd.critic_updates must be >= 1 and dmd.critic_lr > 0")
+        if not 0.0 < self.t_min < self.t_max <= 1.0:
+            raise ValueError(f"dmd times need 0 < t_min < t_max <= 1, got [{self.t_min}, {self.t_max}]")
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     teacher: str | None = None  # teacher checkpoint (``--teacher`` overrides)
     teacher_weights: str = "ema"
@@ -48,7 +66,9 @@ class DistillConfig:
     student: str | None = None  # registry name; None: the teacher's architecture, initialised from its weights
     student_overrides: dict[str, Any] = field(default_factory=dict)
     serve_steps: tuple[int, ...] = (1, 2, 4)  # step counts the student is trained and recorded to serve
+    method: Literal["facm", "dmd"] = "facm"  # dmd fine-tunes a facm student (dmd.init) for 1 step
     facm: FACMConfig = field(default_factory=FACMConfig)
+    dmd: DMDConfig = field(default_factory=DMDConfig)
     batch_size: int = 64  # images per optimizer step over all ranks (whole groups)
     steps: int = 1000
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -69,10 +89,15 @@ class DistillConfig:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         if not self.serve_steps or min(self.serve_steps) < 1:
             raise ValueError(f"serve_steps must be positive step counts, got {list(self.serve_steps)}")
+        if self.method == "dmd" and tuple(self.serve_steps) != (1,):
+            raise ValueError("method dmd trains the 1-step generator only: set serve_steps=[1] (a multi-step "
+                             "student trained without backward simulation does not match its inference)")
 
 
 # Fields that define the distillation trajectory: a resumed run must agree on all of them.
 TRAJECTORY_FIELDS = (
     "teacher", "teacher_weights", "guidance_scale", "data", "query", "seed", "group_size", "student",
-    "student_overrides", "serve_steps", "facm", "batch_size", "optim", "ema_decay", "ema_warmup",
+    "student_overrides", "serve_steps", "method", "facm", "dmd", "batch_size", "optim", "ema_decay", "ema_warmup",
 )
+# Fields added after runs were first written, with the value those runs had: they still resume.
+ADDED_FIELDS = {"method": "facm", "dmd": asdict(DMDConfig())}

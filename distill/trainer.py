@@ -27,7 +27,7 @@ from groupdiff.training.plan import GroupBatchPlan, PlanConfig
 from groupdiff.training.prepared import PreparedData
 from groupdiff.training.trainer import step_generator
 
-from .config import TRAJECTORY_FIELDS, DistillConfig
+from .config import ADDED_FIELDS, TRAJECTORY_FIELDS, DistillConfig
 from .facm import facm_loss, sample_times
 from .student import STUDENT_SAMPLER, AnchoredStudent, generate_student
 from .teacher import Teacher, load_teacher
@@ -56,7 +56,7 @@ def student_metadata(config: DistillConfig, teacher: Teacher, group_size: int) -
         "teacher": teacher.path,
         "teacher_recipe": {"sampler": teacher.sampler, "steps": teacher.steps},
         "group_size": group_size,
-        "method": f"facm ({config.facm.derivative})",
+        "method": f"facm ({config.facm.derivative})" if config.method == "facm" else f"dmd (from {config.dmd.init})",
     }
 
 
@@ -75,6 +75,7 @@ class Distiller(RunLoop):
     progress_label = "distill"
     config_key = "distill_config"
     trajectory_fields = TRAJECTORY_FIELDS
+    added_fields = ADDED_FIELDS
 
     def __init__(self, config: DistillConfig, data: PreparedData, dist: Distributed, resume: str | None = None):
         if config.teacher is None:
@@ -89,7 +90,7 @@ class Distiller(RunLoop):
                              f"({teacher_cfg.in_channels}, {teacher_cfg.input_size}, {teacher_cfg.input_size})")
         self.group_size = config.group_size or teacher_cfg.max_group_size
         torch.manual_seed(config.seed)
-        self.model = build_student(config, self.teacher, self.group_size).to(self.device)  # the student
+        self.model = self.initial_student().to(self.device)
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
         self.optimizer = build_optimizer(self.model, config.optim)
         plan = PlanConfig(mode="groupdiff-f", group_size=self.group_size, label_dropout=0.0, query=config.query)
@@ -97,13 +98,16 @@ class Distiller(RunLoop):
                                    dist.world_size, config.seed)
         self.samples = data.samples.to(self.device)
         self.autocast_dtype = autocast_dtype(config.precision, self.device)
-        if self.autocast_dtype is not None and config.facm.derivative == "fd":
+        if self.autocast_dtype is not None and config.method == "facm" and config.facm.derivative == "fd":
             raise ValueError("finite differences need fp32 (a step of 2e-5 in t is below bf16 resolution): "
                              "use facm.derivative=jvp with bf16, or precision=fp32")
         self.step = 0
         self.stop_requested = False
         if resume:
             self.resume(resume)
+
+    def initial_student(self) -> AnchoredStudent:
+        return build_student(self.config, self.teacher, self.group_size)
 
     # -- one step -------------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:

@@ -61,3 +61,19 @@ def test_recipes_are_found_by_short_and_full_name(tmp_path):
     assert find_config(str(own), "train") == own
     with pytest.raises(ConfigError, match="recipes: .*fmnist-tiny"):
         find_config("fmnist-huge", "train")
+
+
+def test_every_shipped_recipe_loads_into_its_config():
+    from pathlib import Path
+
+    import groupdiff
+    from groupdiff.distill.config import DistillConfig
+    from groupdiff.training.config import TrainConfig
+    from groupdiff.training.prepare import PrepareConfig
+
+    kinds = {"train": TrainConfig, "distill": DistillConfig, "prepare": PrepareConfig}
+    recipes = sorted((Path(groupdiff.__file__).parent / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 10
+    for recipe in recipes:
+        kind = kinds[recipe.name.split("-", 1)[0]]
+        assert isinstance(load_config(kind, recipe), kind), recipe.name

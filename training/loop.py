@@ -44,6 +44,7 @@ class RunLoop(ABC):
     progress_label = "train"
     config_key = "train_config"  # where checkpoint metadata records the run's config
     trajectory_fields: tuple[str, ...] = ()  # config fields a resumed run must share with its checkpoint
+    added_fields: dict[str, Any] = {}  # trajectory fields newer than some checkpoints: the value those ran with
 
     config: Any  # has steps, batch_size, log_every, checkpoint_every, keep_checkpoints, optim
     dist: Distributed
@@ -76,6 +77,12 @@ class RunLoop(ABC):
         """Fields the main rank adds to a log record."""
         return {}
 
+    def write_extra_state(self, folder: Path) -> None:  # noqa: B027 (an optional hook)
+        """Add files a resume needs beyond the model, EMA and optimizer (an auxiliary network) to ``folder``."""
+
+    def read_extra_state(self, folder: Path) -> None:  # noqa: B027 (an optional hook)
+        """Restore what `write_extra_state` wrote."""
+
     # -- resume ---------------------------------------------------------------------------------------------
     def latest_checkpoint(self) -> Path | None:
         return latest_checkpoint(self.out)
@@ -85,13 +92,14 @@ class RunLoop(ABC):
         folder = self.latest_checkpoint() if resume == "auto" else Path(resume)
         if folder is None:
             return
-        check_same_setup(folder, self.config_key, to_dict(self.config), self.trajectory_fields)
+        check_same_setup(folder, self.config_key, to_dict(self.config), self.trajectory_fields, self.added_fields)
         try:
             self.model.load_state_dict(load_state(folder, "model"))
             self.ema.model.load_state_dict(load_state(folder, "ema"))
         except RuntimeError as error:
             raise CheckpointError(f"{folder}: weights do not fit the model: {error}") from None
         self.step = int(read_train_state(folder, self.optimizer)["step"])
+        self.read_extra_state(folder)
         if self.dist.is_main:
             truncate_log(self.out, self.step)
             tqdm.write(f"resumed from {folder} at step {self.step}")
@@ -151,8 +159,11 @@ class RunLoop(ABC):
         folder = checkpoint_folder(self.out, self.step)
         if self.dist.is_main:
             state = {"step": self.step, "world_size": self.dist.world_size}
-            save_model(folder, self.model, self.ema.model, self.metadata(),
-                       write_extra=lambda tmp: write_train_state(tmp, self.optimizer, state))
+            def write_extra(tmp: Path) -> None:
+                write_train_state(tmp, self.optimizer, state)
+                self.write_extra_state(tmp)
+
+            save_model(folder, self.model, self.ema.model, self.metadata(), write_extra=write_extra)
             mark_latest(folder)
             prune_checkpoints(self.out, self.config.keep_checkpoints)
         self.dist.barrier()

@@ -23,12 +23,15 @@ def latest_checkpoint(out: Path) -> Path | None:
     return out / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
 
 
-def check_same_setup(folder: Path, config_key: str, current: dict[str, Any], fields: tuple[str, ...]) -> None:
+def check_same_setup(folder: Path, config_key: str, current: dict[str, Any], fields: tuple[str, ...],
+                     added: dict[str, Any] | None = None) -> None:
     """Refuse to resume from a checkpoint whose recorded run config (``metadata[config_key]``) differs in a
-    field that shapes the trajectory: the resumed run would silently be another run."""
+    field that shapes the trajectory: the resumed run would silently be another run. ``added`` gives the
+    value of fields that checkpoints written before the field existed ran with."""
     saved = read_checkpoint_info(folder).get("metadata", {}).get(config_key)
     if saved is None:
         raise CheckpointError(f"{folder} has no {config_key} in its metadata: it was not written by this command")
+    saved = {**(added or {}), **saved}
     mismatched = [k for k in fields if saved.get(k) != current[k]]
     if mismatched:
         details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {current[k]!r}" for k in mismatched)

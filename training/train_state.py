@@ -21,21 +21,22 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 
 
-def write_train_state(folder: Path, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def write_train_state(folder: Path, optimizer: torch.optim.Optimizer, state: dict[str, Any], prefix: str = "") -> None:
+    """``prefix`` names a second optimizer's files (an auxiliary network's) beside the main one's."""
     saved = optimizer.state_dict()
     tensors = {
         f"{index}.{name}": value.detach().contiguous().cpu()
         for index, moments in saved["state"].items()
         for name, value in moments.items()
     }
-    save_file(tensors, str(folder / OPTIMIZER_FILE))
+    save_file(tensors, str(folder / f"{prefix}{OPTIMIZER_FILE}"))
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in saved["param_groups"]]
-    (folder / STATE_FILE).write_text(json.dumps({**state, "param_groups": groups}, indent=2) + "\n")
+    (folder / f"{prefix}{STATE_FILE}").write_text(json.dumps({**state, "param_groups": groups}, indent=2) + "\n")
 
 
-def read_train_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def read_train_state(folder: Path, optimizer: torch.optim.Optimizer, prefix: str = "") -> dict[str, Any]:
     """Load the optimizer in place and return the trainer state (``step`` …)."""
-    state_path, optimizer_path = folder / STATE_FILE, folder / OPTIMIZER_FILE
+    state_path, optimizer_path = folder / f"{prefix}{STATE_FILE}", folder / f"{prefix}{OPTIMIZER_FILE}"
     if not state_path.is_file() or not optimizer_path.is_file():
         raise CheckpointError(f"{folder} is a model checkpoint without training state; it cannot be resumed")
     state = json.loads(state_path.read_text())

@@ -1,4 +1,5 @@
-"""``groupdiff distill``: distil a GroupDiff teacher into a few-step group student (FACM).
+"""``groupdiff distill``: distil a GroupDiff teacher into a few-step group student (FACM), or fine-tune
+such a student into a 1-step generator (``--set method=dmd``, DMD2 without its GAN head).
 
 Runs alone or under ``torchrun --nproc_per_node K -m groupdiff distill ...``. SIGTERM saves a checkpoint
 at the end of the current step; ``--resume`` continues from the latest one. ``--export-to`` writes the
@@ -12,7 +13,7 @@ import shlex
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("distill", help="distil a teacher into a 1-4 step group student (FACM)")
+    p = subparsers.add_parser("distill", help="distil a teacher into a 1-4 step group student (FACM, DMD2)")
     p.add_argument("--teacher", help="teacher checkpoint folder (overrides the config's teacher)")
     p.add_argument("--config", required=True, help="YAML/TOML config file, or a recipe name such as fmnist")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -29,6 +30,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     from groupdiff.config import find_config, load_config
     from groupdiff.distill.config import DistillConfig
+    from groupdiff.distill.dmd_trainer import DMDDistiller
     from groupdiff.distill.trainer import Distiller, export_student
     from groupdiff.training import distributed
     from groupdiff.training.prepared import load_prepared
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> None:
     config = load_config(DistillConfig, find_config(args.config, "distill"), overrides)
     dist = distributed.setup(config.device)
     try:
-        distiller = Distiller(config, load_prepared(config.data), dist, resume=args.resume)
+        method = DMDDistiller if config.method == "dmd" else Distiller
+        distiller = method(config, load_prepared(config.data), dist, resume=args.resume)
         checkpoint = distiller.train() or latest_checkpoint(distiller.out)  # a finished run exports its last one
         if dist.is_main and checkpoint is not None:
             print(f"checkpoint: {checkpoint}")

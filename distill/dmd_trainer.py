@@ -1,0 +1,133 @@
+"""The DMD2 fine-tune (``method: dmd``): a FACM student becomes a 1-step group generator.
+
+Each step makes ``critic_updates`` critic updates on fresh generator groups, then one generator update
+by the distribution-matching loss (`distill.dmd`). Labels come from the same data plan as FACM's (each
+group is its anchor's class), images never do: the method is data-free. The critic starts as a copy of
+the teacher's network and is saved, with its optimizer, inside every checkpoint, so a resumed run
+repeats an uninterrupted one; all noise of a step comes from ``(seed, step, rank)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from groupdiff.model import fixed_sample_ids, load_model
+from groupdiff.model.checkpoint import CheckpointError, read_checkpoint_info
+from groupdiff.training.distributed import Distributed
+from groupdiff.training.optim import build_optimizer, learning_rate
+from groupdiff.training.prepared import PreparedData
+from groupdiff.training.train_state import read_train_state, write_train_state
+from groupdiff.training.trainer import step_generator
+
+from .config import DistillConfig
+from .dmd import critic_loss, generator_loss, renoise_times
+from .student import AnchoredStudent
+from .trainer import Distiller, average_gradients
+
+CRITIC_FILE = "critic.safetensors"
+CRITIC_PREFIX = "critic_"  # the critic optimizer's files: critic_optimizer.safetensors, critic_trainer_state.json
+
+
+class DMDDistiller(Distiller):
+    progress_label = "distill (dmd)"
+
+    def __init__(self, config: DistillConfig, data: PreparedData, dist: Distributed, resume: str | None = None):
+        super().__init__(config, data, dist)
+        teacher_cfg = self.teacher.model.config
+        if self.group_size > teacher_cfg.max_group_size:
+            raise ValueError(f"the critic starts from the teacher, which takes groups of at most "
+                             f"{teacher_cfg.max_group_size}; got group_size {self.group_size}")
+        self.critic = copy.deepcopy(self.teacher.model).requires_grad_(True).train()
+        self.critic_optim = replace(config.optim, lr=config.dmd.critic_lr)
+        self.critic_optimizer = build_optimizer(self.critic, self.critic_optim)
+        if resume:
+            self.resume(resume)
+
+    def initial_student(self) -> AnchoredStudent:
+        """The method-1 student's EMA weights (``dmd.init``), or the teacher's when none is given."""
+        init = self.config.dmd.init
+        if init is None:
+            return super().initial_student()
+        recorded = read_checkpoint_info(init).get("metadata", {}).get("distill")
+        if recorded is None:
+            raise CheckpointError(f"dmd.init {init} is not a distilled student")
+        if recorded["group_size"] != self.group_size:
+            raise ValueError(f"dmd.init {init} was distilled at group size {recorded['group_size']}, "
+                             f"this run uses {self.group_size}")
+        student = load_model(init, weights="ema" if "ema" in read_checkpoint_info(init)["weights"] else "model")
+        anchored = AnchoredStudent(student.config)
+        anchored.load_state_dict(student.state_dict())
+        return anchored
+
+    # -- one step -------------------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        n, config = self.group_size, self.config
+        batch = self.plan.batch(self.step, self.dist.rank)
+        generator = step_generator(config.seed, self.step, self.dist.rank)
+        y = self.data.labels[batch.groups[:, 0]].repeat_interleave(n).to(self.device)  # (G·N,) anchor's class
+        ids = fixed_sample_ids(len(y), n, self.device)
+        groups, shape = len(batch.groups), (len(y), *self.samples.shape[1:])
+
+        def draw(*size) -> torch.Tensor:
+            return torch.randn(*size, generator=generator).to(self.device)
+
+        def times() -> torch.Tensor:
+            return renoise_times(groups, n, config.dmd, generator).to(self.device)
+
+        def one_step(network: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+            ones = torch.ones(len(z), device=self.device)
+            return z - network(z, ones, y, group_size=n, sample_ids=ids)  # x₀ = z − 1·F(z, 1)
+
+        def critic(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.critic(x, t, y, group_size=n, sample_ids=ids)
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(config.optim, self.step)
+        for group in self.critic_optimizer.param_groups:
+            group["lr"] = learning_rate(self.critic_optim, self.step)
+        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        self.model.train()
+        critic_losses = []
+        for _ in range(config.dmd.critic_updates):
+            with autocast:
+                with torch.no_grad():
+                    x0 = one_step(self.model, draw(*shape))
+                loss = critic_loss(critic, x0, times(), draw(*shape))
+            loss.backward()
+            self._update(self.critic, self.critic_optimizer)
+            critic_losses.append(loss.item())
+
+        with autocast:
+            x0 = one_step(self.model, draw(*shape))  # (G·N, C, H, W), with gradients into the generator
+            real = self.teacher.velocity(y, n)
+            loss, parts = generator_loss(x0, times(), draw(*shape), real, critic)
+        loss.backward()
+        self._update(self.model, self.optimizer)
+        self.ema.update(self.model, self.step)
+        self.step += 1
+        return {"loss": loss.item(), "critic": sum(critic_losses) / len(critic_losses), **parts}
+
+    def _update(self, network: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        average_gradients(network, self.dist)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), self.config.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    # -- the critic in checkpoints --------------------------------------------------------------------------
+    def write_extra_state(self, folder: Path) -> None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.critic.state_dict().items()},
+                  str(folder / CRITIC_FILE))
+        write_train_state(folder, self.critic_optimizer, {"step": self.step}, prefix=CRITIC_PREFIX)
+
+    def read_extra_state(self, folder: Path) -> None:
+        path = folder / CRITIC_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{folder} has no {CRITIC_FILE}: it is not a DMD checkpoint")
+        self.critic.load_state_dict(load_file(str(path)))
+        read_train_state(folder, self.critic_optimizer, prefix=CRITIC_PREFIX)

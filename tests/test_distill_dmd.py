@@ -1,0 +1,145 @@
+"""DMD2 fine-tune: the distribution-matching gradient moves a generator onto the real distribution,
+vanishes when the critic agrees with the teacher, and a tiny run from a FACM student resumes exactly
+(critic and its optimizer included) and serves one step."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from groupdiff.cli import main
+from groupdiff.distill.config import DMDConfig
+from groupdiff.distill.dmd import distribution_matching_loss, generator_loss, renoise_times
+from groupdiff.distill.student import generate_student
+from groupdiff.model import load_model
+from groupdiff.serving.spec import spec_from_checkpoint
+
+from .test_distill import TINY, save_teacher
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def gaussian_velocity(mean: torch.Tensor, std: float):
+    """The exact flow-matching velocity of data N(mean, std²·I): the ideal denoiser of that distribution."""
+
+    def velocity(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t.view(-1, *([1] * (x_t.ndim - 1)))
+        a = 1 - t  # x_t = a·x₀ + t·ε
+        x0 = mean + a * std**2 / (a**2 * std**2 + t**2) * (x_t - a * mean)  # E[x₀ | x_t]
+        return (x_t - x0) / t
+
+    return velocity
+
+
+def test_the_dm_gradient_points_from_the_fake_estimate_to_the_real_one():
+    x0 = torch.randn(6, 1, 4, 4, requires_grad=True)
+    real, fake = torch.randn(6, 1, 4, 4), torch.randn(6, 1, 4, 4)
+    loss, direction = distribution_matching_loss(x0, real, fake)
+    loss.backward()
+    scale = (x0.detach() - real).abs().flatten(1).mean(1).view(-1, 1, 1, 1)
+    torch.testing.assert_close(direction, (fake - real) / scale)
+    torch.testing.assert_close(x0.grad, direction / x0.numel())  # descent moves x0 by −direction: towards real
+    same, _ = distribution_matching_loss(x0, real, real)
+    x0.grad = None
+    same.backward()
+    assert float(x0.grad.abs().max()) == 0.0
+
+
+def test_distribution_matching_moves_a_generator_onto_the_teacher_distribution():
+    """A shift generator x₀ = μ + z against an exact teacher for N(3, 1) and an exact critic for its own
+    distribution (what a converged critic is): the mean walks to 3."""
+    generator = torch.Generator().manual_seed(0)
+    real = gaussian_velocity(torch.tensor(3.0), 1.0)
+    mu = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([mu], lr=0.1)
+    for _ in range(200):
+        x0 = mu + torch.randn(64, 1, 2, 2, generator=generator)
+        t = renoise_times(16, 4, DMDConfig(), generator)
+        fake = gaussian_velocity(mu.detach(), 1.0)
+        loss, _ = generator_loss(x0, t, torch.randn(x0.shape, generator=generator), real, fake)
+        optimizer.zero_grad()
+        loss.backward()  # d loss / d mu = the mean direction
+        optimizer.step()
+    assert abs(mu.item() - 3.0) < 0.1, mu.item()
+    t = renoise_times(3, 4, DMDConfig(t_min=0.1, t_max=0.2), generator)
+    assert t.shape == (12,) and bool((t.view(3, 4) == t.view(3, 4)[:, :1]).all()) and 0.1 <= float(t.min())
+
+
+@pytest.fixture(scope="module")
+def facm_student(tmp_path_factory):
+    """Prepared data, a random teacher, and a one-step FACM student of it."""
+    root = tmp_path_factory.mktemp("dmd")
+    data = root / "fmnist"
+    assert main(["prepare", "--data", FMNIST, "--limit", "128", "--space", "pixel", "--encoders", "class",
+                 "--out", str(data)]) == 0
+    teacher = save_teacher(root / "teacher", input_size=28, hidden=32)
+    assert run(data, teacher, root / "facm", 1, method="facm") == 0
+    return data, teacher, root / "facm/checkpoints/step-0000001"
+
+
+def run(data: Path, teacher: Path, out: Path, steps: int, *extra: str, method: str = "dmd", init: Path | None = None):
+    args = ["distill", "--teacher", str(teacher), "--config", "fmnist", "--data", str(data), "--out", str(out),
+            "--steps", str(steps)]
+    for item in TINY:
+        args += ["--set", item]
+    if method == "dmd":
+        args += ["--set", "method=dmd", "--set", "serve_steps=[1]", "--set", "dmd.critic_updates=2"]
+        args += ["--set", f"dmd.init={init}"] if init else []
+    return main(args + list(extra))
+
+
+FILES = ("model", "ema", "optimizer", "critic", "critic_optimizer")
+
+
+def state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return {f"{f}.{k}": v for f in FILES for k, v in load_file(str(checkpoint / f"{f}.safetensors")).items()}
+
+
+def test_a_dmd_run_starts_from_the_student_resumes_exactly_and_serves_one_step(facm_student, tmp_path):
+    data, teacher, init = facm_student
+    assert run(data, teacher, tmp_path / "straight", 3, init=init) == 0
+    assert run(data, teacher, tmp_path / "resumed", 2, init=init) == 0
+    assert run(data, teacher, tmp_path / "resumed", 3, "--resume", init=init) == 0
+    straight, resumed = (state(tmp_path / f"{name}/checkpoints/step-0000003") for name in ("straight", "resumed"))
+    assert straight.keys() == resumed.keys() and any(k.startswith("critic.") for k in straight)
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+
+    start = load_file(str(init / "ema.safetensors"))
+    moved = [k for k in start if not torch.equal(start[k], straight[f"model.{k}"])]
+    assert moved  # the generator started from the student and was updated
+    log = [json.loads(line) for line in (tmp_path / "resumed/log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and all(r["critic"] > 0 and r["dm_direction"] > 0 for r in log)
+
+    checkpoint = tmp_path / "straight/checkpoints/step-0000003"
+    spec = spec_from_checkpoint(checkpoint)
+    assert (spec.kind, spec.sampler, spec.steps) == ("student", "consistency", (1,))
+    assert json.loads((checkpoint / "config.json").read_text())["metadata"]["distill"]["method"] == f"dmd (from {init})"
+    student = load_model(checkpoint, weights="ema")
+    y = torch.arange(2).repeat_interleave(4)
+    samples = generate_student(student, torch.randn(8, 1, 28, 28), y, 4, 1)
+    assert samples.shape == (8, 1, 28, 28) and bool(torch.isfinite(samples).all())
+
+
+def test_bad_dmd_input_exits_2(facm_student, tmp_path, capsys):
+    data, teacher, init = facm_student
+    assert run(data, teacher, tmp_path / "a", 1, "--set", "serve_steps=[1, 2]", init=init) == 2
+    assert "1-step generator only" in capsys.readouterr().err
+    assert run(data, teacher, tmp_path / "b", 1, init=teacher) == 2
+    assert "not a distilled student" in capsys.readouterr().err
+    assert run(data, teacher, tmp_path / "c", 1, "--set", "group_size=2", init=init) == 2
+    assert "group size 4" in capsys.readouterr().err
+    assert run(data, teacher, tmp_path / "d", 1, "--set", "dmd.t_min=0", init=init) == 2
+    # a FACM checkpoint cannot be resumed as a DMD run (its setup differs) ...
+    assert run(data, teacher, tmp_path / "e", 1, method="facm") == 0
+    assert run(data, teacher, tmp_path / "e", 2, "--resume", init=init) == 2
+    assert "different setup" in capsys.readouterr().err
+    # ... and one written before the method fields existed still resumes as FACM
+    config = tmp_path / "e/checkpoints/step-0000001/config.json"
+    info = json.loads(config.read_text())
+    for key in ("method", "dmd"):
+        del info["metadata"]["distill_config"][key]
+    config.write_text(json.dumps(info))
+    assert run(data, teacher, tmp_path / "e", 2, "--resume", method="facm") == 0
