@@ -11,7 +11,9 @@
 #   tar -xf group.tar -C outputs/distill-gpu && tar -xf n1.tar -C outputs/distill-gpu
 #   groupdiff bench distill --teacher runs/fmnist-tiny/checkpoints/step-0001500 \
 #       --student outputs/distill-gpu/group --baseline outputs/distill-gpu/n1 --out docs/results/distill-gpu
-# Usage: STEPS=<steps> OUT=<dir> [TEACHER=.gpucarry/teacher] [KIT=<kit.npz>] bash bench/gpu/distill.sh
+# DMD_STEPS=K then fine-tunes the group student for one step by distribution matching (the
+# distill-fmnist-dmd recipe) and brings it back as dmd.tar; score it with --student outputs/distill-gpu/dmd.
+# Usage: STEPS=<steps> OUT=<dir> [DMD_STEPS=<steps>] [TEACHER=.gpucarry/teacher] [KIT=<kit.npz>] bash bench/gpu/distill.sh
 # (DEVICE=cpu runs the same flow as a CPU smoke test.)
 set -euo pipefail
 STEPS=${STEPS:?set STEPS}
@@ -19,6 +21,7 @@ OUT=${OUT:-outputs/gpu-distill}
 TEACHER=${TEACHER:-.gpucarry/teacher}
 KIT=${KIT:-.gpucarry/fmnist-pixel.npz}
 DEVICE=${DEVICE:-cuda}
+DMD_STEPS=${DMD_STEPS:-0}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 # shellcheck source=bench/gpu/common.sh
@@ -36,7 +39,16 @@ done
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 echo "distilled 2 students x $STEPS steps in $(( $(date +%s) - start )) s (parallel)" | tee -a "$OUT/gpu.txt"
-for name in group n1; do
+names=(group n1)
+if [ "$failed" = 0 ] && [ "$DMD_STEPS" -gt 0 ]; then
+  start=$(date +%s)
+  python3 -m groupdiff distill --teacher "$TEACHER" --config fmnist-dmd --steps "$DMD_STEPS" --out "$WORK/dmd" \
+    --set device="$DEVICE" --set dmd.init="$WORK/served/group" --export-to "$WORK/served/dmd" \
+    >"$WORK/dmd.log" 2>&1 || failed=1
+  echo "dmd fine-tune x $DMD_STEPS steps in $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
+  names+=(dmd)
+fi
+for name in "${names[@]}"; do
   { echo "== $name"; tr '\r' '\n' <"$WORK/$name.log" | grep -v "^\s*$" | tail -n 4; } >>"$OUT/train.log"
   [ -f "$WORK/served/$name/model.safetensors" ] && tar -cf "$OUT/$name.tar" -C "$WORK/served" "$name"
   cp "$WORK/$name/log.jsonl" "$OUT/$name-log.jsonl" 2>/dev/null || true
