@@ -27,6 +27,7 @@ from groupdiff.training.prepared import load_prepared
 from groupdiff.training.run_folder import check_same_setup, checkpoint_folder
 from groupdiff.training.trainer import Trainer
 
+from .quality_claims import claims, claims_markdown
 from .quality_eval import Sampling, ablations, sweep_and_fid
 from .quality_report import markdown_table, plot
 from .quality_rows import ABLATION_ROW, ROWS, WINDOWS, Budget, check_rows, layer_ranges
@@ -78,7 +79,8 @@ def run(budget: Budget, recipe: str, data: str | None, out: str, command: str, d
     if ABLATION_ROW in rows and budget.ablation_samples and "ablations" not in report:
         report["ablations"] = _ablations(report, budget, recipe, data, out_dir, device, scoring)
         save_report(results, report)
-    (out_dir / "table.md").write_text(markdown_table(report))
+    report["claims"] = claims(report)
+    (out_dir / "table.md").write_text(markdown_table(report) + claims_markdown(report["claims"]))
     report["pearson_fid_s_cross"] = plot(report, out_dir / "fid_vs_s_cross.png")
     save_report(results, report)
     print((out_dir / "table.md").read_text())

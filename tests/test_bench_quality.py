@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from groupdiff.bench.quality_claims import claims, claims_markdown
 from groupdiff.bench.quality_report import pearson, spread
 from groupdiff.bench.quality_rows import PRESETS, ROWS, check_rows, layer_ranges
 from groupdiff.cli import build_parser, main
@@ -67,6 +68,9 @@ def test_micro_run_writes_results_table_and_plot_and_a_rerun_skips_finished_rows
     assert "| baseline | groupdiff-l | 1 |" in table
     assert "| l-uc4 | groupdiff-l | 4 | 0.1 | efficientnet | 50 |" in table
     assert "| first 20% |" in table and "| no layers |" in table
+    assert [c["verdict"].split(" (")[0] for c in report["claims"]][2:] == ["not run", "not run"]
+    assert "## The paper's claims" in table
+    assert report["claims"][0]["compared"] == "fd_cls without CFG: l-uc4 vs baseline"  # no FID in this run
     assert (out / "fid_vs_s_cross.png").stat().st_size > 1000
     capsys.readouterr()
 
@@ -139,6 +143,33 @@ def test_spread_and_pearson():
     assert spread([2.0, None]) == (2.0, None) and spread([None]) == (None, None)
     assert pearson([1, 2, 3], [2, 4, 6.5]) == pytest.approx(0.9988, abs=1e-3)
     assert pearson([1, 2], [1, 2]) is None and pearson([1, 1, 1], [1, 2, 3]) is None
+
+
+def scored(row: str, seed: int, fid: float, s_cross: float | None = None) -> dict:
+    """A run record as `bench quality` writes it, with only the fields the claims read."""
+    no_cfg = {"fid": fid, "fd_classifier": fid / 10} | ({"s_cross": s_cross} if s_cross is not None else {})
+    return {"row": row, "seed": seed, "best_scale": 1.0, "no_cfg": no_cfg, "cfg": {"fid": fid - 1}}
+
+
+def test_the_claims_are_judged_from_the_rows_present_and_their_spread():
+    report = {"runs": [scored("baseline", 0, 40.0), scored("l-uc4", 0, 30.0, 0.2)]}
+    gain, ordering, query, correlation = claims(report)
+    assert gain["verdict"] == "holds (one seed: spread unknown)" and "+25.0% lower" in gain["measured"]
+    assert ordering["verdict"].startswith("holds over the 2 rows run")
+    assert query["verdict"].startswith("not run") and correlation["verdict"].startswith("not run")
+
+    report = {"runs": [scored("baseline", s, f) for s, f in ((0, 40.0), (1, 44.0))]
+              + [scored("l-uc4", s, f, x) for s, f, x in ((0, 39.0, 0.3), (1, 41.0, 0.3))]
+              + [scored("l-uc4-query-class", 0, 39.5, 0.2), scored("l-uc4-query-class", 1, 41.5, 0.2)]
+              + [scored("l-uc8", s, 45.0 + s, 0.1) for s in (0, 1)]}
+    gain, ordering, query, correlation = claims(report)
+    assert gain["verdict"] == "lower, but by less than 20% (within the seed spread)"
+    # 42 -> 40 -> 45.5: N = 8 is worse; 1 -> 4 is closer than the two rows' spread
+    assert ordering["verdict"] == "does not hold over the 3 rows run (within the seed spread)"
+    assert query["verdict"] == "holds against the 1 other row run (within the seed spread)"  # 40 vs 40.5
+    assert correlation["verdict"] == "holds" and correlation["measured"] == "r = -0.90 over 3 rows"
+    table = claims_markdown(claims(report))
+    assert table.count("\n| ") == 5 and "## The paper's claims" in table
 
 
 def test_the_gpu_script_asks_for_the_gpu_preset_on_cuda():
