@@ -130,13 +130,17 @@ TINY = ["batch_size=8", "log_every=1", "checkpoint_every=2", "sample_every=0", "
         "optim.warmup_steps=1", "serve_steps=[1, 2, 4]"]
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distill")
+def distill_setup(root: Path) -> tuple[Path, Path]:
+    """Prepared data (128 images) and a random teacher, for tiny distillation runs."""
     data = root / "fmnist"
     assert main(["prepare", "--data", FMNIST, "--limit", "128", "--space", "pixel", "--encoders", "class",
                  "--out", str(data)]) == 0
     return data, save_teacher(root / "teacher", input_size=28, hidden=32)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return distill_setup(tmp_path_factory.mktemp("distill"))
 
 
 def distill(setup, out, steps, *extra):

@@ -9,16 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from groupdiff.cli import main
 from groupdiff.distill.config import DMDConfig
 from groupdiff.distill.dmd import distribution_matching_loss, generator_loss, renoise_times
 from groupdiff.distill.student import generate_student
 from groupdiff.model import load_model
 from groupdiff.serving.spec import spec_from_checkpoint
 
-from .test_distill import TINY, save_teacher
-
-FMNIST = "/usr/share/datasets/fashion-mnist"
+from .test_distill import distill, distill_setup
 
 
 def gaussian_velocity(mean: torch.Tensor, std: float):
@@ -69,25 +66,16 @@ def test_distribution_matching_moves_a_generator_onto_the_teacher_distribution()
 
 @pytest.fixture(scope="module")
 def facm_student(tmp_path_factory):
-    """Prepared data, a random teacher, and a one-step FACM student of it."""
-    root = tmp_path_factory.mktemp("dmd")
-    data = root / "fmnist"
-    assert main(["prepare", "--data", FMNIST, "--limit", "128", "--space", "pixel", "--encoders", "class",
-                 "--out", str(data)]) == 0
-    teacher = save_teacher(root / "teacher", input_size=28, hidden=32)
-    assert run(data, teacher, root / "facm", 1, method="facm") == 0
-    return data, teacher, root / "facm/checkpoints/step-0000001"
+    """Prepared data and a random teacher (the kit), and a one-step FACM student of it."""
+    kit = distill_setup(tmp_path_factory.mktemp("dmd"))
+    out = kit[0].parent / "facm"
+    assert distill(kit, out, 1) == 0
+    return kit, out / "checkpoints/step-0000001"
 
 
-def run(data: Path, teacher: Path, out: Path, steps: int, *extra: str, method: str = "dmd", init: Path | None = None):
-    args = ["distill", "--teacher", str(teacher), "--config", "fmnist", "--data", str(data), "--out", str(out),
-            "--steps", str(steps)]
-    for item in TINY:
-        args += ["--set", item]
-    if method == "dmd":
-        args += ["--set", "method=dmd", "--set", "serve_steps=[1]", "--set", "dmd.critic_updates=2"]
-        args += ["--set", f"dmd.init={init}"] if init else []
-    return main(args + list(extra))
+def run(kit, out: Path, steps: int, *extra: str, init: Path | None = None) -> int:
+    dmd = ["--set", "method=dmd", "--set", "serve_steps=[1]", "--set", "dmd.critic_updates=2"]
+    return distill(kit, out, steps, *dmd, *(["--set", f"dmd.init={init}"] if init else []), *extra)
 
 
 FILES = ("model", "ema", "optimizer", "critic", "critic_optimizer")
@@ -98,10 +86,10 @@ def state(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 def test_a_dmd_run_starts_from_the_student_resumes_exactly_and_serves_one_step(facm_student, tmp_path):
-    data, teacher, init = facm_student
-    assert run(data, teacher, tmp_path / "straight", 3, init=init) == 0
-    assert run(data, teacher, tmp_path / "resumed", 2, init=init) == 0
-    assert run(data, teacher, tmp_path / "resumed", 3, "--resume", init=init) == 0
+    kit, init = facm_student
+    assert run(kit, tmp_path / "straight", 3, init=init) == 0
+    assert run(kit, tmp_path / "resumed", 2, init=init) == 0
+    assert run(kit, tmp_path / "resumed", 3, "--resume", init=init) == 0
     straight, resumed = (state(tmp_path / f"{name}/checkpoints/step-0000003") for name in ("straight", "resumed"))
     assert straight.keys() == resumed.keys() and any(k.startswith("critic.") for k in straight)
     for key in straight:
@@ -124,17 +112,17 @@ def test_a_dmd_run_starts_from_the_student_resumes_exactly_and_serves_one_step(f
 
 
 def test_bad_dmd_input_exits_2(facm_student, tmp_path, capsys):
-    data, teacher, init = facm_student
-    assert run(data, teacher, tmp_path / "a", 1, "--set", "serve_steps=[1, 2]", init=init) == 2
+    kit, init = facm_student
+    assert run(kit, tmp_path / "a", 1, "--set", "serve_steps=[1, 2]", init=init) == 2
     assert "1-step generator only" in capsys.readouterr().err
-    assert run(data, teacher, tmp_path / "b", 1, init=teacher) == 2
+    assert run(kit, tmp_path / "b", 1, init=kit[1]) == 2  # the teacher
     assert "not a distilled student" in capsys.readouterr().err
-    assert run(data, teacher, tmp_path / "c", 1, "--set", "group_size=2", init=init) == 2
+    assert run(kit, tmp_path / "c", 1, "--set", "group_size=2", init=init) == 2
     assert "group size 4" in capsys.readouterr().err
-    assert run(data, teacher, tmp_path / "d", 1, "--set", "dmd.t_min=0", init=init) == 2
+    assert run(kit, tmp_path / "d", 1, "--set", "dmd.t_min=0", init=init) == 2
     # a FACM checkpoint cannot be resumed as a DMD run (its setup differs) ...
-    assert run(data, teacher, tmp_path / "e", 1, method="facm") == 0
-    assert run(data, teacher, tmp_path / "e", 2, "--resume", init=init) == 2
+    assert distill(kit, tmp_path / "e", 1) == 0
+    assert run(kit, tmp_path / "e", 2, "--resume", init=init) == 2
     assert "different setup" in capsys.readouterr().err
     # ... and one written before the method fields existed still resumes as FACM
     config = tmp_path / "e/checkpoints/step-0000001/config.json"
@@ -142,4 +130,4 @@ def test_bad_dmd_input_exits_2(facm_student, tmp_path, capsys):
     for key in ("method", "dmd"):
         del info["metadata"]["distill_config"][key]
     config.write_text(json.dumps(info))
-    assert run(data, teacher, tmp_path / "e", 2, "--resume", method="facm") == 0
+    assert distill(kit, tmp_path / "e", 2, "--resume") == 0
