@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from groupdiff.config import find_config, load_config, to_dict
+from groupdiff.errors import RunStopped
 from groupdiff.evaluation.generation import load_generator
 from groupdiff.training import distributed
 from groupdiff.training.config import TRAJECTORY_FIELDS, TrainConfig
@@ -156,7 +157,7 @@ def train_row(config: TrainConfig, prepared, dist) -> Path:
                          f"checkpoint at {config.steps}; use another --out")
     trainer.train()
     if trainer.step < config.steps or not at_budget.is_dir():
-        raise RuntimeError(f"{config.out} stopped at step {trainer.step} of {config.steps}; rerun to resume")
+        raise RunStopped(f"{config.out} stopped at step {trainer.step} of {config.steps}; rerun to resume")
     return at_budget
 
 

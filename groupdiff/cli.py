@@ -2,7 +2,7 @@
 
 Each subcommand lives in `groupdiff.commands.<name>` with a ``register(subparsers)`` function that
 adds its parser and sets ``run``. Bad input exits with code 2 and a one-line message, never a
-traceback.
+traceback; a benchmark whose training SIGTERM stopped (checkpoint saved) exits with 143 the same way.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from collections.abc import Sequence
 
 from . import __version__
 from .commands import bench, distill, eval, export, generate, loadtest, prepare, sample, serve, train
+from .errors import RunStopped
 
 EXIT_BAD_INPUT = 2  # bad input: one line on stderr, no traceback
+EXIT_STOPPED = 143  # 128 + SIGTERM: stopped before its result, resumable
 COMMANDS = (prepare, train, distill, sample, eval, export, bench, serve, generate, loadtest)
 
 
@@ -37,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"groupdiff {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunStopped as stopped:
+        print(f"groupdiff {args.command}: stopped: {stopped}", file=sys.stderr)
+        return EXIT_STOPPED
     return 0
 
 

@@ -3,6 +3,10 @@ its errors, the sampling-time schedule it passes to generation, and the table's 
 
 import json
 import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +104,21 @@ def test_an_interrupted_row_resumes_its_training_and_scores_the_same(setup, caps
     assert "resumed from" in printed.out + printed.err and "at step 2" in printed.out + printed.err
     again = json.loads((out / "results.json").read_text())["runs"][0]
     assert again["sweep"] == first["sweep"] and again["no_cfg"] == first["no_cfg"]  # exact resume, same samples
+
+
+def test_sigterm_during_a_row_saves_it_and_exits_143_without_a_traceback(setup):
+    out = setup / "sigterm"
+    args = [*MICRO, "--steps", "100000", "--rows", "baseline", "--data", str(setup / "data"), "--out", str(out)]
+    process = subprocess.Popen([sys.executable, "-m", "groupdiff", "bench", "quality", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (out / "baseline/seed-0/log.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, output
+    assert "groupdiff bench: stopped: " in output and "rerun to resume" in output and "Traceback" not in output
+    assert (out / "baseline/seed-0/checkpoints/latest").is_file() and not (out / "results.json").exists()
 
 
 def test_bad_rows_and_changed_settings_are_clear_errors(setup, tmp_path, capsys):
