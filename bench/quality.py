@@ -9,6 +9,7 @@ ablations and the plot are rebuilt from results.json at the end.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -24,7 +25,7 @@ from groupdiff.evaluation.generation import load_generator
 from groupdiff.training import distributed
 from groupdiff.training.config import TRAJECTORY_FIELDS, TrainConfig
 from groupdiff.training.data import FASHION_MNIST_DIR
-from groupdiff.training.prepared import load_prepared
+from groupdiff.training.prepared import PreparedData, load_prepared
 from groupdiff.training.run_folder import check_same_setup, checkpoint_folder
 from groupdiff.training.trainer import Trainer
 
@@ -56,7 +57,6 @@ def run(budget: Budget, recipe: str, data: str | None, out: str, command: str, d
                        seed=EVAL_SEED, reference=reference, reference_count=reference_count, cache=cache,
                        classifier=classifier, progress=progress, device=device)
     dist = distributed.setup(device)
-    prepared = {}
     runs = [(name, seed) for name in rows for seed in budget.seeds]
     for index, (name, seed) in enumerate(runs, 1):
         if (name, seed) in done:
@@ -64,11 +64,9 @@ def run(budget: Budget, recipe: str, data: str | None, out: str, command: str, d
             continue
         print(f"quality [{index}/{len(runs)}]: {name} seed {seed}")
         config = row_config(budget, recipe, data, out_dir / name / f"seed-{seed}", seed, device, ROWS[name])
-        if config.data not in prepared:
-            prepared[config.data] = load_prepared(config.data)
         reused = checkpoint_folder(Path(config.out), config.steps).is_dir()
         start = time.perf_counter()
-        checkpoint = train_row(config, prepared[config.data], dist)
+        checkpoint = train_row(config, dist)
         trained = time.perf_counter() - start
         record = sweep_and_fid(ema_generator(checkpoint, dist.device), _for_row(scoring, config),
                                list(budget.scales), budget.num_samples, budget.fid_samples)
@@ -91,13 +89,11 @@ def run(budget: Budget, recipe: str, data: str | None, out: str, command: str, d
 
 def _train_rows(budget: Budget, rows: list[str], recipe: str, data: str | None, out_dir: Path, device: str) -> dict:
     dist = distributed.setup(device)
-    trained, prepared = {}, {}
+    trained = {}
     for name in rows:
         for seed in budget.seeds:
             config = row_config(budget, recipe, data, out_dir / name / f"seed-{seed}", seed, device, ROWS[name])
-            if config.data not in prepared:
-                prepared[config.data] = load_prepared(config.data)
-            trained[f"{name}/seed-{seed}"] = str(train_row(config, prepared[config.data], dist))
+            trained[f"{name}/seed-{seed}"] = str(train_row(config, dist))
             print(f"quality: trained {name} seed {seed}: {trained[f'{name}/seed-{seed}']}")
     return {"trained": trained}
 
@@ -138,7 +134,13 @@ def row_config(budget: Budget, recipe: str, data: str | None, out: Path, seed: i
     return load_config(TrainConfig, find_config(recipe, "train"), fixed + row)
 
 
-def train_row(config: TrainConfig, prepared, dist) -> Path:
+@functools.cache
+def _prepared(folder: str) -> PreparedData:
+    """Loaded once per process, and only when a row is trained: scoring rows trained elsewhere needs no data."""
+    return load_prepared(folder)
+
+
+def train_row(config: TrainConfig, dist) -> Path:
     """Train (or resume) to ``config.steps`` and return the checkpoint at that step.
 
     A checkpoint already at that step is used as it is once its recorded setup matches the row's: the
@@ -151,7 +153,7 @@ def train_row(config: TrainConfig, prepared, dist) -> Path:
         check_same_setup(at_budget, "train_config", to_dict(config), TRAJECTORY_FIELDS)
         print(f"quality: using {at_budget}")
         return at_budget
-    trainer = Trainer(config, prepared, dist, resume="auto")
+    trainer = Trainer(config, _prepared(config.data), dist, resume="auto")
     if trainer.step > config.steps:
         raise ValueError(f"{config.out} holds a run past step {config.steps} (step {trainer.step}) without a "
                          f"checkpoint at {config.steps}; use another --out")

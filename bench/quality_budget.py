@@ -25,7 +25,6 @@ from groupdiff.evaluation.images import SampleSet
 from groupdiff.evaluation.reference import load_reference
 from groupdiff.training import distributed
 from groupdiff.training.data import FASHION_MNIST_DIR
-from groupdiff.training.prepared import load_prepared
 
 from .quality import EVAL_SEED, ema_generator, load_report, row_config, save_report, train_row
 from .quality_eval import Sampling, score
@@ -73,7 +72,6 @@ def run(budget: Budget, points: list[int], row: str, seed: int, ratio: float, re
     done = {p["steps"] for p in report["points"]} if "points" in report else set()
     report.setdefault("points", [])
     dist = distributed.setup(device)
-    prepared = None
     for steps in sorted(points):
         if stop_within and any(p["fid"] <= target for p in report["points"]):
             print(f"quality-budget: a point is already within {ratio:g}x the floor; not training past it")
@@ -82,10 +80,9 @@ def run(budget: Budget, points: list[int], row: str, seed: int, ratio: float, re
             continue
         config = row_config(replace(budget, steps=steps, extra=(*budget.extra, KEEP_EVERY_CHECKPOINT)), recipe,
                             data, out_dir / row / f"seed-{seed}", seed, device, ROWS[row])
-        prepared = prepared or load_prepared(config.data)
         print(f"quality-budget: {row} seed {seed} to step {steps}")
         start = time.perf_counter()
-        checkpoint = train_row(config, prepared, dist)
+        checkpoint = train_row(config, dist)
         trained = time.perf_counter() - start
         scored = score(ema_generator(checkpoint, dist.device), replace(sampling, group_size=config.plan.group_size),
                        budget.fid_samples, 0.0, METRICS)["metrics"]
