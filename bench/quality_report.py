@@ -63,7 +63,8 @@ def markdown_table(report: dict) -> str:
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     settings = report["settings"]
     notes = [
-        "", f"Command: `{report['command']}`", "",
+        "", "Commands (the first made results.json, each later one added rows or seeds): "
+        + "; ".join(f"`{c}`" for c in report.get("commands", [report["command"]])), "",
         f"Training: {settings['steps']} steps x batch {settings['batch_size']} for every row "
         f"of `{settings['recipe']}` (model overrides: {settings['model_overrides'] or 'none'}; fixed overrides: "
         f"{list(settings['extra']) or 'none'}); training seeds {list(settings['seeds'])}.",
@@ -77,8 +78,8 @@ def markdown_table(report: dict) -> str:
     ]
     names, s_cross, quality, metric = correlation_points(report)
     r = pearson(s_cross, quality)
-    notes += ["", f"Fig. 5 analogue (`fid_vs_s_cross.png`): Pearson r between per-row mean {metric} without CFG and "
-              f"S_cross = {'n/a' if r is None else f'{r:.2f}'} over {len(names)} rows with groups of more than 2 "
+    notes += ["", f"Fig. 5 analogue (`fid_vs_s_cross.png`): Pearson r between per-row mean {metric} (best scale) "
+              f"and S_cross = {'n/a' if r is None else f'{r:.2f}'} over {len(names)} rows with groups of more than 2 "
               "(at N = 2 S_cross is 0 by definition)."]
     ablation = report.get("ablations")
     if ablation:
@@ -93,13 +94,14 @@ def markdown_table(report: dict) -> str:
 
 
 def correlation_points(report: dict) -> tuple[list[str], list[float], list[float], str]:
-    """Per-row means of (S_cross, FID without CFG), falling back to fd_classifier when no FID was run.
+    """Per-row means of (S_cross, FID with CFG at the row's best scale, as in the paper's Fig. 5), falling
+    back to fd_classifier when no FID was run.
 
     Rows with groups of 2 are left out: with one neighbour P_max = P_mean, so S_cross is 0 by definition
     (paper Eq. 8) and says nothing about how focused the attention is."""
     summary = [e for e in summarize(report["runs"])
                if e["S_cross"][0] is not None and int(row_settings(e["row"])["plan.group_size"]) > 2]
-    metric = "FID" if all(e["FID"][0] is not None for e in summary) else "fd_cls"
+    metric = "FID CFG" if all(e["FID CFG"][0] is not None for e in summary) else "fd_cls CFG"
     return ([e["row"] for e in summary], [e["S_cross"][0] for e in summary], [e[metric][0] for e in summary],
             metric)
 
@@ -124,7 +126,7 @@ def plot(report: dict, path: Path) -> float | None:
     axes.scatter(s_cross, quality)
     for name, x, y in zip(names, s_cross, quality, strict=True):
         axes.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    label = "FID (no CFG)" if metric == "FID" else "fd_classifier (no CFG; no FID in this run)"
+    label = "FID (CFG, best scale)" if metric == "FID CFG" else "fd_classifier (CFG, best scale; no FID in this run)"
     axes.set(xlabel="S_cross (mean over layers and times)", ylabel=label,
              title=f"{label.split(' (')[0]} vs S_cross: Pearson r = {'n/a' if r is None else f'{r:.2f}'} "
                    f"({len(names)} rows)")

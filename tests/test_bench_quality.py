@@ -74,7 +74,7 @@ def test_micro_run_writes_results_table_and_plot_and_a_rerun_skips_finished_rows
     assert "| first 20% |" in table and "| no layers |" in table
     assert [c["verdict"].split(" (")[0] for c in report["claims"]][2:] == ["not run", "not run"]
     assert "## The paper's claims" in table
-    assert report["claims"][0]["compared"] == "fd_cls without CFG: l-uc4 vs baseline"  # no FID in this run
+    assert report["claims"][0]["compared"] == "fd_cls CFG: l-uc4 vs baseline"  # no FID in this run
     assert (out / "fid_vs_s_cross.png").stat().st_size > 1000
     capsys.readouterr()
 
@@ -85,6 +85,7 @@ def test_micro_run_writes_results_table_and_plot_and_a_rerun_skips_finished_rows
     assert [(r["row"], r["seed"]) for r in report["runs"]][2:] == [("baseline", 1), ("l-uc4", 1)]
     assert report["ablations"] == ablation  # done once, on the first seed
     assert " ± " in (out / "table.md").read_text() and report["settings"]["seeds"] == [0, 1]
+    assert (out / "table.md").read_text().count("`groupdiff bench quality") == 2  # both commands
 
 
 def test_an_interrupted_row_resumes_its_training_and_scores_the_same(setup, capsys):
@@ -166,14 +167,15 @@ def test_spread_and_pearson():
 
 def scored(row: str, seed: int, fid: float, s_cross: float | None = None) -> dict:
     """A run record as `bench quality` writes it, with only the fields the claims read."""
-    no_cfg = {"fid": fid, "fd_classifier": fid / 10} | ({"s_cross": s_cross} if s_cross is not None else {})
-    return {"row": row, "seed": seed, "best_scale": 1.0, "no_cfg": no_cfg, "cfg": {"fid": fid - 1}}
+    no_cfg = {"fid": fid + 5, "fd_classifier": fid / 10} | ({"s_cross": s_cross} if s_cross is not None else {})
+    return {"row": row, "seed": seed, "best_scale": 1.0, "no_cfg": no_cfg, "cfg": {"fid": fid, "fd_classifier": 1.0}}
 
 
 def test_the_claims_are_judged_from_the_rows_present_and_their_spread():
     report = {"runs": [scored("baseline", 0, 40.0), scored("l-uc4", 0, 30.0, 0.2)]}
     gain, ordering, query, correlation = claims(report)
-    assert gain["verdict"] == "holds (one seed: spread unknown)" and "+25.0% lower" in gain["measured"]
+    assert gain["verdict"] == "holds (one seed: spread unknown)"
+    assert gain["measured"] == "40.00 → 30.00 (+25.0% lower); without CFG 45.00 → 35.00"
     assert ordering["verdict"].startswith("holds over the 2 rows run")
     assert query["verdict"].startswith("not run") and correlation["verdict"].startswith("not run")
 
