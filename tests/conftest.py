@@ -1,7 +1,26 @@
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
 from groupdiff.model import GroupDiT, model_config
+
+
+def sigterm_once_logging(arguments: list[str], log: Path, timeout: float = 120) -> tuple[int, str]:
+    """Run ``python -m groupdiff <arguments>``, send SIGTERM once ``log`` exists (training has taken a
+    step), and return its exit code and combined output."""
+    process = subprocess.Popen([sys.executable, "-m", "groupdiff", *arguments], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + timeout
+    while not log.is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
 
 
 def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:

@@ -3,10 +3,6 @@ its errors, the sampling-time schedule it passes to generation, and the table's 
 
 import json
 import shlex
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +19,7 @@ from groupdiff.evaluation.generation import Generator, generate_set
 from groupdiff.model import GroupAttentionSchedule, GroupDiT, Guidance, model_config
 from groupdiff.training.data import FASHION_MNIST_DIR, load_fashion_mnist
 
-from .conftest import randomize
+from .conftest import randomize, sigterm_once_logging
 
 pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="Debian dataset-fashion-mnist missing")
 
@@ -110,14 +106,8 @@ def test_an_interrupted_row_resumes_its_training_and_scores_the_same(setup, caps
 def test_sigterm_during_a_row_saves_it_and_exits_143_without_a_traceback(setup):
     out = setup / "sigterm"
     args = [*MICRO, "--steps", "100000", "--rows", "baseline", "--data", str(setup / "data"), "--out", str(out)]
-    process = subprocess.Popen([sys.executable, "-m", "groupdiff", "bench", "quality", *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not (out / "baseline/seed-0/log.jsonl").is_file() and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode == 143, output
+    returncode, output = sigterm_once_logging(["bench", "quality", *args], out / "baseline/seed-0/log.jsonl")
+    assert returncode == 143, output
     assert "groupdiff bench: stopped: " in output and "rerun to resume" in output and "Traceback" not in output
     assert (out / "baseline/seed-0/checkpoints/latest").is_file() and not (out / "results.json").exists()
 

@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,8 @@ from safetensors.torch import load_file
 
 from groupdiff.cli import main
 from groupdiff.model import load_model
+
+from .conftest import sigterm_once_logging
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 TINY = [
@@ -113,14 +113,8 @@ def test_resume_refuses_a_mismatched_or_corrupt_checkpoint(prepared, tmp_path, c
 
 def test_sigterm_saves_a_checkpoint_that_resumes(prepared, tmp_path):
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "groupdiff", *command(prepared, out, 100000)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not (out / "log.jsonl").is_file() and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output
+    returncode, output = sigterm_once_logging(command(prepared, out, 100000), out / "log.jsonl")
+    assert returncode == 0, output
     assert "stopped by SIGTERM" in output
     stopped_at = int((out / "checkpoints/latest").read_text().strip().split("-")[1])
     assert 2 <= stopped_at < 100000
