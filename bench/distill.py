@@ -27,7 +27,7 @@ from groupdiff.distill.teacher import Teacher, load_teacher
 from groupdiff.evaluation import EvalSettings, SampleSet, evaluate, save_group_grid
 from groupdiff.evaluation.grid import to_uint8
 from groupdiff.model import load_model
-from groupdiff.model.checkpoint import read_checkpoint_info
+from groupdiff.model.checkpoint import preferred_weights, read_checkpoint_info
 from groupdiff.model.samplers import VelocityFn, sample
 from groupdiff.training.autoencoder import sample_decoder
 from groupdiff.training.data import FASHION_MNIST_DIR
@@ -71,8 +71,7 @@ def student_contenders(checkpoint: str, label: str, samplers: list[str] | None =
     distill = read_checkpoint_info(checkpoint)["metadata"].get("distill")
     if distill is None:
         raise ValueError(f"{checkpoint} is not a distilled student (no metadata['distill'])")
-    weights = "ema" if "ema" in read_checkpoint_info(checkpoint)["weights"] else "model"
-    model = load_model(checkpoint, weights=weights)
+    model = load_model(checkpoint, weights=preferred_weights(checkpoint))
 
     def velocity(y: torch.Tensor, group_size: int) -> VelocityFn:
         return student_velocity(model, y, group_size)

@@ -129,7 +129,7 @@ def run(
     Cells not started within ``time_budget_s`` of the start are skipped (rows say so), so a bounded GPU
     run always ends with its table."""
     started = time.monotonic()
-    from groupdiff.serving.denoiser import served_weights
+    from groupdiff.model.checkpoint import preferred_weights
     from groupdiff.serving.spec import spec_from_checkpoint
 
     torch.set_num_threads(threads)
@@ -138,7 +138,7 @@ def run(
         raise ValueError(f"images per call ({batches}) must be positive multiples of every group size ({group_sizes})")
     with tempfile.TemporaryDirectory() as tmp:
         path, model = (Path(checkpoint), f"checkpoint {checkpoint}") if checkpoint else served_student(Path(tmp))
-        spec = spec_from_checkpoint(path, served_weights(path))
+        spec = spec_from_checkpoint(path, preferred_weights(path))
         max_groups = max(batches) // min(group_sizes)
         loaded, rows = {}, []
         for variant in tqdm(variants_for(device, variant_names), desc="load runtimes", leave=False):

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from groupdiff.model import fixed_sample_ids, load_model
-from groupdiff.model.checkpoint import CheckpointError, read_checkpoint_info
+from groupdiff.model.checkpoint import CheckpointError, preferred_weights, read_checkpoint_info
 from groupdiff.training.distributed import Distributed
 from groupdiff.training.optim import build_optimizer, learning_rate
 from groupdiff.training.prepared import PreparedData
@@ -60,7 +60,7 @@ class DMDDistiller(Distiller):
         if recorded["group_size"] != self.group_size:
             raise ValueError(f"dmd.init {init} was distilled at group size {recorded['group_size']}, "
                              f"this run uses {self.group_size}")
-        student = load_model(init, weights="ema" if "ema" in read_checkpoint_info(init)["weights"] else "model")
+        student = load_model(init, weights=preferred_weights(init))
         anchored = AnchoredStudent(student.config)
         anchored.load_state_dict(student.state_dict())
         return anchored

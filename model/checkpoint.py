@@ -103,6 +103,12 @@ def save_model(
     return Path(directory)
 
 
+def preferred_weights(directory: str | os.PathLike) -> str:
+    """The weights a checkpoint is used with when none are named: ``ema`` when it has them, else ``model``
+    (a serving folder holds only ``model``)."""
+    return "ema" if "ema" in read_checkpoint_info(directory).get("weights", {}) else "model"
+
+
 def read_checkpoint_info(directory: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``config.json`` of a checkpoint, checked for format and version."""
     folder = Path(directory)

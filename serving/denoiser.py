@@ -15,7 +15,7 @@ import os
 import torch
 from torch import nn
 
-from groupdiff.model.checkpoint import load_model, read_checkpoint_info
+from groupdiff.model.checkpoint import load_model, preferred_weights
 from groupdiff.model.dit import GroupDiT, fixed_sample_ids
 from groupdiff.model.guidance import Guidance, guided_velocity_per_sample
 
@@ -52,15 +52,11 @@ class ServedDenoiser(nn.Module):
         return v.view(x.shape)
 
 
-def served_weights(checkpoint: str | os.PathLike) -> str:
-    """The weights a server runs: ``ema`` when the checkpoint has them, else ``model``."""
-    return "ema" if "ema" in read_checkpoint_info(checkpoint).get("weights", {}) else "model"
-
 
 def load_denoiser(
     checkpoint: str | os.PathLike, weights: str | None = None, device: str | torch.device = "cpu"
 ) -> ServedDenoiser:
-    weights = weights or served_weights(checkpoint)
+    weights = weights or preferred_weights(checkpoint)
     spec = spec_from_checkpoint(checkpoint, weights)
     return ServedDenoiser(load_model(checkpoint, weights, device), spec).eval()
 

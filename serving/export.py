@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from groupdiff.model.checkpoint import preferred_weights
+
 from .decoders import latent_decoder_module
-from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, OUTPUT_NAME, ServedDenoiser, load_denoiser, served_weights
+from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, OUTPUT_NAME, ServedDenoiser, load_denoiser
 from .spec import DenoiserSpec
 
 ONNX_FORMAT = "groupdiff-onnx"
@@ -50,7 +52,7 @@ def export_denoiser(
     simplify: bool = False,
 ) -> dict[str, Any]:
     """Export a teacher (guided) or student denoiser to ``out``; returns the metadata written into it."""
-    weights = weights or served_weights(checkpoint)
+    weights = weights or preferred_weights(checkpoint)
     return export_served_denoiser(load_denoiser(checkpoint, weights), out, weights, max_group_size, max_groups,
                                   simplify)
 

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from groupdiff.evaluation.grid import to_uint8
+from groupdiff.model.checkpoint import preferred_weights
 
 from .decoders import autoencoder_folder, autoencoder_hash
-from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, check_velocity_inputs, load_denoiser, served_weights
+from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, check_velocity_inputs, load_denoiser
 from .engine_cache import EngineCache, EngineKey
 from .export import DECODER_INPUT, OPSET, create_session, export_decoder, export_served_denoiser, read_onnx_metadata
 from .spec import DenoiserSpec, spec_from_checkpoint
@@ -98,7 +99,7 @@ class OnnxRuntime:
         providers: list[str] | None = None,
         threads: int | None = None,
     ) -> OnnxRuntime:
-        weights = weights or served_weights(checkpoint)
+        weights = weights or preferred_weights(checkpoint)
         if model_file is None:
             model_file = cached_denoiser_onnx(checkpoint, weights, max_groups, EngineCache(cache_dir))
         return cls(model_file, spec_from_checkpoint(checkpoint, weights), device, providers, threads)

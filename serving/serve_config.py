@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from groupdiff.model.checkpoint import read_checkpoint_info
+from groupdiff.model.checkpoint import preferred_weights, read_checkpoint_info
 
 from .defaults import BUNDLED_STUDENT
 from .metrics import ServingMetrics
@@ -63,12 +63,8 @@ def check_checkpoint(path: str | os.PathLike) -> DenoiserSpec:
                 "fmnist --export-to groupdiff/assets/fmnist-student` (docs/distill.md), or pass --checkpoint PATH"
                 if folder.resolve() == BUNDLED_STUDENT else "pass --checkpoint with a checkpoint folder")
         raise FileNotFoundError(f"checkpoint folder not found: {folder}; {hint}")
-    return spec_from_checkpoint(folder, served_weights(folder))
+    return spec_from_checkpoint(folder, preferred_weights(folder))
 
-
-def served_weights(checkpoint: str | os.PathLike) -> str:
-    """``ema`` when the checkpoint has it, else ``model``."""
-    return "ema" if "ema" in read_checkpoint_info(checkpoint).get("weights", {}) else "model"
 
 
 def default_group_size(checkpoint: str | os.PathLike, spec: DenoiserSpec) -> int:

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
-from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, OUTPUT_NAME, check_velocity_inputs, served_weights
+from groupdiff.model.checkpoint import preferred_weights
+
+from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, OUTPUT_NAME, check_velocity_inputs
 from .engine_cache import EngineCache, EngineKey, EngineMismatchError, check_sidecar, read_sidecar
 from .export import OPSET
 from .runtime import RuntimeShapeError
@@ -182,7 +184,7 @@ def tensorrt_engine(
     from .onnx_runtime import cached_denoiser_onnx
 
     trt = import_tensorrt()
-    weights = weights or served_weights(checkpoint)
+    weights = weights or preferred_weights(checkpoint)
     spec = spec_from_checkpoint(checkpoint, weights)
     profiles = engine_profiles(spec, group_sizes, max_groups, opt_groups)
     capability = gpu_compute_capability(device)
@@ -228,7 +230,7 @@ class TensorRTRuntime:
                         max_groups: int = DEFAULT_MAX_GROUPS, cache_dir: str | os.PathLike | None = None,
                         group_sizes: tuple[int, ...] | None = None, cuda_graphs: bool = False) -> TensorRTRuntime:
         """``model_file``: a serialised engine (with its sidecar) or an ONNX export to build from."""
-        weights = weights or served_weights(checkpoint)
+        weights = weights or preferred_weights(checkpoint)
         engine = model_file
         if model_file is None or Path(model_file).suffix == ".onnx":
             engine = tensorrt_engine(checkpoint, weights, precision, group_sizes, max_groups, device=device,

@@ -34,9 +34,9 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from groupdiff.model.checkpoint import atomic_directory, read_checkpoint_info
+from groupdiff.model.checkpoint import atomic_directory, preferred_weights, read_checkpoint_info
 
-from .serve_config import check_checkpoint, served_weights
+from .serve_config import check_checkpoint
 from .spec import DenoiserSpec
 from .triton import INPUTS, MODEL_NAME
 from .triton_backend import CHECKPOINT_DIR, SETTINGS_FILE
@@ -142,7 +142,7 @@ def write_triton_repository(checkpoint: str | os.PathLike, out: str | os.PathLik
             if runtime == "onnxruntime":  # export now, into the engine cache the model will read
                 from .runtimes import load_runtime
 
-                load_runtime("onnxruntime", version / CHECKPOINT_DIR, weights=served_weights(checkpoint),
+                load_runtime("onnxruntime", version / CHECKPOINT_DIR, weights=preferred_weights(checkpoint),
                              max_groups=max_groups, cache_dir=version / "engines").close()
         else:
             write_config(tmp / "denoiser", denoiser_config(spec, max_groups, engine_instances, queue_delay_us,
