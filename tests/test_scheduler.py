@@ -164,8 +164,14 @@ def test_cancel_and_deadline_free_places(checkpoint):
         # both requests' 32 groups are gone: a full-size request is accepted and answered at once
         again = running.submit_future(request(running, class_id=2, num_images=16, group_size=1), encode=False)
         assert again.result(30).images.shape[0] == 16
-        samples = {s.labels.get("outcome"): s.value for s in running.metrics.requests.collect()[0].samples
-                   if s.name.endswith("_total")}
+        def outcomes() -> dict:
+            return {s.labels.get("outcome"): s.value for s in running.metrics.requests.collect()[0].samples
+                    if s.name.endswith("_total")}
+
+        deadline = time.time() + 5  # the scheduler counts an outcome just after it answers the request
+        while outcomes().get("ok", 0) < 1 and time.time() < deadline:
+            time.sleep(0.01)
+        samples = outcomes()
         assert samples["cancelled"] == 1 and samples["deadline"] == 1 and samples["ok"] == 1
     finally:
         running.close()
