@@ -72,7 +72,7 @@ class DMDDistiller(Distiller):
         generator = step_generator(config.seed, self.step, self.dist.rank)
         y = self.data.labels[batch.groups[:, 0]].repeat_interleave(n).to(self.device)  # (G·N,) anchor's class
         ids = fixed_sample_ids(len(y), n, self.device)
-        groups, shape = len(batch.groups), (len(y), *self.samples.shape[1:])
+        groups, shape = len(batch.groups), (len(y), *self.data.samples.shape[1:])
 
         def draw(*size) -> torch.Tensor:
             return torch.randn(*size, generator=generator).to(self.device)

@@ -96,7 +96,6 @@ class Distiller(RunLoop):
         plan = PlanConfig(mode="groupdiff-f", group_size=self.group_size, label_dropout=0.0, query=config.query)
         self.plan = GroupBatchPlan(plan, data.neighbours(config.query), len(data.samples), config.batch_size,
                                    dist.world_size, config.seed)
-        self.samples = data.samples.to(self.device)
         self.autocast_dtype = autocast_dtype(config.precision, self.device)
         if self.autocast_dtype is not None and config.method == "facm" and config.facm.derivative == "fd":
             raise ValueError("finite differences need fp32 (a step of 2e-5 in t is below bf16 resolution): "
@@ -117,10 +116,10 @@ class Distiller(RunLoop):
         index = batch.groups.reshape(-1)  # (G·N,) group-major
         labels = self.data.labels[batch.groups[:, 0]].repeat_interleave(n)  # each group is its anchor's class
         t = sample_times(len(batch.groups), n, config.facm, config.serve_steps, generator)
-        noise = torch.randn(len(index), *self.samples.shape[1:], generator=generator)
+        noise = torch.randn(len(index), *self.data.samples.shape[1:], generator=generator)
         to = {"device": self.device}
         y, t, noise = labels.to(**to), t.to(**to), noise.to(**to)
-        x_t = interpolate(self.samples[index.to(**to)], noise, t)
+        x_t = interpolate(self.data.gather(index, self.device), noise, t)
         ids = fixed_sample_ids(len(y), n, self.device)  # the ids the teacher and the served student use
 
         def student(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,8 @@ def test_pixel_space_output_and_reader(pixel_run):
     assert data.num_classes == 10 and data.class_names == FASHION_MNIST_CLASSES
     assert data.encoders() == ["efficientnet", "class", "random"]
     torch.testing.assert_close(data.decode(data.samples[:3]), data.samples[:3])
+    index = torch.tensor([[7, 3], [3, 199]]).reshape(-1)  # a group-major batch may repeat a sample
+    assert torch.equal(data.gather(index, torch.device("cpu")), data.samples[[7, 3, 3, 199]])
     for name in data.encoders():
         assert Image.open(out / "neighbours" / f"{name}.png").size[0] > 4 * 28
     assert yaml.safe_load((out / "config.yaml").read_text())["data"]["limit"] == 200

@@ -58,6 +58,11 @@ class PreparedData:
             return GroupNeighbours.of_groups(torch.zeros_like(self.labels))
         return load_neighbours(self.root / "neighbours" / f"{encoder}.safetensors")
 
+    def gather(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Samples at ``index`` (B,) -> (B, C, H, W) on ``device``. The set stays in host memory: an
+        ImageNet latent set (~21 GB) would otherwise take a copy of GPU memory on every rank."""
+        return self.samples[index.cpu()].to(device, non_blocking=True)
+
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
         """Model-space samples (B, C, H, W) -> images (B, C', H', W') in [-1, 1]."""
         if self._decoder is None:

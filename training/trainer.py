@@ -106,7 +106,6 @@ class Trainer(RunLoop):
         self.plan = GroupBatchPlan(
             config.plan, neighbours, len(data.samples), config.batch_size, dist.world_size, config.seed
         )
-        self.samples = data.samples.to(self.device)
         self.autocast_dtype = autocast_dtype(config.precision, self.device)
         self.step = 0
         self.stop_requested = False
@@ -117,7 +116,7 @@ class Trainer(RunLoop):
     def _draw_inputs(self, batch: StepBatch, generator: torch.Generator) -> list[LossInputs]:
         """All random inputs of this rank's step, drawn in one fixed order (singles, then groups), so
         that splitting the step into accumulation micro-batches does not change what is drawn."""
-        n, sample_shape = self.config.plan.group_size, self.samples.shape[1:]
+        n, sample_shape = self.config.plan.group_size, self.data.samples.shape[1:]
         inputs = []
         if len(batch.singles):
             idx = batch.singles
@@ -136,7 +135,7 @@ class Trainer(RunLoop):
 
     def _loss(self, inputs: LossInputs) -> torch.Tensor:
         """Summed per-sample flow-matching loss of one forward."""
-        x0 = self.samples[inputs.index.to(self.device)]
+        x0 = self.data.gather(inputs.index, self.device)
         to = {"device": self.device}
         autocast = (
             torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
@@ -202,9 +201,9 @@ class Trainer(RunLoop):
         n = self.config.plan.group_size
         if n < 2 or self.plan.groups_per_rank == 0:
             return None
-        probe = self.plan.batch(0, 0).groups[:4].reshape(-1).to(self.device)
+        probe = self.plan.batch(0, 0).groups[:4].reshape(-1)
         generator = torch.Generator().manual_seed(self.config.seed)
-        x0 = self.samples[probe]
+        x0 = self.data.gather(probe, self.device)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         t = torch.full((len(probe),), 0.5, device=self.device)
         labels = torch.full((len(probe),), self.model.null_class, device=self.device)
