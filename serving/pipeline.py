@@ -30,7 +30,7 @@ STOCHASTIC_SAMPLERS = ("consistency",)
 
 def member_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Tensor:
     """(N, C, H, W) initial noise, one generator per member, so a member's noise depends on its seed only."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed)) for seed in seeds])
+    return _noise([np.random.SeedSequence(seed) for seed in seeds], shape)
 
 
 def step_noise(sampler: str, keys: Sequence[tuple[int, int]], shape: tuple[int, int, int]) -> torch.Tensor | None:
@@ -40,8 +40,15 @@ def step_noise(sampler: str, keys: Sequence[tuple[int, int]], shape: tuple[int, 
     the same whether the member runs alone, in a direct batch or in the scheduler's mixed batches."""
     if sampler not in STOCHASTIC_SAMPLERS:
         return None
-    seeds = [int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0]) for seed, step in keys]
-    return member_noise(seeds, shape)
+    # the spawn key puts step draws in their own stream: no (seed, step) draws another seed's initial noise
+    return _noise([np.random.SeedSequence(seed, spawn_key=(step,)) for seed, step in keys], shape)
+
+
+def _noise(seeds: Sequence[np.random.SeedSequence], shape: tuple[int, int, int]) -> torch.Tensor:
+    """One standard normal draw per seed sequence. NumPy's PCG64 takes every bit of a 63-bit seed; a
+    torch CPU generator keeps only the low 32, so seeds s and s + 2**32 would draw one image."""
+    draws = [np.random.default_rng(seed).standard_normal(shape, dtype=np.float32) for seed in seeds]
+    return torch.from_numpy(np.stack(draws))  # (N, C, H, W)
 
 
 def step_rule(sampler: str) -> StepRule:

@@ -34,6 +34,9 @@ def test_member_noise_depends_on_its_own_seed_only():
     alone = member_noise([5], (1, 8, 8))
     among = member_noise([1, 5, 9], (1, 8, 8))
     assert torch.equal(alone[0], among[1]) and not torch.equal(among[0], among[1])
+    # every bit of a seed counts (a torch CPU generator would keep only the low 32)
+    assert not torch.equal(alone[0], member_noise([5 + 2**32], (1, 8, 8))[0])
+    assert not torch.equal(alone[0], member_noise([5 + 2**62], (1, 8, 8))[0])
 
 
 def test_step_noise_depends_on_its_member_seed_and_step_only():
@@ -41,7 +44,8 @@ def test_step_noise_depends_on_its_member_seed_and_step_only():
     alone = step_noise("consistency", [(5, 1)], (1, 8, 8))
     among = step_noise("consistency", [(9, 0), (5, 1), (5, 2)], (1, 8, 8))
     assert torch.equal(alone[0], among[1]) and not torch.equal(among[1], among[2])
-    assert not torch.equal(alone[0], member_noise([5], (1, 8, 8))[0])  # not the member's initial noise
+    first = step_noise("consistency", [(5, 0)], (1, 8, 8))[0]
+    assert not torch.equal(first, member_noise([5], (1, 8, 8))[0])  # not the member's initial noise
 
 
 def test_unknown_sampler_is_a_clear_error():
