@@ -1,7 +1,7 @@
 """``groupdiff bench distill``: few-step group students against their teacher's full recipe.
 
 Every contender draws the same evaluation set: groups of N images, group ``g`` of class ``g mod 10``,
-from the same initial noise (chunk ``c`` seeded ``seed + c``). The teacher samples with its recorded
+from the same initial noise (chunk ``c`` seeded ``chunk_seed(seed, c)``). The teacher samples with its recorded
 guided recipe (GroupDiff-l CFG, Heun); a student with its recorded rule (consistency steps, or Euler for
 students exported before that rule), one forward per step. A student distilled at
 group size 1 makes the same N images of a class independently (group size 1 forwards), so every row is
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from groupdiff.distill.student import student_velocity
 from groupdiff.distill.teacher import Teacher, load_teacher
 from groupdiff.evaluation import EvalSettings, SampleSet, evaluate, save_group_grid
+from groupdiff.evaluation.generation import chunk_seed
 from groupdiff.evaluation.grid import to_uint8
 from groupdiff.model import load_model
 from groupdiff.model.checkpoint import preferred_weights, read_checkpoint_info
@@ -35,8 +36,9 @@ from groupdiff.training.data import FASHION_MNIST_DIR
 from .report import format_table, json_ready, write_report
 
 FAST_METRICS = ["accuracy", "fd_classifier", "diversity"]
-# chunk c's fresh noise between consistency steps is seeded seed + offset + c, apart from its initial noise
-STEP_NOISE_OFFSET = 1_000_003
+# chunk c's fresh noise between consistency steps is seeded chunk_seed(seed, c) + offset, a stream apart
+# from every initial noise (chunk seeds stay below 2**31)
+STEP_NOISE_OFFSET = 2**31
 
 
 @dataclass
@@ -89,7 +91,7 @@ def noise_and_labels(groups: int, group_size: int, shape: tuple[int, ...], seed:
     out = []
     for index, start in enumerate(range(0, groups, chunk)):
         count = min(chunk, groups - start) * group_size
-        generator = torch.Generator().manual_seed(seed + index)
+        generator = torch.Generator().manual_seed(chunk_seed(seed, index))
         out.append((torch.randn(count, *shape, generator=generator), labels[start * group_size:][:count]))
     return out
 
@@ -100,7 +102,8 @@ def draw(contender: Contender, inputs: list[tuple[torch.Tensor, torch.Tensor]], 
     samples = []
     for index, (noise, y) in enumerate(tqdm(inputs, desc=contender.name, disable=not progress, leave=False)):
         velocity = contender.velocity(y, contender.forward_group_size)
-        between = torch.Generator().manual_seed(seed + STEP_NOISE_OFFSET + index)  # the consistency rule's fresh noise
+        # the consistency rule's fresh noise
+        between = torch.Generator().manual_seed(chunk_seed(seed, index) + STEP_NOISE_OFFSET)
         samples.append(sample(velocity, noise, contender.steps, contender.sampler, generator=between))
     return torch.cat(samples)
 

@@ -2,7 +2,7 @@
 
 Group ``g`` is conditioned on class ``g mod num_classes``, so any sample count that is a multiple
 of ``group_size × num_classes`` is exactly class-balanced. Groups are generated in chunks of
-``batch_groups``; chunk ``c`` uses seed ``seed + c``, so a set is reproducible from (seed,
+``batch_groups``; chunk ``c`` uses seed ``chunk_seed(seed, c)``, so a set is reproducible from (seed,
 batch_groups) and the seeds are recorded.
 """
 
@@ -50,6 +50,24 @@ class GeneratedSet:
     seeds: list[int]  # one per chunk of groups
 
 
+CHUNK_SEED_STRIDE = 2**16  # chunks per set; seeds below 2**15 keep every chunk seed below 2**31
+MAX_SET_SEED = 2**15 - 1
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """Seed of chunk ``chunk`` of a set drawn with ``seed``, distinct for every (seed, chunk).
+
+    ``seed + chunk`` made seed 1's chunks seed 0's shifted by one, so two "seeds" mostly shared their
+    noise; seed 0 keeps ``chunk``, so sets drawn before the stride are unchanged. The result stays
+    below 2**31 because a torch CPU generator keeps only the low 32 bits of its seed (callers may add
+    an offset of 2**31 for a second stream)."""
+    if not 0 <= seed <= MAX_SET_SEED:
+        raise ValueError(f"the evaluation seed must be in [0, {MAX_SET_SEED}], got {seed}")
+    if not 0 <= chunk < CHUNK_SEED_STRIDE:
+        raise ValueError(f"chunk index {chunk} outside [0, {CHUNK_SEED_STRIDE}): use larger chunks")
+    return seed * CHUNK_SEED_STRIDE + chunk
+
+
 def generate_set(generator: Generator, num_samples: int, group_size: int, steps: int, method: str,
                  guidance: Guidance, seed: int = 0, batch_groups: int = 16, progress: bool = True,
                  schedule: GroupAttentionSchedule | None = None) -> GeneratedSet:
@@ -65,8 +83,8 @@ def generate_set(generator: Generator, num_samples: int, group_size: int, steps:
     samples, images, seeds = [], [], []
     chunks = list(classes.split(batch_groups))
     for index, chunk in enumerate(tqdm(chunks, desc="generate", unit="chunk", disable=not progress)):
-        seeds.append(seed + index)
-        x = generate(generator.model, chunk, group_size, steps, method, guidance, seed + index,
+        seeds.append(chunk_seed(seed, index))
+        x = generate(generator.model, chunk, group_size, steps, method, guidance, seeds[-1],
                      schedule=schedule)  # (g·N, C, H, W)
         samples.append(x.cpu())
         images.append(to_uint8(generator.decode(x)))

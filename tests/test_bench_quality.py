@@ -15,7 +15,7 @@ from groupdiff.bench.quality_rows import PRESETS, ROWS, check_rows, layer_ranges
 from groupdiff.cli import build_parser, main
 from groupdiff.commands.bench import quality_budget
 from groupdiff.evaluation.classifier import ClassifierConfig, save_classifier, train_classifier
-from groupdiff.evaluation.generation import Generator, generate_set
+from groupdiff.evaluation.generation import Generator, chunk_seed, generate_set
 from groupdiff.model import GroupAttentionSchedule, GroupDiT, Guidance, model_config
 from groupdiff.training.data import FASHION_MNIST_DIR, load_fashion_mnist
 
@@ -146,6 +146,22 @@ def test_generate_set_applies_a_sampling_schedule():
     late = generate_set(generator, **common, schedule=GroupAttentionSchedule(window=(0.0, 0.6))).samples
     assert not torch.allclose(full, off) and not torch.allclose(full, late) and not torch.allclose(off, late)
     assert layer_ranges(6) == {"no layers": (), "layers 0-2": (0, 1, 2), "layers 3-5": (3, 4, 5)}
+
+
+def test_sets_drawn_with_different_seeds_share_no_chunk_noise():
+    config = model_config("DiT-T/4", input_size=8, in_channels=1, depth=2, num_classes=2, max_group_size=4)
+    generator = Generator(randomize(GroupDiT(config)).eval(), lambda x: x.clamp(-1, 1), "pixel", "memory")
+    common = dict(num_samples=16, group_size=4, steps=1, method="euler", progress=False, batch_groups=1,
+                  guidance=Guidance(scale=0.0, mode="groupdiff-l"))
+    seed0, seed1 = generate_set(generator, **common, seed=0), generate_set(generator, **common, seed=1)
+    assert seed0.seeds == [0, 1, 2, 3]  # seed 0's chunks keep the seeds they had before the stride
+    assert not set(seed0.seeds) & set(seed1.seeds)
+    first = seed0.samples.split(4)  # (4, C, H, W) per chunk
+    assert not any(torch.allclose(a, b) for a in first for b in seed1.samples.split(4))
+    with pytest.raises(ValueError, match="chunk index"):
+        chunk_seed(0, -1)
+    with pytest.raises(ValueError, match="evaluation seed"):
+        chunk_seed(2**15, 0)
 
 
 def test_spread_and_pearson():
