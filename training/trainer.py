@@ -37,9 +37,10 @@ if TYPE_CHECKING:
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     """The generator of one rank's step: independent of how many steps ran before it, and of the process
-    (a resumed process must draw what the killed one would have; Python's ``hash`` of a str is not stable)."""
-    state = np.random.SeedSequence([seed, step, rank, 0x67_72_6F_75_70]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+    (a resumed process must draw what the killed one would have; Python's ``hash`` of a str is not stable).
+    32 bits of state, because a torch CPU generator keeps only the low 32 bits of any seed."""
+    state = np.random.SeedSequence([seed, step, rank, 0x67_72_6F_75_70]).generate_state(1, np.uint32)[0]
+    return torch.Generator().manual_seed(int(state))
 
 
 def build_model(config: TrainConfig, data: PreparedData) -> GroupDiT:
