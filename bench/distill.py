@@ -33,6 +33,7 @@ from groupdiff.model.samplers import VelocityFn, sample
 from groupdiff.training.autoencoder import sample_decoder
 from groupdiff.training.data import FASHION_MNIST_DIR
 
+from .distill_report import markdown_tables, paired_differences, summarize
 from .report import format_table, json_ready, write_report
 
 FAST_METRICS = ["accuracy", "fd_classifier", "diversity"]
@@ -120,9 +121,9 @@ def seconds_per_group(contender: Contender, noise: torch.Tensor, y: torch.Tensor
     return statistics.median(times)
 
 
-def run(teacher_path: str, students: list[str], baseline: str | None, num_samples: int, fid_samples: int, seed: int,
-        repeats: int, out: str, command: str, reference: str = FASHION_MNIST_DIR, reference_count: int = 2000,
-        cache: str | None = None, classifier: str | None = None, progress: bool = True,
+def run(teacher_path: str, students: list[str], baseline: str | None, num_samples: int, fid_samples: int,
+        seeds: list[int], repeats: int, out: str, command: str, reference: str = FASHION_MNIST_DIR,
+        reference_count: int = 2000, cache: str | None = None, classifier: str | None = None, progress: bool = True,
         student_samplers: list[str] | None = None, teacher_alone: bool = False) -> Path:
     teacher = load_teacher(teacher_path)
     student = students[0]
@@ -132,83 +133,87 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
     if num_samples % (group_size * 10) or fid_samples > num_samples or fid_samples % group_size:
         raise ValueError(f"--num-samples must be a multiple of {group_size * 10} and --fid-samples a multiple of "
                          f"{group_size} no larger than it")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must name distinct evaluation seeds, got {seeds}")
+    for seed in seeds:
+        chunk_seed(seed, 0)  # a seed out of range fails here, before any sampling
     contenders = [teacher_contender(teacher, group_size)]
     for checkpoint in students:
         folder = Path(checkpoint)
         run = folder.parent.parent.name if folder.name.startswith("step-") else folder.name  # <run>/checkpoints/step-*
         name = f"student N={group_size}" + (f" ({run})" if len(students) > 1 else "")
         contenders += student_contenders(checkpoint, name, student_samplers)
-    grid_rows = [contenders[0].name] + [c.name for c in contenders[1:]][: len(student_steps(student))]
+    first_student = [c for c in contenders[1:] if c.checkpoint == student]
+    grid_rows = [contenders[0].name] + [c.name for c in first_student][: len(student_steps(student))]
+    pairs = []
     if teacher_alone:
         contenders.append(teacher_contender(teacher, group_size, alone=True))
+        pairs.append((contenders[0].name, contenders[-1].name))
     if baseline:
-        contenders += student_contenders(baseline, "student N=1", student_samplers)
+        singles = student_contenders(baseline, "student N=1", student_samplers)
+        contenders += singles
+        pairs += [(group.name, single.name) for group in first_student for single in singles
+                  if (group.steps, group.sampler) == (single.steps, single.sampler)]
     config = teacher.model.config
     data = read_checkpoint_info(teacher_path)["metadata"].get("data", {})
     autoencoder = Path(data["root"]) / "autoencoder" if data.get("space") == "latent" else None
     decode = sample_decoder(data.get("space", "pixel"), float(data.get("scale_factor", 1.0)), autoencoder)
     shape = (config.in_channels, config.input_size, config.input_size)
-    inputs = noise_and_labels(num_samples // group_size, group_size, shape, seed, config.num_classes, chunk=16)
-    labels = torch.cat([y for _, y in inputs]).numpy()
-    settings = {"reference": reference, "reference_count": reference_count, "cache": cache, "classifier": classifier,
-                "progress": progress, "seed": seed, "group_size": group_size}
-    rows, grids = [], {}
-    for contender in contenders:
-        start = time.perf_counter()
-        samples = draw(contender, inputs, seed, progress)
-        generate_s = time.perf_counter() - start
-        images = to_uint8(decode(samples))
-        grids[contender.name] = decode(samples[: 10 * group_size])
-        fast = evaluate(SampleSet(images, labels, contender.name), EvalSettings(metrics=FAST_METRICS, **settings))
-        metrics = dict(fast["metrics"])
-        if fid_samples:
-            fid = evaluate(SampleSet(images[:fid_samples], labels[:fid_samples], contender.name),
-                           EvalSettings(metrics=["fid"], **settings))
-            metrics["fid"] = fid["metrics"]["fid"]
-        one_group = inputs[0][0][:group_size], inputs[0][1][:group_size]
-        rows.append({
-            "model": contender.name, "steps": contender.steps, "sampler": contender.sampler,
-            "forward_group_size": contender.forward_group_size, "forwards_per_image": contender.forwards_per_image,
-            "s_per_group": seconds_per_group(contender, *one_group, repeats),
-            "generate_s_per_group": generate_s / (num_samples // group_size), **metrics,
-            "checkpoint": contender.checkpoint,
-        })
-    add_ratios(rows)
+    rows, grids, timings = [], {}, {}
+    for seed in seeds:
+        inputs = noise_and_labels(num_samples // group_size, group_size, shape, seed, config.num_classes, chunk=16)
+        labels = torch.cat([y for _, y in inputs]).numpy()
+        settings = {"reference": reference, "reference_count": reference_count, "cache": cache,
+                    "classifier": classifier, "progress": progress, "seed": seed, "group_size": group_size}
+        seed_rows = []
+        for contender in contenders:
+            start = time.perf_counter()
+            samples = draw(contender, inputs, seed, progress)
+            generate_s = time.perf_counter() - start
+            images = to_uint8(decode(samples))
+            grids.setdefault(contender.name, decode(samples[: 10 * group_size]))  # the first seed's
+            fast = evaluate(SampleSet(images, labels, contender.name), EvalSettings(metrics=FAST_METRICS, **settings))
+            metrics = dict(fast["metrics"])
+            if fid_samples:
+                fid = evaluate(SampleSet(images[:fid_samples], labels[:fid_samples], contender.name),
+                               EvalSettings(metrics=["fid"], **settings))
+                metrics["fid"] = fid["metrics"]["fid"]
+            if contender.name not in timings:  # wall time does not depend on the noise: timed once
+                one_group = inputs[0][0][:group_size], inputs[0][1][:group_size]
+                timings[contender.name] = seconds_per_group(contender, *one_group, repeats)
+            seed_rows.append({
+                "model": contender.name, "seed": seed, "steps": contender.steps, "sampler": contender.sampler,
+                "forward_group_size": contender.forward_group_size,
+                "forwards_per_image": contender.forwards_per_image, "s_per_group": timings[contender.name],
+                "generate_s_per_group": generate_s / (num_samples // group_size), **metrics,
+                "checkpoint": contender.checkpoint,
+            })
+        add_ratios(seed_rows)
+        rows += seed_rows
+    summary, paired = summarize(rows), paired_differences(rows, pairs)
     folder = Path(out)
     path = write_report(folder / "results.json", "distill", command, json_ready(rows), {
         "teacher": teacher_path, "students": students, "baseline": baseline, "num_samples": num_samples,
-        "fid_samples": fid_samples, "seed": seed, "chunk_groups": 16, "repeats": repeats, "group_size": group_size,
+        "fid_samples": fid_samples, "seeds": seeds, "chunk_groups": 16, "repeats": repeats, "group_size": group_size,
         "reference": reference, "reference_count": reference_count, "threads": torch.get_num_threads(),
         "student_samplers": student_samplers or "recorded", "teacher_alone": teacher_alone,
-    })
-    (folder / "table.md").write_text(markdown_table(rows, num_samples, fid_samples) + "\n")
+    }, extra={"summary": json_ready(summary), "paired": json_ready(paired)})
+    (folder / "table.md").write_text(markdown_tables(summary, paired, num_samples, fid_samples) + "\n")
     save_comparison_grid(folder / "samples.png", [grids[name] for name in grid_rows], group_size)
-    plot_quality_vs_time(rows, folder / "quality_vs_time.png")
-    columns = ["model", "forwards_per_image", "s_per_group", "speedup", "fid", "fid_vs_teacher", "fd_classifier",
-               "accuracy", "diversity_ratio"]
+    plot_quality_vs_time([row for row in rows if row["seed"] == seeds[0]], folder / "quality_vs_time.png")
+    columns = ["model", "seed", "forwards_per_image", "s_per_group", "speedup", "fid", "fid_vs_teacher",
+               "fd_classifier", "accuracy", "diversity_ratio"]
     print(format_table(rows, [c for c in columns if c in rows[0]]))
     return path
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """FID relative to the teacher's and the teacher's wall time per group over each row's."""
+    """FID relative to the teacher's (same seed) and the teacher's wall time per group over each row's."""
     teacher = rows[0]
     for row in rows:
         row["speedup"] = teacher["s_per_group"] / row["s_per_group"]
         if "fid" in teacher:
             row["fid_vs_teacher"] = row["fid"] / teacher["fid"]
-
-
-def markdown_table(rows: list[dict], num_samples: int, fid_samples: int) -> str:
-    head = ["model", "forwards/image", "s/group (CPU)", "speed-up", f"FID (N={fid_samples})", "FID/teacher",
-            f"fd_classifier (N={num_samples})", "accuracy", "diversity ratio"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for r in rows:
-        cells = [r["model"], r["forwards_per_image"], f"{r['s_per_group']:.4f}", f"{r['speedup']:.1f}×",
-                 f"{r.get('fid', float('nan')):.1f}", f"{r['fid_vs_teacher']:.2f}" if "fid_vs_teacher" in r else "–",
-                 f"{r['fd_classifier']:.2f}", f"{r['accuracy']:.3f}", f"{r['diversity_ratio']:.3f}"]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    return "\n".join(lines)
 
 
 def student_steps(checkpoint: str) -> list[int]:

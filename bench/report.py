@@ -56,7 +56,9 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(path: str | os.PathLike, name: str, command: str, rows: list[dict], settings: dict) -> Path:
+def write_report(path: str | os.PathLike, name: str, command: str, rows: list[dict], settings: dict,
+                 extra: dict | None = None) -> Path:
+    """``extra``: further top-level sections (summaries derived from the rows)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     report = {
@@ -66,6 +68,7 @@ def write_report(path: str | os.PathLike, name: str, command: str, rows: list[di
         "machine": machine(),
         "settings": settings,
         "rows": rows,
+        **(extra or {}),
     }
     path.write_text(json.dumps(report, indent=2) + "\n")
     return path

@@ -211,18 +211,21 @@ def test_bench_distill_scores_the_teacher_and_each_student_rule(setup, tmp_path)
     from groupdiff.training.data import load_fashion_mnist
 
     assert distill(setup, tmp_path / "student", 1) == 0
+    assert distill(setup, tmp_path / "single", 1, "--set", "group_size=1") == 0
     data = load_fashion_mnist(split="train", limit=200)
     classifier = train_classifier(data.images.permute(0, 2, 3, 1).contiguous().numpy(), data.labels.numpy(),
                                   ClassifierConfig(), steps=3, batch_size=32)
     save_classifier(tmp_path / "classifier", classifier, {"dataset": "fmnist-200", "test_accuracy": None})
     out = tmp_path / "bench"
     assert main(["bench", "distill", "--teacher", str(setup[1]), "--student",
-                 str(tmp_path / "student/checkpoints/step-0000001"), "--num-samples", "40", "--fid-samples", "0",
-                 "--repeats", "1", "--student-samplers", "euler", "consistency", "--teacher-alone", "--classifier",
-                 str(tmp_path / "classifier"), "--cache", str(tmp_path / "cache"), "--reference-count", "40",
-                 "--out", str(out)]) == 0
-    rows = {row["model"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
-    assert len(rows) == 8 and next(iter(rows)).startswith("teacher (heun 3")
+                 str(tmp_path / "student/checkpoints/step-0000001"), "--baseline",
+                 str(tmp_path / "single/checkpoints/step-0000001"), "--num-samples", "40", "--fid-samples", "0",
+                 "--repeats", "1", "--student-samplers", "euler", "consistency", "--teacher-alone", "--seeds", "0",
+                 "3", "--classifier", str(tmp_path / "classifier"), "--cache", str(tmp_path / "cache"),
+                 "--reference-count", "40", "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    rows = {row["model"]: row for row in report["rows"] if row["seed"] == 0}
+    assert len(rows) == 14 and next(iter(rows)).startswith("teacher (heun 3")
     teacher, alone = (row for name, row in rows.items() if name.startswith("teacher"))
     assert alone["model"].startswith("teacher N=1") and alone["forward_group_size"] == 1
     assert alone["fd_classifier"] != teacher["fd_classifier"]  # the unconditional branch no longer sees the group
@@ -231,7 +234,43 @@ def test_bench_distill_scores_the_teacher_and_each_student_rule(setup, tmp_path)
     assert euler_1["fd_classifier"] == consistency_1["fd_classifier"]  # one step: both are the jump to x0
     assert euler_2["fd_classifier"] != consistency_2["fd_classifier"]  # after it: implied vs fresh noise
     assert all(row["speedup"] > 0 and 0 <= row["accuracy"] <= 1 for row in rows.values())
-    assert "| student N=4 4-step, consistency | 4 |" in (out / "table.md").read_text()
+    # a second seed draws other noise, and the timing is measured once per model
+    other = {row["model"]: row for row in report["rows"] if row["seed"] == 3}
+    assert other.keys() == rows.keys() and other[teacher["model"]]["fd_classifier"] != teacher["fd_classifier"]
+    assert all(other[name]["s_per_group"] == row["s_per_group"] for name, row in rows.items())
+    summary = {entry["model"]: entry for entry in report["summary"]}
+    values = [rows[teacher["model"]]["fd_classifier"], other[teacher["model"]]["fd_classifier"]]
+    assert summary[teacher["model"]]["fd_classifier"] == {"mean": sum(values) / 2, "min": min(values),
+                                                          "max": max(values)}
+    pairs = {(entry["group"], entry["single"]): entry for entry in report["paired"]}
+    assert set(pairs) == {(teacher["model"], alone["model"])} | {
+        (f"student N=4 {k}-step, {rule}", f"student N=1 {k}-step, {rule}")
+        for k in (1, 2, 4) for rule in ("euler", "consistency")}
+    delta = pairs[("student N=4 2-step, euler", "student N=1 2-step, euler")]["accuracy"]
+    single_2 = [r for r in report["rows"] if r["model"] == "student N=1 2-step, euler"]
+    assert delta["deltas"] == [euler_2["accuracy"] - single_2[0]["accuracy"],
+                               other["student N=4 2-step, euler"]["accuracy"] - single_2[1]["accuracy"]]
+    table = (out / "table.md").read_text()
+    assert "Mean (min–max) over evaluation seeds [0, 3]" in table and "| student N=4 4-step, consistency | 4 |" in table
+    assert "| student N=4 1-step, euler | student N=1 1-step, euler |" in table
+    assert main(["bench", "distill", "--teacher", str(setup[1]), "--student",
+                 str(tmp_path / "student/checkpoints/step-0000001"), "--seeds", "0", "0", "--out", str(out)]) == 2
+
+
+def test_paired_differences_call_a_sign_only_when_every_seed_agrees():
+    from groupdiff.bench.distill_report import paired_differences
+
+    def row(model, seed, fid, accuracy, fd):
+        return {"model": model, "seed": seed, "fid": fid, "accuracy": accuracy, "fd_classifier": fd}
+
+    rows = [row("group", 0, 10.0, 0.9, 5.0), row("single", 0, 11.0, 0.8, 5.0),
+            row("group", 1, 12.0, 0.9, 4.0), row("single", 1, 11.5, 0.8, 6.0)]
+    (entry,) = paired_differences(rows, [("group", "single")])
+    assert entry["fid"]["deltas"] == [-1.0, 0.5] and not entry["fid"]["group_better_on_every_seed"]
+    assert not entry["fid"]["group_worse_on_every_seed"]  # mixed signs: no call
+    assert entry["accuracy"]["group_better_on_every_seed"]  # higher accuracy is better
+    assert not entry["fd_classifier"]["group_better_on_every_seed"]  # a tie on seed 0 is not a win
+    assert not entry["fd_classifier"]["group_worse_on_every_seed"]
 
 
 def test_the_start_gap_is_zero_where_the_student_starts_at_its_target(setup):

@@ -115,7 +115,8 @@ def register(subparsers) -> None:
     distill.add_argument("--teacher-alone", action="store_true",
                          help="also sample the teacher with every image its own group (group size 1): the size-1 "
                               "student's target, and what joint generation adds in the teacher itself")
-    distill.add_argument("--seed", type=int, default=0)
+    distill.add_argument("--seeds", type=int, nargs="+", default=[0],
+                         help="evaluation seeds (noise of each set; several give the spread and paired differences)")
     distill.add_argument("--repeats", type=int, default=5, help="timed runs of one group per row (median)")
     add_scoring_args(distill)
     distill.add_argument("--out", default="docs/results/distill", help="folder for results.json, table.md, samples.png")
@@ -177,7 +178,7 @@ def run_bench_quality_budget(args: argparse.Namespace) -> None:
 def run_bench_distill(args: argparse.Namespace) -> None:
     from groupdiff.bench.distill import run
 
-    run(args.teacher, args.student, args.baseline, args.num_samples, args.fid_samples, args.seed, args.repeats,
+    run(args.teacher, args.student, args.baseline, args.num_samples, args.fid_samples, args.seeds, args.repeats,
         args.out, args.invocation, args.reference, args.reference_count, args.cache, args.classifier,
         student_samplers=args.student_samplers, teacher_alone=args.teacher_alone)
 
