@@ -61,7 +61,7 @@ class PreparedData:
     def gather(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Samples at ``index`` (B,) -> (B, C, H, W) on ``device``. The set stays in host memory: an
         ImageNet latent set (~21 GB) would otherwise take a copy of GPU memory on every rank."""
-        return self.samples[index.cpu()].to(device, non_blocking=True)
+        return self.samples[index.cpu()].to(device)
 
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
         """Model-space samples (B, C, H, W) -> images (B, C', H', W') in [-1, 1]."""

@@ -116,7 +116,7 @@ def register(subparsers) -> None:
                          help="also sample the teacher with every image its own group (group size 1): the size-1 "
                               "student's target, and what joint generation adds in the teacher itself")
     distill.add_argument("--seeds", type=int, nargs="+", default=[0],
-                         help="evaluation seeds (noise of each set; several give the spread and paired differences)")
+                         help="evaluation seeds, 0..32767 (several give the spread and paired differences)")
     distill.add_argument("--repeats", type=int, default=5, help="timed runs of one group per row (median)")
     add_scoring_args(distill)
     distill.add_argument("--out", default="docs/results/distill", help="folder for results.json, table.md, samples.png")

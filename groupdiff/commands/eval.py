@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--group-size", type=int, default=4, help="members per group (samples are group-major)")
     add_sampling_arguments(p, steps=25, guidance_scale=1.0)
     p.add_argument("--batch-groups", type=int, default=16, help="groups per call (chunk seeds are recorded)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="evaluation seed, 0..32767")
     p.add_argument("--reference", default=FASHION_MNIST_DIR,
                    help="idx data folder: its --reference-split is the FID reference, its train split trains "
                         "the classifier")
