@@ -112,7 +112,9 @@ def load_report(results: Path, settings: dict, command: str) -> dict:
         raise ValueError(f"{results} was written with other settings ({', '.join(changed)}); use another --out")
     report["settings"]["rows"] = {**report["settings"]["rows"], **settings["rows"]}
     report["settings"]["seeds"] = sorted(set(report["settings"]["seeds"]) | set(settings["seeds"]))
-    report.setdefault("commands", [report["command"]]).append(command)
+    commands = report.setdefault("commands", [report["command"]])
+    if command not in commands:  # a resumed run repeats its command
+        commands.append(command)
     return report
 
 

@@ -82,6 +82,8 @@ def test_micro_run_writes_results_table_and_plot_and_a_rerun_skips_finished_rows
     assert report["ablations"] == ablation  # done once, on the first seed
     assert " ± " in (out / "table.md").read_text() and report["settings"]["seeds"] == [0, 1]
     assert (out / "table.md").read_text().count("`groupdiff bench quality") == 2  # both commands
+    assert bench(setup, out, "--rows", "baseline", "l-uc4", "--seeds", "0", "1") == 0  # nothing left to do
+    assert (out / "table.md").read_text().count("`groupdiff bench quality") == 2  # a repeated command listed once
 
 
 def test_an_interrupted_row_resumes_its_training_and_scores_the_same(setup, capsys):
