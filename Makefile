@@ -35,8 +35,9 @@ $(FMNIST):
 run: $(STAMP)
 	$(BIN)/groupdiff serve $(SERVE_ARGS)
 
-# The teacher pipeline the student comes from: prepare Fashion-MNIST (pixels, EfficientNet neighbours;
-# ~10 min, once), train the fmnist-tiny GroupDiff-l teacher (~15 min) and draw a grid of groups.
+# A teacher pipeline: prepare Fashion-MNIST (pixels, EfficientNet neighbours; ~10 min, once), train the
+# fmnist-tiny GroupDiff-l teacher (~15 min) and draw a grid of groups. The bundled student's own, longer
+# teacher (a 10000-step quality-benchmark row fine-tuned into GroupDiff-f) is in docs/distill.md.
 teacher: $(STAMP) data
 	$(BIN)/groupdiff prepare --config prepare-fmnist-pixel --out data/fmnist-pixel
 	$(BIN)/groupdiff train --config fmnist-tiny --out $(RUN) --resume
