@@ -59,8 +59,8 @@ def check_checkpoint(path: str | os.PathLike) -> DenoiserSpec:
     """The served spec, or a ValueError that says how to get the missing bundled student."""
     folder = Path(path)
     if not folder.is_dir():
-        hint = ("the bundled student is made by `groupdiff distill --teacher <fmnist-tiny checkpoint> --config "
-                "fmnist --export-to groupdiff/assets/fmnist-student` (docs/distill.md), or pass --checkpoint PATH"
+        hint = ("the bundled student is made by `groupdiff distill --teacher <teacher checkpoint> --config "
+                "fmnist --export-to groupdiff/assets/fmnist-student` (docs/distill.md, item 7), or pass --checkpoint PATH"
                 if folder.resolve() == BUNDLED_STUDENT else "pass --checkpoint with a checkpoint folder")
         raise FileNotFoundError(f"checkpoint folder not found: {folder}; {hint}")
     return spec_from_checkpoint(folder, preferred_weights(folder))
