@@ -60,7 +60,7 @@ def check_checkpoint(path: str | os.PathLike) -> DenoiserSpec:
     folder = Path(path)
     if not folder.is_dir():
         hint = ("the bundled student is made by `groupdiff distill --teacher <teacher checkpoint> --config "
-                "fmnist --export-to groupdiff/assets/fmnist-student` (docs/distill.md, item 7), or pass --checkpoint PATH"
+                "fmnist --export-to groupdiff/assets/fmnist-student` (docs/distill.md), or pass --checkpoint PATH"
                 if folder.resolve() == BUNDLED_STUDENT else "pass --checkpoint with a checkpoint folder")
         raise FileNotFoundError(f"checkpoint folder not found: {folder}; {hint}")
     return spec_from_checkpoint(folder, preferred_weights(folder))
