@@ -43,8 +43,10 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        mode = _new_file_mode(tmp)
         for file in tmp.rglob("*"):
             if file.is_file():
+                file.chmod(mode)
                 with open(file, "rb") as handle:
                     os.fsync(handle.fileno())
         if final.exists():
@@ -57,6 +59,21 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _new_file_mode(folder: Path) -> int:
+    """The permissions ``open()`` gives a new file under the current umask.
+
+    safetensors writes its files 0600 whatever the umask, which would leave a checkpoint written by a
+    training job unreadable to a serving process running as another user; every file in a checkpoint
+    folder gets the mode its ``config.json`` gets instead.
+    """
+    probe = folder / f".mode-probe-{uuid.uuid4().hex[:8]}"
+    probe.touch()
+    try:
+        return probe.stat().st_mode & 0o777
+    finally:
+        probe.unlink()
 
 
 def write_json(path: Path, data: Any) -> None:

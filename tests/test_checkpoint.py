@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -19,6 +21,17 @@ def test_checkpoint_rebuilds_the_same_model(tmp_path, tiny_model, tiny_config):
     assert torch.equal(load_model(path, weights="ema")(x, t, y, group_size=2), ema(x, t, y, group_size=2))
     assert load_config(path) == tiny_config
     assert json.loads((path / "config.json").read_text())["metadata"] == {"data": "unit-test"}
+
+
+def test_weights_are_as_readable_as_the_config(tmp_path, tiny_model):
+    """safetensors writes 0600; a serving process running as another user must still read the weights."""
+    previous = os.umask(0o027)
+    try:
+        path = save_model(tmp_path / "ckpt", tiny_model)
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()}
+    assert modes == {"config.json": 0o640, "model.safetensors": 0o640}
 
 
 def test_saving_over_a_checkpoint_replaces_it(tmp_path, tiny_model, tiny_config):
