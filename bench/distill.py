@@ -2,8 +2,8 @@
 
 Every contender draws the same evaluation set: groups of N images, group ``g`` of class ``g mod 10``,
 from the same initial noise (chunk ``c`` seeded ``chunk_seed(seed, c)``). The teacher samples with its recorded
-guided recipe (GroupDiff-l CFG, Heun); a student with its recorded rule (consistency steps, or Euler for
-students exported before that rule), one forward per step. A student distilled at
+guided recipe (GroupDiff-l CFG, Heun) at the guidance scale baked into the students; a student with its recorded
+rule (consistency steps, or Euler for students exported before that rule), one forward per step. A student distilled at
 group size 1 makes the same N images of a class independently (group size 1 forwards), so every row is
 scored on the same layout: FID on the first ``fid_samples`` images (TF Inception, slow on the CPU),
 the classifier's accuracy and ``fd_classifier`` and group diversity on all ``num_samples``.
@@ -69,11 +69,26 @@ def teacher_contender(teacher: Teacher, group_size: int, alone: bool = False) ->
                      teacher.forwards_per_step, teacher.velocity)
 
 
-def student_contenders(checkpoint: str, label: str, samplers: list[str] | None = None) -> list[Contender]:
-    """One row per served step count and per step rule: ``samplers`` (named in the row) or the recorded one."""
+def distill_metadata(checkpoint: str) -> dict:
     distill = read_checkpoint_info(checkpoint)["metadata"].get("distill")
     if distill is None:
         raise ValueError(f"{checkpoint} is not a distilled student (no metadata['distill'])")
+    return distill
+
+
+def students_guidance_scale(checkpoints: list[str]) -> float:
+    """The guidance scale baked into the students, which the teacher rows sample at: a student distilled at
+    another scale than the teacher's recorded one is compared with the recipe it learned."""
+    scales = {float(distill_metadata(c)["guidance"]["scale"]) for c in checkpoints}
+    if len(scales) > 1:
+        raise ValueError(f"the students were distilled at different guidance scales {sorted(scales)}: "
+                         "bench them separately")
+    return scales.pop()
+
+
+def student_contenders(checkpoint: str, label: str, samplers: list[str] | None = None) -> list[Contender]:
+    """One row per served step count and per step rule: ``samplers`` (named in the row) or the recorded one."""
+    distill = distill_metadata(checkpoint)
     model = load_model(checkpoint, weights=preferred_weights(checkpoint))
 
     def velocity(y: torch.Tensor, group_size: int) -> VelocityFn:
@@ -125,9 +140,9 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
         seeds: list[int], repeats: int, out: str, command: str, reference: str = FASHION_MNIST_DIR,
         reference_count: int = 2000, cache: str | None = None, classifier: str | None = None, progress: bool = True,
         student_samplers: list[str] | None = None, teacher_alone: bool = False) -> Path:
-    teacher = load_teacher(teacher_path)
+    teacher = load_teacher(teacher_path, guidance_scale=students_guidance_scale(students + [baseline] * bool(baseline)))
     student = students[0]
-    group_size = int(read_checkpoint_info(student)["metadata"]["distill"]["group_size"])
+    group_size = int(distill_metadata(student)["group_size"])
     if group_size < 2:
         raise ValueError("--student must be a group student (group size >= 2); pass the size-1 one as --baseline")
     if num_samples % (group_size * 10) or fid_samples > num_samples or fid_samples % group_size:

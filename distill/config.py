@@ -65,6 +65,9 @@ class DistillConfig:
     group_size: int | None = None  # None: the teacher's training group size
     student: str | None = None  # registry name; None: the teacher's architecture, initialised from its weights
     student_overrides: dict[str, Any] = field(default_factory=dict)
+    student_init: str | None = None  # the student's starting weights (a checkpoint of its architecture, EMA if
+    # present) instead of the teacher's: e.g. the teacher fine-tuned in GroupDiff-f mode, whose conditional
+    # branch knows groups, for a GroupDiff-l teacher whose conditional branch never saw one (docs/distill.md)
     serve_steps: tuple[int, ...] = (1, 2, 4)  # step counts the student is trained and recorded to serve
     method: Literal["facm", "dmd"] = "facm"  # dmd fine-tunes a facm student (dmd.init) for 1 step
     facm: FACMConfig = field(default_factory=FACMConfig)
@@ -89,6 +92,10 @@ class DistillConfig:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         if not self.serve_steps or min(self.serve_steps) < 1:
             raise ValueError(f"serve_steps must be positive step counts, got {list(self.serve_steps)}")
+        if self.method == "dmd" and self.student_init is not None:
+            raise ValueError("method dmd starts from dmd.init (a FACM student), not student_init")
+        if self.student is not None and self.student_init is not None:
+            raise ValueError("student_init loads the teacher's architecture; a registry student starts from scratch")
         if self.method == "dmd" and tuple(self.serve_steps) != (1,):
             raise ValueError("method dmd trains the 1-step generator only: set serve_steps=[1] (a multi-step "
                              "student trained without backward simulation does not match its inference)")
@@ -97,7 +104,8 @@ class DistillConfig:
 # Fields that define the distillation trajectory: a resumed run must agree on all of them.
 TRAJECTORY_FIELDS = (
     "teacher", "teacher_weights", "guidance_scale", "data", "query", "seed", "group_size", "student",
-    "student_overrides", "serve_steps", "method", "facm", "dmd", "batch_size", "optim", "ema_decay", "ema_warmup",
+    "student_overrides", "student_init", "serve_steps", "method", "facm", "dmd", "batch_size", "optim", "ema_decay",
+    "ema_warmup",
 )
 # Fields added after runs were first written, with the value those runs had: they still resume.
-ADDED_FIELDS = {"method": "facm", "dmd": asdict(DMDConfig())}
+ADDED_FIELDS = {"method": "facm", "dmd": asdict(DMDConfig()), "student_init": None}

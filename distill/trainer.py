@@ -19,7 +19,7 @@ import torch.distributed
 from groupdiff.config import to_dict
 from groupdiff.evaluation import save_group_grid
 from groupdiff.model import fixed_sample_ids, interpolate, load_model, model_config, save_model
-from groupdiff.model.checkpoint import CheckpointError, read_checkpoint_info
+from groupdiff.model.checkpoint import CheckpointError, preferred_weights, read_checkpoint_info
 from groupdiff.training.distributed import Distributed
 from groupdiff.training.loop import RunLoop
 from groupdiff.training.optim import EMA, autocast_dtype, build_optimizer, learning_rate
@@ -34,13 +34,22 @@ from .teacher import Teacher, load_teacher
 
 
 def build_student(config: DistillConfig, teacher: Teacher, group_size: int) -> AnchoredStudent:
-    """The teacher's architecture initialised from its weights (FACM), or a registry size from scratch."""
+    """The teacher's architecture initialised from its weights (FACM) or from ``student_init``'s, or a
+    registry size from scratch."""
     base = teacher.model.config
     shape = {"input_size": base.input_size, "in_channels": base.in_channels, "num_classes": base.num_classes}
     max_group = {"max_group_size": max(base.max_group_size, group_size)}
     if config.student is None:
         student = AnchoredStudent(base.replace(**max_group, **config.student_overrides))
-        if student.config == base:
+        if config.student_init is not None:
+            init = load_model(config.student_init, weights=preferred_weights(config.student_init))
+            differ = {k: (v, getattr(student.config, k)) for k, v in vars(init.config).items()
+                      if v != getattr(student.config, k)}
+            if differ:
+                raise CheckpointError(f"student_init {config.student_init} does not match the student's "
+                                      f"architecture (checkpoint, student): {differ}")
+            student.load_state_dict(init.state_dict())
+        elif student.config == base:
             student.load_state_dict(teacher.model.state_dict())
         return student
     return AnchoredStudent(model_config(config.student, **shape, **max_group, **config.student_overrides))

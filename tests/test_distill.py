@@ -197,6 +197,24 @@ def test_a_distillation_run_resumes_exactly_exports_and_serves(setup, tmp_path):
             assert samples.shape == noise.shape and bool(torch.isfinite(samples).all())
 
 
+def test_the_student_starts_from_student_init_when_given(setup, tmp_path):
+    from groupdiff.distill.config import DistillConfig
+    from groupdiff.distill.trainer import build_student
+    from groupdiff.model.checkpoint import CheckpointError
+
+    _, teacher_path = setup
+    teacher = load_teacher(teacher_path)
+    other = save_teacher(tmp_path / "other", input_size=28, hidden=32, seed=5)  # same architecture, other weights
+    student = build_student(DistillConfig(teacher=str(teacher_path), student_init=str(other)), teacher, 4)
+    expected = load_model(other, weights="ema").state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in student.state_dict().items())
+    default = build_student(DistillConfig(teacher=str(teacher_path)), teacher, 4)
+    assert all(torch.equal(value, teacher.model.state_dict()[key]) for key, value in default.state_dict().items())
+    wider = save_teacher(tmp_path / "wider", input_size=28, hidden=64)
+    with pytest.raises(CheckpointError, match="hidden_size"):
+        build_student(DistillConfig(teacher=str(teacher_path), student_init=str(wider)), teacher, 4)
+
+
 def test_bad_distill_input_exits_2(setup, tmp_path, capsys):
     data, _ = setup
     assert main(["distill", "--config", "fmnist", "--data", str(data), "--out", str(tmp_path)]) == 2
@@ -204,6 +222,9 @@ def test_bad_distill_input_exits_2(setup, tmp_path, capsys):
     assert distill(setup, tmp_path / "bf16", 1, "--set", "precision=bf16") == 2
     assert "finite differences need fp32" in capsys.readouterr().err
     assert distill(setup, tmp_path / "nope", 1, "--set", "facm.derivative=euler") == 2
+    assert distill(setup, tmp_path / "dmd", 1, "--set", "method=dmd", "--set", "serve_steps=[1]", "--set",
+                   "student_init=elsewhere") == 2
+    assert "dmd.init" in capsys.readouterr().err
 
 
 def test_bench_distill_scores_the_teacher_and_each_student_rule(setup, tmp_path):
@@ -255,6 +276,17 @@ def test_bench_distill_scores_the_teacher_and_each_student_rule(setup, tmp_path)
     assert "| student N=4 1-step, euler | student N=1 1-step, euler |" in table
     assert main(["bench", "distill", "--teacher", str(setup[1]), "--student",
                  str(tmp_path / "student/checkpoints/step-0000001"), "--seeds", "0", "0", "--out", str(out)]) == 2
+
+    # the teacher rows sample at the scale baked into the students, which must agree
+    assert distill(setup, tmp_path / "half", 1, "--set", "guidance_scale=0.5") == 0
+    half = str(tmp_path / "half/checkpoints/step-0000001")
+    assert main(["bench", "distill", "--teacher", str(setup[1]), "--student", half, "--baseline",
+                 str(tmp_path / "single/checkpoints/step-0000001"), "--out", str(out)]) == 2
+    assert main(["bench", "distill", "--teacher", str(setup[1]), "--student", half, "--num-samples", "40",
+                 "--fid-samples", "0", "--repeats", "1", "--classifier", str(tmp_path / "classifier"), "--cache",
+                 str(tmp_path / "cache"), "--reference-count", "40", "--out", str(tmp_path / "bench-half")]) == 0
+    rows = json.loads((tmp_path / "bench-half/results.json").read_text())["rows"]
+    assert rows[0]["model"] == "teacher (heun 3, CFG 0.5)"
 
 
 def test_paired_differences_call_a_sign_only_when_every_seed_agrees():
