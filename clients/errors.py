@@ -51,6 +51,12 @@ class ShuttingDown(QueueFull):
     code = "shutting_down"
 
 
+class NotReady(QueueFull):
+    """503: the server is still loading its model (or failed to load it); retried like an overload."""
+
+    code = "not_ready"
+
+
 class DeadlineExceeded(GroupDiffError, TimeoutError):
     """The request's deadline passed on the server (504) or the client stopped waiting."""
 
@@ -64,7 +70,8 @@ class ServerUnavailable(GroupDiffError):
     code = "unavailable"
 
 
-ERRORS_BY_CODE = {cls.code: cls for cls in (InvalidRequest, Unauthorized, QueueFull, ShuttingDown, DeadlineExceeded)}
+ERRORS_BY_CODE = {cls.code: cls for cls in (InvalidRequest, Unauthorized, QueueFull, NotReady, ShuttingDown,
+                                             DeadlineExceeded)}
 ERRORS_BY_STATUS = {400: InvalidRequest, 422: InvalidRequest, 401: Unauthorized, 429: QueueFull, 503: ShuttingDown,
                     504: DeadlineExceeded}
 

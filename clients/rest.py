@@ -1,8 +1,8 @@
 """REST SDK for the BentoML service (`POST /v1/generate`, its event stream, `/v1/model`, health).
 
 `GroupDiffClient` (sync) and `AsyncGroupDiffClient` (asyncio) share the request building, error
-mapping and retry policy below. Overload answers (429 ``queue_full``, 503 ``shutting_down``) and
-refused connections are retried with exponential back-off and jitter; a ``Retry-After`` header
+mapping and retry policy below. Overload answers (429 ``queue_full``, 503 ``not_ready`` and ``shutting_down``)
+and refused connections are retried with exponential back-off and jitter; a ``Retry-After`` header
 from the server replaces the back-off. Everything else fails at once with a typed error
 (`groupdiff.clients.errors`). Usage in docs/clients.md.
 """

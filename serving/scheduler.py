@@ -168,6 +168,13 @@ class Scheduler:
         self._thread.start()
         return self
 
+    def not_ready_error(self) -> RequestError:
+        """503 ``not_ready`` for a request that arrives before the model is up: still loading (retry
+        later), or failed to load (the readiness probe keeps the replica out of rotation)."""
+        if self._load_error is not None:
+            return RequestError("not_ready", "the model failed to load; see the server log", 503)
+        return RequestError("not_ready", "the model is still loading", 503)
+
     @property
     def ready(self) -> bool:
         return self._ready.is_set() and self._load_error is None and not self._closing
@@ -213,8 +220,8 @@ class Scheduler:
                 self.metrics.reject("shutting_down")
                 raise shutdown_error()
             if not self._ready.is_set() or self._load_error is not None:
-                self.metrics.reject("shutting_down")
-                raise RequestError("shutting_down", "the model is not loaded yet", 503)
+                self.metrics.reject("not_ready")
+                raise self.not_ready_error()
             if self._queued_groups + groups_needed > self.config.limits.max_queue_groups:
                 self.metrics.reject("queue_full")
                 raise RequestError("queue_full", f"the queue is full ({self._queued_groups} groups waiting)",

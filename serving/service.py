@@ -56,7 +56,8 @@ ERROR_RESPONSES = {status: {"description": text, "content": {"application/json":
     "error": {"code": code, "message": "..."}}}}} for status, code, text in (
     (400, "invalid_request", "malformed JSON"), (401, "unauthorized", "missing or wrong bearer token"),
     (413, "invalid_request", "body too large"), (422, "invalid_request", "a field is out of range or unknown"),
-    (429, "queue_full", "queue full; see Retry-After"), (503, "shutting_down", "not ready or shutting down"),
+    (429, "queue_full", "queue full; see Retry-After"),
+    (503, "not_ready", "model still loading (not_ready) or server draining (shutting_down)"),
     (504, "deadline_exceeded", "timeout_s passed"))}
 
 app = FastAPI(title="GroupDiff", version="1", description=__doc__)
@@ -182,7 +183,7 @@ class GroupDiffService:
     def _resolve(self, body) -> ResolvedRequest:
         served = self.scheduler.served
         if served is None:
-            raise RequestError("shutting_down", "the model is not loaded yet", 503)
+            raise self.scheduler.not_ready_error()
         try:
             return resolve(body, served, CONFIG.limits)
         except RequestError:
@@ -259,7 +260,7 @@ class GroupDiffService:
     async def model(self) -> dict:
         served = self.scheduler.served
         if served is None or self.scheduler.image_shape is None:
-            raise RequestError("shutting_down", "the model is not loaded yet", 503)
+            raise self.scheduler.not_ready_error()
         spec = served.spec
         height, width, _ = self.scheduler.image_shape
         return {

@@ -80,7 +80,7 @@ def make_infer(scheduler: Scheduler, limits: ServerLimits):
             try:
                 served: ServedModel | None = scheduler.served
                 if served is None:
-                    raise RequestError("shutting_down", "the model is not loaded yet", 503)
+                    raise scheduler.not_ready_error()
                 try:
                     resolved = resolve(body_from_inputs(dict(request.items())), served, limits)
                 except RequestError:

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from groupdiff.cli import main
-from groupdiff.clients.errors import DeadlineExceeded, InvalidRequest, QueueFull, ShuttingDown, error_for
+from groupdiff.clients.errors import DeadlineExceeded, InvalidRequest, NotReady, QueueFull, ShuttingDown, error_for
 from groupdiff.clients.loadgen import Workload, closed_loop
 from groupdiff.clients.report import write_loadtest_report
 from groupdiff.clients.rest import (
@@ -50,6 +50,8 @@ def test_errors_follow_the_contract_codes_then_statuses():
                       InvalidRequest)
     assert isinstance(error_for(504, None, "late"), DeadlineExceeded) and error_for(504, None, "").outcome == "deadline"
     assert isinstance(error_for(503, "shutting_down", "bye"), ShuttingDown)
+    assert isinstance(error_for(503, "not_ready", "loading"), NotReady)
+    assert isinstance(error_for(503, None, "no code"), ShuttingDown)
     plain = error_from_response(500, "<html>oops</html>", None)  # not JSON: the text is the message
     assert plain.status == 500 and plain.message == "<html>oops</html>" and plain.outcome == "error"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 import time
 
 import numpy as np
@@ -193,6 +194,34 @@ def test_naive_mode_runs_one_request_at_a_time(checkpoint):
             np.testing.assert_array_equal(a.images, b.images)
     finally:
         running.close()
+
+
+def test_requests_before_the_model_is_up_get_503_not_ready(scheduler, checkpoint):
+    loading = threading.Event()
+
+    def slow_loader():
+        loading.wait(30)
+        return load_runtime("torch", checkpoint), load_decoder(checkpoint)
+
+    def broken_loader():
+        raise OSError("no such weights")
+
+    waiting = Scheduler(slow_loader, SchedulerConfig(), ServingMetrics()).start()
+    broken = Scheduler(broken_loader, SchedulerConfig(), ServingMetrics()).start()
+    try:
+        with pytest.raises(RuntimeError, match="no such weights"):
+            broken.wait_ready(30)
+        for refusing, message in ((waiting, "still loading"), (broken, "failed to load")):
+            with pytest.raises(RequestError) as refused:
+                refusing.submit_future(request(scheduler, class_id=0), encode=False)
+            assert (refused.value.code, refused.value.status) == ("not_ready", 503)
+            assert message in refused.value.message
+            assert refusing.metrics.registry.get_sample_value("groupdiff_rejections_total",
+                                                              {"reason": "not_ready"}) == 1
+    finally:
+        loading.set()
+        waiting.close()
+        broken.close()
 
 
 def test_close_finishes_in_flight_work_and_refuses_new(checkpoint):
