@@ -13,7 +13,11 @@
 #       --student outputs/distill-gpu/group --baseline outputs/distill-gpu/n1 --out docs/results/distill-gpu
 # DMD_STEPS=K then fine-tunes the group student for one step by distribution matching (the
 # distill-fmnist-dmd recipe) and brings it back as dmd.tar; score it with --student outputs/distill-gpu/dmd.
-# Usage: STEPS=<steps> OUT=<dir> [DMD_STEPS=<steps>] [TEACHER=.gpucarry/teacher] [KIT=<kit.npz>] bash bench/gpu/distill.sh
+# GUIDANCE_SCALE=s distils (and fine-tunes) at scale s instead of the teacher's recorded one; STUDENT_INIT=<ckpt>
+# starts both FACM students from that checkpoint (e.g. a GroupDiff-l teacher's GroupDiff-f fine-tune, carried
+# as .gpucarry/init; docs/distill.md item 8).
+# Usage: STEPS=<steps> OUT=<dir> [DMD_STEPS=<steps>] [TEACHER=.gpucarry/teacher] [KIT=<kit.npz>]
+#        [GUIDANCE_SCALE=<s>] [STUDENT_INIT=<ckpt>] bash bench/gpu/distill.sh
 # (DEVICE=cpu runs the same flow as a CPU smoke test.)
 set -euo pipefail
 STEPS=${STEPS:?set STEPS}
@@ -22,6 +26,8 @@ TEACHER=${TEACHER:-.gpucarry/teacher}
 KIT=${KIT:-.gpucarry/fmnist-pixel.npz}
 DEVICE=${DEVICE:-cuda}
 DMD_STEPS=${DMD_STEPS:-0}
+scale=(); [ -n "${GUIDANCE_SCALE:-}" ] && scale=(--set guidance_scale="$GUIDANCE_SCALE")
+init=(); [ -n "${STUDENT_INIT:-}" ] && init=(--set student_init="$STUDENT_INIT")
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 # shellcheck source=bench/gpu/common.sh
@@ -32,7 +38,8 @@ declare -A sizes=([group]=null [n1]=1)
 pids=()
 for name in group n1; do
   python3 -m groupdiff distill --teacher "$TEACHER" --config fmnist --steps "$STEPS" --out "$WORK/$name" \
-    --set device="$DEVICE" --set group_size="${sizes[$name]}" --export-to "$WORK/served/$name" \
+    --set device="$DEVICE" --set group_size="${sizes[$name]}" "${scale[@]}" "${init[@]}" \
+    --export-to "$WORK/served/$name" \
     >"$WORK/$name.log" 2>&1 &
   pids+=($!)
 done
@@ -43,7 +50,7 @@ names=(group n1)
 if [ "$failed" = 0 ] && [ "$DMD_STEPS" -gt 0 ]; then
   start=$(date +%s)
   python3 -m groupdiff distill --teacher "$TEACHER" --config fmnist-dmd --steps "$DMD_STEPS" --out "$WORK/dmd" \
-    --set device="$DEVICE" --set dmd.init="$WORK/served/group" --export-to "$WORK/served/dmd" \
+    --set device="$DEVICE" --set dmd.init="$WORK/served/group" "${scale[@]}" --export-to "$WORK/served/dmd" \
     >"$WORK/dmd.log" 2>&1 || failed=1
   echo "dmd fine-tune x $DMD_STEPS steps in $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
   names+=(dmd)
