@@ -140,7 +140,8 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
         seeds: list[int], repeats: int, out: str, command: str, reference: str = FASHION_MNIST_DIR,
         reference_count: int = 2000, cache: str | None = None, classifier: str | None = None, progress: bool = True,
         student_samplers: list[str] | None = None, teacher_alone: bool = False) -> Path:
-    teacher = load_teacher(teacher_path, guidance_scale=students_guidance_scale(students + [baseline] * bool(baseline)))
+    scale = students_guidance_scale(students + ([baseline] if baseline else []))
+    teacher = load_teacher(teacher_path, guidance_scale=scale)
     student = students[0]
     group_size = int(distill_metadata(student)["group_size"])
     if group_size < 2:

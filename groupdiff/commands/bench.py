@@ -104,7 +104,8 @@ def register(subparsers) -> None:
 
     distill = benches.add_parser("distill", help="few-step students against the teacher's full recipe: FID, "
                                                  "accuracy, diversity and wall time per group")
-    distill.add_argument("--teacher", required=True, help="teacher checkpoint (sampled with its recorded recipe)")
+    distill.add_argument("--teacher", required=True,
+                         help="teacher checkpoint (its recorded recipe, at the students' guidance scale)")
     distill.add_argument("--student", required=True, nargs="+",
                          help="group student checkpoint(s) from groupdiff distill (the first one's grid is drawn)")
     distill.add_argument("--baseline", help="student distilled the same way with group_size=1")
