@@ -8,11 +8,14 @@ REST; a refused request becomes a Triton error whose message starts with the con
 
 PyTriton notes (REFERENCES §6): the Python backend stub must load this interpreter's libpython, so
 ``LD_LIBRARY_PATH`` gets ``sysconfig``'s LIBDIR before the server starts (it inherits our
-environment); SIGTERM/SIGINT call ``triton.stop()``, which lets in-flight inferences finish.
+environment); SIGTERM/SIGINT call ``triton.stop()``, which lets in-flight inferences finish. When
+tritonserver's exit timeout runs out while the model unloads, it exits and orphans its backend stubs;
+the frontend stops whatever of Triton's processes is still running before it exits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -22,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from .metrics import ServingMetrics
 from .requests import RequestError, ServedModel, ServerLimits, resolve
@@ -146,6 +150,10 @@ def serve_triton(config: ServeConfig, host: str, http_port: int, grpc_port: int,
                 raise RuntimeError(f"Triton did not load model {MODEL_NAME}: {error}") from error
             LOG.warning("Triton start attempt %d failed (%s); retrying", attempt, error)
 
+    # tritonserver's exit timeout also bounds unloading the model: when it expires it exits at once and
+    # leaves its Python backend stubs (and their multiprocessing helpers) running. Known now, stopped at exit.
+    triton_processes = psutil.Process().children(recursive=True)
+
     def stop(signum, _frame):
         LOG.info("signal %d: stopping Triton (in-flight requests finish first)", signum)
         triton.stop()
@@ -158,4 +166,21 @@ def serve_triton(config: ServeConfig, host: str, http_port: int, grpc_port: int,
         triton.serve()
     finally:
         triton.stop()
+        stop_leftovers(triton_processes)
     scheduler.close(config.drain_timeout_s)
+
+
+def stop_leftovers(processes: list[psutil.Process], grace_s: float = 5.0) -> None:
+    """SIGTERM the processes still running, SIGKILL those that outlive ``grace_s``."""
+    alive = [process for process in processes if process.is_running()]
+    if not alive:
+        return
+    LOG.warning("stopping %d process(es) Triton left behind: %s", len(alive),
+                ", ".join(f"{process.pid} ({process.name()})" for process in alive))
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, stubborn = psutil.wait_procs(alive, timeout=grace_s)
+    for process in stubborn:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()

@@ -111,15 +111,37 @@ def _popen(args: Sequence[str], env: dict | None, log_dir: Path) -> tuple[subpro
     return process, log_path
 
 
+def _session_members(session_id: int) -> list[tuple[int, str]]:
+    """(pid, command) of every live process in a session, read from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            command, fields = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+            if int(fields[3]) == session_id and fields[0] != "Z":  # fields[3]: session id; Z: zombie
+                members.append((int(stat.parent.name), command))
+    return members
+
+
 def stop(server: Server, timeout: float = 30.0) -> int:
-    """SIGTERM (graceful shutdown), then SIGKILL of the whole process group if it hangs."""
+    """SIGTERM (graceful shutdown), then SIGKILL of the whole process group if it hangs.
+
+    A graceful shutdown must take its children with it (tritonserver, its Python backend stubs): any
+    process still in the server's session once the server exited is killed and reported as an error,
+    so a leak fails the test that owns the server instead of outliving the test run."""
     if server.alive():
         server.process.send_signal(signal.SIGTERM)
         try:
-            return server.process.wait(timeout)
+            server.process.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(server.process.pid, signal.SIGKILL)
-            return server.process.wait(10)
+            server.process.wait(10)
+    leftovers = _session_members(server.process.pid)  # start_new_session: the session id is the server's pid
+    for pid, _ in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if leftovers:
+        raise RuntimeError(f"`groupdiff serve` exited but left {leftovers} running:\n{server.log()[-4000:]}")
     return server.process.returncode
 
 
