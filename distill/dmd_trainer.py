@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from groupdiff.model import fixed_sample_ids, load_model
-from groupdiff.model.checkpoint import CheckpointError, preferred_weights, read_checkpoint_info
+from groupdiff.model import fixed_sample_ids
+from groupdiff.model.checkpoint import CheckpointError, read_checkpoint_info
 from groupdiff.training.distributed import Distributed
 from groupdiff.training.optim import build_optimizer, learning_rate
 from groupdiff.training.prepared import PreparedData
@@ -27,7 +27,7 @@ from groupdiff.training.trainer import step_generator
 
 from .config import DistillConfig
 from .dmd import critic_loss, generator_loss, renoise_times
-from .student import AnchoredStudent
+from .student import AnchoredStudent, load_anchored
 from .trainer import Distiller, average_gradients
 
 CRITIC_FILE = "critic.safetensors"
@@ -60,10 +60,7 @@ class DMDDistiller(Distiller):
         if recorded["group_size"] != self.group_size:
             raise ValueError(f"dmd.init {init} was distilled at group size {recorded['group_size']}, "
                              f"this run uses {self.group_size}")
-        student = load_model(init, weights=preferred_weights(init))
-        anchored = AnchoredStudent(student.config)
-        anchored.load_state_dict(student.state_dict())
-        return anchored
+        return load_anchored(init).train()
 
     # -- one step -------------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from groupdiff.model import GroupDiT, Guidance, fixed_sample_ids, velocity_function
+from groupdiff.model.checkpoint import load_model, preferred_weights
 from groupdiff.model.samplers import VelocityFn, sample
 
 STUDENT_SAMPLER = "consistency"
@@ -31,6 +32,15 @@ class AnchoredStudent(GroupDiT):
 
     def _check_inputs(self, x, t, y, group_size, sample_ids) -> None:
         super()._check_inputs(x, t.abs(), y, group_size, sample_ids)
+
+
+def load_anchored(path: str, weights: str | None = None) -> AnchoredStudent:
+    """A student checkpoint (saved as a plain `GroupDiT`) that can be asked for its anchor again;
+    ``weights`` defaults to the EMA weights when the checkpoint has them."""
+    student = load_model(path, weights=weights or preferred_weights(path))
+    anchored = AnchoredStudent(student.config)
+    anchored.load_state_dict(student.state_dict())
+    return anchored.eval()
 
 
 def anchor_time(t: torch.Tensor) -> torch.Tensor:

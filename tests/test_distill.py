@@ -3,6 +3,7 @@ derivative agrees with the JVP, and a tiny distillation run checkpoints, resumes
 samples at 1, 2 and 4 steps with group sizes 1 and 4."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -315,3 +316,33 @@ def test_the_start_gap_is_zero_where_the_student_starts_at_its_target(setup):
     assert unguided[0] == {"group_size": 1, "t": 0.5, "relative_gap": 0.0}
     assert unguided[1]["relative_gap"] > 0  # at N = 4 the target still runs the conditional branch at size 1
     assert all(row["relative_gap"] > 0 for row in guided)
+
+
+def test_the_group_term_share_is_the_projection_coefficient():
+    from groupdiff.bench.distill_gap import captured_share
+
+    generator = torch.Generator().manual_seed(0)
+    alone, group_term = torch.randn(8, 1, 4, 4, generator=generator), torch.randn(8, 1, 4, 4, generator=generator)
+    orthogonal = torch.randn(8, 1, 4, 4, generator=generator)
+    orthogonal -= (orthogonal * group_term).sum() / group_term.pow(2).sum() * group_term
+    grouped = alone + group_term
+    assert captured_share(alone + 0.3 * group_term + orthogonal, alone, grouped) == pytest.approx(0.3, abs=1e-5)
+    assert captured_share(grouped, alone, grouped) == pytest.approx(1.0)
+    assert math.isnan(captured_share(grouped, alone, alone))  # no group term: nothing to capture
+
+
+def test_a_students_errors_are_split_by_the_parts_of_its_target(setup, tmp_path):
+    from groupdiff.bench.distill_gap import student_errors
+
+    assert distill(setup, tmp_path / "guided", 1) == 0
+    assert distill(setup, tmp_path / "unguided", 1, "--set", "guidance_scale=0") == 0
+    # teacher, guidance scale, data and query come from the student's checkpoint
+    student = str(tmp_path / "guided/checkpoints/step-0000001")
+    guided = student_errors(student, [0.8, 0.3], groups=2, baseline_path=student)
+    assert [row["t"] for row in guided] == [0.8, 0.3]
+    for row in guided:
+        assert row["group_term"] > 0 and row["error"] > 0 and math.isfinite(row["captured"])
+        assert row["baseline_error"] == row["error_alone"] > 0  # its own baseline: the same network alone
+    # GroupDiff-l without guidance: the target is the conditional branch alone, at every group size
+    (unguided,) = student_errors(str(tmp_path / "unguided/checkpoints/step-0000001"), [0.5], groups=2)
+    assert unguided["group_term"] == 0 and math.isnan(unguided["captured"]) and "baseline_error" not in unguided
