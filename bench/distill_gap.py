@@ -32,6 +32,8 @@ from groupdiff.model import GroupDiT, fixed_sample_ids, interpolate
 from groupdiff.model.checkpoint import read_checkpoint_info
 from groupdiff.training.prepared import PreparedData, load_prepared
 
+DEFAULT_DATA = "data/fmnist-pixel"
+
 
 @torch.no_grad()
 def relative_gaps(teacher_path: str, data_path: str, group_sizes: list[int], times: list[float], groups: int = 16,
@@ -62,7 +64,7 @@ def student_errors(student_path: str, times: list[float], baseline_path: str | N
     metadata = read_checkpoint_info(student_path)["metadata"]
     recorded, config = metadata["distill"], metadata.get("distill_config", {})
     teacher = load_teacher(teacher_path or recorded["teacher"], guidance_scale=recorded["guidance"]["scale"])
-    data = load_prepared(data_path or config.get("data", "data/fmnist-pixel"))
+    data = load_prepared(data_path or config.get("data", DEFAULT_DATA))
     n = recorded["group_size"]
     student = load_anchored(student_path)
     baseline = load_anchored(baseline_path) if baseline_path else None
@@ -123,15 +125,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", help="with --student: a size-1 student of the same teacher, for scale")
     parser.add_argument("--data", help="the teacher's prepared folder (default: data/fmnist-pixel, or the "
                         "student's recorded one)")
-    parser.add_argument("--group-sizes", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--group-sizes", type=int, nargs="+", default=[1, 4],
+                        help="start gaps only (a student is scored at the group size it was distilled for)")
     parser.add_argument("--times", type=float, nargs="+", default=[0.9, 0.6, 0.3])
-    parser.add_argument("--groups", type=int, default=16, help="groups per (group size, time)")
+    parser.add_argument("--groups", type=int, default=16,
+                        help="groups per (group size, time), or per time with --student")
     args = parser.parse_args(argv)
     if args.student is None:
         if args.teacher is None or args.baseline is not None:
             parser.error("give --teacher (start gaps) or --student [--baseline] (a distilled student's errors)")
         print("| group size | t | relative gap |\n|---|---|---|")
-        for row in relative_gaps(args.teacher, args.data or "data/fmnist-pixel", args.group_sizes, args.times,
+        for row in relative_gaps(args.teacher, args.data or DEFAULT_DATA, args.group_sizes, args.times,
                                  args.groups):
             print(f"| {row['group_size']} | {row['t']:g} | {row['relative_gap']:.3f} |")
         return
