@@ -123,6 +123,24 @@ def _session_members(session_id: int) -> list[tuple[int, str]]:
     return members
 
 
+def _lingering_session_members(session_id: int, grace: float = 5.0) -> list[tuple[int, str]]:
+    """Members of the session still alive `grace` seconds after its leader exited.
+
+    Helpers that end by themselves once their parent is gone (multiprocessing's resource tracker reads EOF,
+    cleans up shared memory, then exits) may still be finishing when the server's exit is seen; a real leak
+    (a backend stub) is still there after the grace period."""
+    deadline = time.monotonic() + grace
+    while (members := _session_members(session_id)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [(pid, _command_line(pid) or command) for pid, command in members]
+
+
+def _command_line(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    return ""
+
+
 def stop(server: Server, timeout: float = 30.0) -> int:
     """SIGTERM (graceful shutdown), then SIGKILL of the whole process group if it hangs.
 
@@ -136,7 +154,8 @@ def stop(server: Server, timeout: float = 30.0) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(server.process.pid, signal.SIGKILL)
             server.process.wait(10)
-    leftovers = _session_members(server.process.pid)  # start_new_session: the session id is the server's pid
+    # start_new_session: the session id is the server's pid
+    leftovers = _lingering_session_members(server.process.pid)
     for pid, _ in leftovers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
