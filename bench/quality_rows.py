@@ -26,8 +26,6 @@ ROWS: dict[str, list[str]] = {
     "l-uc4-noise100": [*_L, "plan.group_size=4", "plan.noise_variation=100"],
     "l-uc4-share25": [*_L, "plan.group_size=4", "plan.group_share=0.25"],
     "l-uc4-share50": [*_L, "plan.group_size=4", "plan.group_share=0.5"],
-    # groups of 8 at a 10 % share see half as many group contexts per step as groups of 4 (docs/results)
-    "l-uc8-share25": [*_L, "plan.group_size=8", "plan.group_share=0.25"],
 }
 
 # The rows that test the paper's claims, run first when the budget is short (issue 4).
