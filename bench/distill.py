@@ -34,7 +34,7 @@ from groupdiff.training.autoencoder import sample_decoder
 from groupdiff.training.data import FASHION_MNIST_DIR
 
 from .distill_report import markdown_tables, paired_differences, summarize
-from .report import format_table, json_ready, write_report
+from .report import format_table, json_ready, new_figure, save_figure, write_report
 
 FAST_METRICS = ["accuracy", "fd_classifier", "diversity"]
 # chunk c's fresh noise between consistency steps is seeded chunk_seed(seed, c) + offset, a stream apart
@@ -246,13 +246,8 @@ def save_comparison_grid(path: Path, panels: list[torch.Tensor], group_size: int
 
 def plot_quality_vs_time(rows: list[dict], path: Path) -> Path:
     """FID (or fd_classifier without FID) against wall time per group, one line per model family."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metric = "fid" if "fid" in rows[0] else "fd_classifier"
-    figure, axes = plt.subplots(figsize=(6, 4.5))
+    figure, axes = new_figure(figsize=(6, 4.5))
     families: dict[str, list[dict]] = {}
     for row in rows:
         families.setdefault(row["model"].rsplit(" ", 1)[0] if "step" in row["model"] else row["model"], []).append(row)
@@ -264,8 +259,4 @@ def plot_quality_vs_time(rows: list[dict], path: Path) -> Path:
     axes.set(xscale="log", xlabel="seconds per group of 4 on this CPU (log)", ylabel=metric,
              title=f"{metric} vs wall time per group (labels: sampler steps)")
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

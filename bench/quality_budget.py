@@ -29,6 +29,7 @@ from groupdiff.training.data import FASHION_MNIST_DIR
 from .quality import EVAL_SEED, ema_generator, load_report, row_config, save_report, train_row
 from .quality_eval import Sampling, score
 from .quality_rows import ROWS, Budget
+from .report import new_figure, save_figure
 
 METRICS = ["fid", "pr", "accuracy", "fd_classifier"]
 KEEP_EVERY_CHECKPOINT = "keep_checkpoints=100000"  # each point's weights stay for the quality rows
@@ -151,14 +152,9 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     floor = report["floor"]["fid"]
     steps = [p["steps"] for p in report["points"]]
-    figure, axes = plt.subplots(figsize=(6, 4.5))
+    figure, axes = new_figure(figsize=(6, 4.5))
     axes.plot(steps, [p["fid"] for p in report["points"]], "o-", label=f"{report['settings']['row']} (no CFG)")
     axes.axhline(floor, color="green", linestyle=":", label=f"real-data floor {floor:.1f}")
     axes.axhline(report["ratio"] * floor, color="red", linestyle="--", label=f"{report['ratio']:g}x floor")
@@ -168,8 +164,5 @@ def plot(report: dict, path: Path) -> None:
              ylabel=f"FID (N = {report['settings']['fid_samples']})", yscale="log",
              title="Baseline FID against training budget")
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .quality_rows import row_settings
+from .report import new_figure, save_figure
 
 # (column title, section of a run record, metric key)
 COLUMNS = [
@@ -115,14 +116,9 @@ def pearson(x: list[float], y: list[float]) -> float | None:
 
 def plot(report: dict, path: Path) -> float | None:
     """The Fig. 5 analogue: one point per GroupDiff row (mean over seeds); returns Pearson r."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names, s_cross, quality, metric = correlation_points(report)
     r = pearson(s_cross, quality)
-    figure, axes = plt.subplots(figsize=(6, 4.5))
+    figure, axes = new_figure(figsize=(6, 4.5))
     axes.scatter(s_cross, quality)
     for name, x, y in zip(names, s_cross, quality, strict=True):
         axes.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -130,8 +126,5 @@ def plot(report: dict, path: Path) -> float | None:
     axes.set(xlabel="S_cross (mean over layers and times)", ylabel=label,
              title=f"{label.split(' (')[0]} vs S_cross: Pearson r = {'n/a' if r is None else f'{r:.2f}'} "
                    f"({len(names)} rows)")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
     return r

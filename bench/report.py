@@ -72,3 +72,25 @@ def write_report(path: str | os.PathLike, name: str, command: str, rows: list[di
     }
     path.write_text(json.dumps(report, indent=2) + "\n")
     return path
+
+
+def new_figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """``plt.subplots`` on matplotlib's file-only Agg backend: benchmarks run on headless machines, and
+    matplotlib is imported only by a benchmark that draws."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(figure: Any, path: Path) -> Path:
+    """Write a `new_figure` figure as PNG (creating its folder) and free it."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

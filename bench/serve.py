@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from groupdiff.bench.report import format_table, json_ready, write_report
+from groupdiff.bench.report import format_table, json_ready, new_figure, save_figure, write_report
 from groupdiff.clients.loadgen import Workload, closed_loop, open_loop
 from groupdiff.serving.pipeline import generate_direct
 from groupdiff.serving.requests import resolve
@@ -164,12 +164,7 @@ def goals(rows: list[dict], peak: dict, half_rate: float) -> dict:
 
 
 def plot(rows: list[dict], peak: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (throughput, latency) = new_figure(1, 2, figsize=(11, 4))
     for (scheduling, mix) in dict.fromkeys((r["scheduling"], r["mix"]) for r in rows):
         series = sorted((r for r in rows if r["scheduling"] == scheduling and r["mix"] == mix
                          and r["mode"] == "open"), key=lambda r: r["level"])
@@ -183,9 +178,7 @@ def plot(rows: list[dict], peak: dict, path: Path) -> None:
     latency.set(xlabel="offered requests/s (Poisson)", ylabel="p99 latency (s)", title="p99 latency", yscale="log")
     throughput.legend(fontsize=7)
     latency.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def run(checkpoint: str, runtime: str, out: str, invocation: str, duration_s: float, concurrencies: list[int],

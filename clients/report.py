@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from groupdiff.bench.report import format_table, json_ready, write_report
+from groupdiff.bench.report import format_table, json_ready, new_figure, save_figure, write_report
 
 from .loadgen import LoadRun
 
@@ -27,12 +27,7 @@ def load_axis(mode: str) -> str:
 
 
 def plot_latency_cdf(runs: list[LoadRun], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = new_figure(figsize=(6, 4))
     for run in runs:
         latencies = np.sort([r.latency_s for r in run.records if r.outcome == "ok"])
         if len(latencies):
@@ -44,21 +39,13 @@ def plot_latency_cdf(runs: list[LoadRun], path: Path) -> Path:
     axis.set_ylim(0, 1.01)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def plot_throughput(runs: list[LoadRun], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     summaries = [run.summary() for run in runs]
     levels = [s["level"] for s in summaries]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (left, right) = new_figure(1, 2, figsize=(10, 4))
     left.plot(levels, [s["images_per_s"] for s in summaries], "o-", label="images/s")
     left.plot(levels, [s["requests_per_s"] for s in summaries], "s--", label="successful requests/s")
     if runs and runs[0].mode == "open":
@@ -72,10 +59,7 @@ def plot_throughput(runs: list[LoadRun], path: Path) -> Path:
         axis.set_xlabel(load_axis(runs[0].mode if runs else "open"))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def markdown(report: dict[str, Any], table: str) -> str:
