@@ -6,7 +6,9 @@ uses group attention only in the unconditional branch, so without CFG its sample
 
 A verdict is only as strong as the runs behind it: a claim over rows that were not run says so, and a
 difference smaller than the seed-to-seed spread (sample std of both rows, combined) is reported as
-such rather than as a win. With one seed per row the spread is unknown, and the verdict says that too.
+such rather than as a win. A row run with one seed borrows the spread pooled over the rows run with
+several (training seeds are assumed to scatter alike in every row, and the verdict names the rows
+the estimate comes from); with no such row the spread is unknown, and the verdict says that too.
 """
 
 from __future__ import annotations
@@ -25,10 +27,26 @@ def claims(report: dict) -> list[dict]:
     """One entry per claim: ``claim``, ``compared`` (what is measured), ``measured`` (text), ``verdict``."""
     rows = {entry["row"]: entry for entry in summarize(report["runs"])}
     metric = "FID CFG" if all(entry["FID CFG"][0] is not None for entry in rows.values()) else "fd_cls CFG"
-    return [_gain(rows, metric), _ordering(rows, metric), _query(rows, metric), _correlation(report)]
+    pooled = pooled_spread(rows, metric)
+    return [_gain(rows, metric, pooled), _ordering(rows, metric, pooled), _query(rows, metric, pooled),
+            _correlation(report)]
 
 
-def _gain(rows: dict, metric: str) -> dict:
+def pooled_spread(rows: dict, metric: str) -> tuple[float, list[str]] | None:
+    """The seed-to-seed std pooled over the rows with two or more seeds (weighted by degrees of freedom),
+    and those rows; None when every row has one seed."""
+    squares, freedom, names = 0.0, 0, []
+    for name, entry in rows.items():
+        std = entry[metric][1]
+        if std is not None:
+            count = len(entry["seeds"])
+            squares += (count - 1) * std**2
+            freedom += count - 1
+            names.append(name)
+    return (math.sqrt(squares / freedom), names) if freedom else None
+
+
+def _gain(rows: dict, metric: str, pooled: tuple[float, list[str]] | None) -> dict:
     claim = {"claim": f"GroupDiff-4 (embedding groups) has >= {PAPER_GAIN:.0%} lower FID than the baseline",
              "compared": f"{metric}: l-uc4 vs baseline"}
     if not {"baseline", "l-uc4"} <= rows.keys():
@@ -45,10 +63,10 @@ def _gain(rows: dict, metric: str) -> dict:
         verdict = f"lower, but by less than {PAPER_GAIN:.0%}"
     else:
         verdict = "does not hold"
-    return {**claim, "measured": measured, "verdict": _qualified(verdict, [base, group])}
+    return {**claim, "measured": measured, "verdict": _qualified(verdict, [base, group], pooled)}
 
 
-def _ordering(rows: dict, metric: str) -> dict:
+def _ordering(rows: dict, metric: str, pooled: tuple[float, list[str]] | None) -> dict:
     present = [name for name in SIZE_ROWS if name in rows]
     claim = {"claim": "FID falls with group size 1 → 2 → 4 → 8",
              "compared": f"{metric}: " + ", ".join(present or SIZE_ROWS)}
@@ -59,10 +77,10 @@ def _ordering(rows: dict, metric: str) -> dict:
     verdict = "holds" if falling else "does not hold"
     if len(present) < len(SIZE_ROWS):
         verdict += f" over the {len(present)} rows run"
-    return {**claim, "measured": " → ".join(_value(v) for v in values), "verdict": _qualified(verdict, values)}
+    return {**claim, "measured": " → ".join(_value(v) for v in values), "verdict": _qualified(verdict, values, pooled)}
 
 
-def _query(rows: dict, metric: str) -> dict:
+def _query(rows: dict, metric: str, pooled: tuple[float, list[str]] | None) -> dict:
     present = [name for name in QUERY_ROWS if name in rows]
     claim = {"claim": "similarity (embedding) groups beat class-based and random groups",
              "compared": f"{metric}: " + " vs ".join(present or QUERY_ROWS)}
@@ -74,7 +92,7 @@ def _query(rows: dict, metric: str) -> dict:
     if len(present) < len(QUERY_ROWS):
         verdict += f" against the {len(present) - 1} other row run"
     measured = ", ".join(f"{name} {_value(v)}" for name, v in zip(present, values, strict=True))
-    return {**claim, "measured": measured, "verdict": _qualified(verdict, values)}
+    return {**claim, "measured": measured, "verdict": _qualified(verdict, values, pooled)}
 
 
 def _correlation(report: dict) -> dict:
@@ -93,13 +111,19 @@ def _value(value: tuple[float | None, float | None]) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
-def _qualified(verdict: str, values: list[tuple[float, float | None]]) -> str:
+def _qualified(verdict: str, values: list[tuple[float, float | None]], pooled: tuple[float, list[str]] | None) -> str:
     """The verdict, flagged when the rows are closer than their seed spread or the spread is unknown."""
-    if any(std is None for _, std in values):
+    borrowed = any(std is None for _, std in values)
+    if borrowed and pooled is None:
         return f"{verdict} (one seed: spread unknown)"
-    pairs = list(zip(values, values[1:], strict=False))  # neighbours in the order the claim compares them
-    close = any(abs(a[0] - b[0]) < math.hypot(a[1], b[1]) for a, b in pairs)
-    return f"{verdict} (within the seed spread)" if close else verdict
+    stds = [pooled[0] if std is None else std for _, std in values]
+    source = f", pooled over {', '.join(pooled[1])}: ± {pooled[0]:.2f}" if borrowed else ""
+    # neighbours in the order the claim compares them
+    close = any(abs(a[0] - b[0]) < math.hypot(sa, sb)
+                for a, b, sa, sb in zip(values, values[1:], stds, stds[1:], strict=False))
+    if close:
+        return f"{verdict} (within the seed spread{source})"
+    return f"{verdict} (beyond the seed spread{source})" if borrowed else verdict
 
 
 def claims_markdown(checked: list[dict]) -> str:

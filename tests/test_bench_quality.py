@@ -200,6 +200,13 @@ def test_the_claims_are_judged_from_the_rows_present_and_their_spread():
     table = claims_markdown(claims(report))
     assert table.count("\n| ") == 5 and "## The paper's claims" in table
 
+    # rows run once borrow the spread of the rows run with several seeds (here l-uc4's: 34 and 36, std 1.41)
+    report = {"runs": [scored("baseline", 0, 40.0), scored("l-uc4", 0, 34.0, 0.2), scored("l-uc4", 1, 36.0, 0.2),
+                       scored("l-uc4-query-class", 0, 36.5, 0.3)]}
+    gain, _, query, _ = claims(report)
+    assert gain["verdict"] == "lower, but by less than 20% (beyond the seed spread, pooled over l-uc4: ± 1.41)"
+    assert query["verdict"] == "holds against the 1 other row run (within the seed spread, pooled over l-uc4: ± 1.41)"
+
 
 def test_the_gpu_script_asks_for_the_gpu_preset_on_cuda():
     """bench/gpu/quality.sh is not run here; its command line must parse into the gpu preset, all rows."""
