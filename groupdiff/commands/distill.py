@@ -11,18 +11,13 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from .train import add_run_args, config_overrides
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("distill", help="distil a teacher into a 1-4 step group student (FACM, DMD2)")
     p.add_argument("--teacher", help="teacher checkpoint folder (overrides the config's teacher)")
-    p.add_argument("--config", required=True, help="YAML/TOML config file, or a recipe name such as fmnist")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set group_size=1 (repeatable)")
-    p.add_argument("--data", help="prepared data folder (overrides the config's data)")
-    p.add_argument("--out", help="output folder (overrides the config's out)")
-    p.add_argument("--steps", type=int, help="total optimizer steps (overrides the config's steps)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                   help="continue from the latest checkpoint in --out (or from CHECKPOINT)")
+    add_run_args(p, recipe="fmnist", example="group_size=1")
     p.add_argument("--export-to", metavar="DIR", help="after training, write the serving folder (EMA weights only)")
     p.set_defaults(run=run)
 
@@ -36,10 +31,7 @@ def run(args: argparse.Namespace) -> None:
     from groupdiff.training.prepared import load_prepared
     from groupdiff.training.run_folder import latest_checkpoint
 
-    overrides = list(args.overrides)
-    for key in ("teacher", "data", "out", "steps"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
+    overrides = config_overrides(args, ("teacher", "data", "out", "steps"))
     config = load_config(DistillConfig, find_config(args.config, "distill"), overrides)
     dist = distributed.setup(config.device)
     try:
