@@ -115,7 +115,7 @@ def evaluate(samples: SampleSet, settings: EvalSettings, model: GroupDiT | None 
 
     if wanted & {"accuracy", "fd_classifier", "diversity"}:
         start = time.perf_counter()
-        classifier, record = _classifier(settings, cache)
+        classifier, record = project_classifier(settings)
         check_input(classifier, samples.images, samples.source)
         predictions, features = classify(classifier, samples.images)
         info["classifier"] = {k: record.get(k) for k in ("dataset", "test_accuracy", "test_images", "train_seconds",
@@ -149,7 +149,9 @@ def evaluate(samples: SampleSet, settings: EvalSettings, model: GroupDiT | None 
     return {"metrics": values, "counts": counts, "info": info, "notes": notes, "seconds": seconds}
 
 
-def _classifier(settings: EvalSettings, cache: Path):
+def project_classifier(settings: EvalSettings):
+    """The classifier behind accuracy and fd_classifier: ``settings.classifier`` when given, else the one
+    cached for ``settings.reference`` (trained on a miss)."""
     if settings.classifier:
         model, record = load_classifier(settings.classifier)
         return model, {**record, "path": settings.classifier}
@@ -161,6 +163,6 @@ def _classifier(settings: EvalSettings, cache: Path):
 
     name = Path(settings.reference).name or "data"
     # seed 0 always: the evaluation seed must not change the measuring instrument
-    return trained_classifier(arrays(train), arrays(test), name, cache, steps=settings.classifier_steps,
-                              progress=settings.progress)
+    return trained_classifier(arrays(train), arrays(test), name, cache_dir(settings.cache),
+                              steps=settings.classifier_steps, progress=settings.progress)
 
