@@ -14,7 +14,10 @@ groups:
 - ``alignment``: the cosine of ``d(N)`` with ``d(1)`` — whether what is left points the same way;
 - ``uncond_accuracy``: the project classifier's accuracy on the unconditional branch's clean-image
   estimate ``x̂₀ = x_t − t·v_u(N)``, against the group's class — how much of the class that branch
-  reads off the group (``cond_accuracy``: the same for ``v_c``, the class it is told).
+  reads off the group (``cond_accuracy``: the same for ``v_c``, the class it is told);
+- ``pull``: the squared distance of that estimate to the mean of the *other* members of the image's
+  largest group (their clean images), over the same at group size 1 — below 1 the unconditional
+  branch copies from the group, so guidance pushes each image away from its group.
 
     python -m groupdiff.bench.guidance_gap --checkpoint outputs/quality/l-uc8/seed-0/checkpoints/step-0010000 \\
         --group-sizes 1 4 8 --out docs/results/quality/guidance-gap/l-uc8.json
@@ -40,7 +43,7 @@ from groupdiff.training.prepared import PreparedData, load_prepared
 from .distill_gap import training_groups
 from .report import format_table, write_report
 
-COLUMNS = ["t", "group_size", "strength", "alignment", "uncond_accuracy", "cond_accuracy"]
+COLUMNS = ["t", "group_size", "strength", "alignment", "uncond_accuracy", "cond_accuracy", "pull"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ def guidance_gaps(model: GroupDiT, data: PreparedData, classifier: SmallCNN, set
     """One row per (time, group size), the group size 1 row first at each time."""
     generator = torch.Generator().manual_seed(settings.seed)
     x0, y = training_groups(data, "class", max(settings.group_sizes), settings.groups, generator)  # (G·N, C, H, W)
+    others = others_mean(x0, max(settings.group_sizes))
     null = torch.full_like(y, model.null_class)
     recipe = Guidance(mode="groupdiff-l")  # its branch group sizes: the conditional branch always alone
     cond_size, _ = recipe.branch_group_sizes(max(settings.group_sizes))
@@ -74,17 +78,29 @@ def guidance_gaps(model: GroupDiT, data: PreparedData, classifier: SmallCNN, set
         x_t = interpolate(x0, torch.randn(x0.shape, generator=generator), t)
         v_cond = model(x_t, t, y, group_size=cond_size)
         cond_accuracy = class_accuracy(classifier, x_t - time * v_cond, y)
-        alone = None
+        alone = alone_distance = None
         for n in sorted(settings.group_sizes):
             v_uncond = model(x_t, t, null, group_size=recipe.branch_group_sizes(n)[1])
+            estimate = x_t - time * v_uncond  # (G·N, C, H, W) the unconditional branch's x̂₀
             direction = (v_cond - v_uncond).flatten(1)  # (G·N, C·H·W)
+            distance = (estimate - others).pow(2).sum()
             alone = direction if alone is None else alone
+            alone_distance = distance if alone_distance is None else alone_distance
             rows.append({"t": time, "group_size": n,
                          "strength": float(direction.pow(2).sum() / alone.pow(2).sum()),
                          "alignment": float(torch.nn.functional.cosine_similarity(direction, alone).mean()),
-                         "uncond_accuracy": class_accuracy(classifier, x_t - time * v_uncond, y),
-                         "cond_accuracy": cond_accuracy})
+                         "uncond_accuracy": class_accuracy(classifier, estimate, y),
+                         "cond_accuracy": cond_accuracy, "pull": float(distance / alone_distance)})
     return rows
+
+
+def others_mean(x0: torch.Tensor, group_size: int) -> torch.Tensor:
+    """For each image of group-major ``x0`` (G·N, C, H, W), the mean of the other members of its group
+    (the image itself when the group has one member)."""
+    if group_size == 1:
+        return x0
+    groups = x0.unflatten(0, (-1, group_size))  # (G, N, C, H, W)
+    return ((groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)).flatten(0, 1)
 
 
 def class_accuracy(classifier: SmallCNN, estimate: torch.Tensor, labels: torch.Tensor) -> float:

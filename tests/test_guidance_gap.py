@@ -4,8 +4,9 @@ for a network that cannot see the group, something for one that can."""
 import json
 
 import pytest
+import torch
 
-from groupdiff.bench.guidance_gap import GapSettings, guidance_gaps
+from groupdiff.bench.guidance_gap import GapSettings, guidance_gaps, others_mean
 from groupdiff.bench.guidance_gap import main as guidance_gap_main
 from groupdiff.cli import main
 from groupdiff.evaluation.classifier import ClassifierConfig, SmallCNN, save_classifier
@@ -43,6 +44,7 @@ def test_without_group_attention_the_group_changes_nothing(data):
     assert [(r["t"], r["group_size"]) for r in rows] == [(t, n) for t in (0.9, 0.3) for n in (1, 2, 4)]
     for row in rows:
         assert row["strength"] == pytest.approx(1.0, abs=1e-5) and row["alignment"] == pytest.approx(1.0, abs=1e-5)
+        assert row["pull"] == pytest.approx(1.0, abs=1e-5)
     for t in (0.9, 0.3):
         assert len({r["uncond_accuracy"] for r in rows if r["t"] == t}) == 1
 
@@ -78,3 +80,9 @@ def test_settings_and_the_command_line(data, tmp_path, capsys):
         guidance_gap_main(["--checkpoint", str(checkpoint), "--group-sizes", "1", "3", "4"])
     with pytest.raises(SystemExit, match="guidance_gap: .*not found|guidance_gap: .*no "):
         guidance_gap_main(["--checkpoint", str(tmp_path / "missing"), "--data", str(data)])
+
+
+def test_others_mean_leaves_each_image_out_of_its_own_group():
+    x0 = torch.arange(6.0).view(6, 1, 1, 1)  # two groups of three: (0, 1, 2) and (3, 4, 5)
+    assert others_mean(x0, 3).flatten().tolist() == [1.5, 1.0, 0.5, 4.5, 4.0, 3.5]
+    assert torch.equal(others_mean(x0, 1), x0)
