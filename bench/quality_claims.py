@@ -9,13 +9,16 @@ difference smaller than the seed-to-seed spread (sample std of both rows, combin
 such rather than as a win. A row run with one seed borrows the spread pooled over the rows run with
 several (training seeds are assumed to scatter alike in every row, and the verdict names the rows
 the estimate comes from); with no such row the spread is unknown, and the verdict says that too.
+Where two compared rows share two or more training seeds, the measured text adds their difference seed
+by seed: a training seed can move every row the same way (initial weights, evaluation noise), which
+the rows' own spreads count against the comparison and a paired difference does not.
 """
 
 from __future__ import annotations
 
 import math
 
-from .quality_report import correlation_points, pearson, summarize
+from .quality_report import COLUMNS, correlation_points, pearson, summarize
 
 PAPER_GAIN = 0.20  # issue 4's goal: GroupDiff-4 with embedding groups >= 20 % lower FID (paper: 20.9 % from scratch)
 SIZE_ROWS = ["baseline", "l-uc2", "l-uc4", "l-uc8"]  # group size 1, 2, 4, 8, all with embedding groups
@@ -28,8 +31,27 @@ def claims(report: dict) -> list[dict]:
     rows = {entry["row"]: entry for entry in summarize(report["runs"])}
     metric = "FID CFG" if all(entry["FID CFG"][0] is not None for entry in rows.values()) else "fd_cls CFG"
     pooled = pooled_spread(rows, metric)
-    return [_gain(rows, metric, pooled), _ordering(rows, metric, pooled), _query(rows, metric, pooled),
-            _correlation(report)]
+    by_seed = _per_seed(report["runs"], metric)
+    return [_gain(rows, metric, pooled, by_seed), _ordering(rows, metric, pooled),
+            _query(rows, metric, pooled, by_seed), _correlation(report)]
+
+
+def _per_seed(runs: list[dict], metric: str) -> dict[str, dict[int, float]]:
+    """row → {training seed: the metric of that run}."""
+    section, key = next((section, key) for title, section, key in COLUMNS if title == metric)
+    table: dict[str, dict[int, float]] = {}
+    for run in runs:
+        table.setdefault(run["row"], {})[run["seed"]] = run[section][key]
+    return table
+
+
+def paired(by_seed: dict[str, dict[int, float]], first: str, second: str) -> str:
+    """`second − first` for each training seed both rows ran, as text; '' below two shared seeds."""
+    seeds = sorted(by_seed.get(first, {}).keys() & by_seed.get(second, {}).keys())
+    if len(seeds) < 2:
+        return ""
+    differences = " / ".join(f"{by_seed[second][s] - by_seed[first][s]:+.2f}" for s in seeds)
+    return f"; {second} − {first} by training seed {' / '.join(map(str, seeds))}: {differences}"
 
 
 def pooled_spread(rows: dict, metric: str) -> tuple[float, list[str]] | None:
@@ -46,7 +68,7 @@ def pooled_spread(rows: dict, metric: str) -> tuple[float, list[str]] | None:
     return (math.sqrt(squares / freedom), names) if freedom else None
 
 
-def _gain(rows: dict, metric: str, pooled: tuple[float, list[str]] | None) -> dict:
+def _gain(rows: dict, metric: str, pooled: tuple[float, list[str]] | None, by_seed: dict) -> dict:
     claim = {"claim": f"GroupDiff-4 (embedding groups) has >= {PAPER_GAIN:.0%} lower FID than the baseline",
              "compared": f"{metric}: l-uc4 vs baseline"}
     if not {"baseline", "l-uc4"} <= rows.keys():
@@ -57,6 +79,7 @@ def _gain(rows: dict, metric: str, pooled: tuple[float, list[str]] | None) -> di
     unguided = metric.replace(" CFG", "")
     if rows["baseline"][unguided][0] is not None and rows["l-uc4"][unguided][0] is not None:
         measured += f"; without CFG {_value(rows['baseline'][unguided])} → {_value(rows['l-uc4'][unguided])}"
+    measured += paired(by_seed, "baseline", "l-uc4")
     if gain >= PAPER_GAIN:
         verdict = "holds"
     elif gain > 0:
@@ -80,7 +103,7 @@ def _ordering(rows: dict, metric: str, pooled: tuple[float, list[str]] | None) -
     return {**claim, "measured": " → ".join(_value(v) for v in values), "verdict": _qualified(verdict, values, pooled)}
 
 
-def _query(rows: dict, metric: str, pooled: tuple[float, list[str]] | None) -> dict:
+def _query(rows: dict, metric: str, pooled: tuple[float, list[str]] | None, by_seed: dict) -> dict:
     present = [name for name in QUERY_ROWS if name in rows]
     claim = {"claim": "similarity (embedding) groups beat class-based and random groups",
              "compared": f"{metric}: " + " vs ".join(present or QUERY_ROWS)}
@@ -92,6 +115,7 @@ def _query(rows: dict, metric: str, pooled: tuple[float, list[str]] | None) -> d
     if len(present) < len(QUERY_ROWS):
         verdict += f" against the {len(present) - 1} other row run"
     measured = ", ".join(f"{name} {_value(v)}" for name, v in zip(present, values, strict=True))
+    measured += "".join(paired(by_seed, "l-uc4", name) for name in present[1:])
     return {**claim, "measured": measured, "verdict": _qualified(verdict, values, pooled)}
 
 
