@@ -24,6 +24,7 @@ PAPER_GAIN = 0.20  # issue 4's goal: GroupDiff-4 with embedding groups >= 20 % l
 SIZE_ROWS = ["baseline", "l-uc2", "l-uc4", "l-uc8"]  # group size 1, 2, 4, 8, all with embedding groups
 QUERY_ROWS = ["l-uc4", "l-uc4-query-class", "l-uc4-query-random"]
 STRONG_CORRELATION = -0.5  # higher S_cross should go with lower FID
+BySeed = dict[str, dict[int, float]]  # row -> {training seed: metric}
 
 
 def claims(report: dict) -> list[dict]:
@@ -36,16 +37,17 @@ def claims(report: dict) -> list[dict]:
             _query(rows, metric, pooled, by_seed), _correlation(report)]
 
 
-def _per_seed(runs: list[dict], metric: str) -> dict[str, dict[int, float]]:
-    """row → {training seed: the metric of that run}."""
+def _per_seed(runs: list[dict], metric: str) -> BySeed:
+    """row → {training seed: the metric of that run}, for the runs that measured it."""
     section, key = next((section, key) for title, section, key in COLUMNS if title == metric)
-    table: dict[str, dict[int, float]] = {}
+    table: BySeed = {}
     for run in runs:
-        table.setdefault(run["row"], {})[run["seed"]] = run[section][key]
+        if (value := run[section].get(key)) is not None:
+            table.setdefault(run["row"], {})[run["seed"]] = value
     return table
 
 
-def paired(by_seed: dict[str, dict[int, float]], first: str, second: str) -> str:
+def _paired(by_seed: BySeed, first: str, second: str) -> str:
     """`second − first` for each training seed both rows ran, as text; '' below two shared seeds."""
     seeds = sorted(by_seed.get(first, {}).keys() & by_seed.get(second, {}).keys())
     if len(seeds) < 2:
@@ -68,7 +70,7 @@ def pooled_spread(rows: dict, metric: str) -> tuple[float, list[str]] | None:
     return (math.sqrt(squares / freedom), names) if freedom else None
 
 
-def _gain(rows: dict, metric: str, pooled: tuple[float, list[str]] | None, by_seed: dict) -> dict:
+def _gain(rows: dict, metric: str, pooled: tuple[float, list[str]] | None, by_seed: BySeed) -> dict:
     claim = {"claim": f"GroupDiff-4 (embedding groups) has >= {PAPER_GAIN:.0%} lower FID than the baseline",
              "compared": f"{metric}: l-uc4 vs baseline"}
     if not {"baseline", "l-uc4"} <= rows.keys():
@@ -79,7 +81,7 @@ def _gain(rows: dict, metric: str, pooled: tuple[float, list[str]] | None, by_se
     unguided = metric.replace(" CFG", "")
     if rows["baseline"][unguided][0] is not None and rows["l-uc4"][unguided][0] is not None:
         measured += f"; without CFG {_value(rows['baseline'][unguided])} → {_value(rows['l-uc4'][unguided])}"
-    measured += paired(by_seed, "baseline", "l-uc4")
+    measured += _paired(by_seed, "baseline", "l-uc4")
     if gain >= PAPER_GAIN:
         verdict = "holds"
     elif gain > 0:
@@ -103,7 +105,7 @@ def _ordering(rows: dict, metric: str, pooled: tuple[float, list[str]] | None) -
     return {**claim, "measured": " → ".join(_value(v) for v in values), "verdict": _qualified(verdict, values, pooled)}
 
 
-def _query(rows: dict, metric: str, pooled: tuple[float, list[str]] | None, by_seed: dict) -> dict:
+def _query(rows: dict, metric: str, pooled: tuple[float, list[str]] | None, by_seed: BySeed) -> dict:
     present = [name for name in QUERY_ROWS if name in rows]
     claim = {"claim": "similarity (embedding) groups beat class-based and random groups",
              "compared": f"{metric}: " + " vs ".join(present or QUERY_ROWS)}
@@ -115,7 +117,7 @@ def _query(rows: dict, metric: str, pooled: tuple[float, list[str]] | None, by_s
     if len(present) < len(QUERY_ROWS):
         verdict += f" against the {len(present) - 1} other row run"
     measured = ", ".join(f"{name} {_value(v)}" for name, v in zip(present, values, strict=True))
-    measured += "".join(paired(by_seed, "l-uc4", name) for name in present[1:])
+    measured += "".join(_paired(by_seed, "l-uc4", name) for name in present[1:])
     return {**claim, "measured": measured, "verdict": _qualified(verdict, values, pooled)}
 
 
