@@ -159,7 +159,8 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
         run = folder.parent.parent.name if folder.name.startswith("step-") else folder.name  # <run>/checkpoints/step-*
         name = f"student N={group_size}" + (f" ({run})" if len(students) > 1 else "")
         contenders += student_contenders(checkpoint, name, student_samplers)
-    first_student = [c for c in contenders[1:] if c.checkpoint == student]
+    group_students = contenders[1:]
+    first_student = [c for c in group_students if c.checkpoint == student]
     grid_rows = [contenders[0].name] + [c.name for c in first_student][: len(student_steps(student))]
     pairs = []
     if teacher_alone:
@@ -168,7 +169,7 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
     if baseline:
         singles = student_contenders(baseline, "student N=1", student_samplers)
         contenders += singles
-        pairs += [(group.name, single.name) for group in first_student for single in singles
+        pairs += [(group.name, single.name) for group in group_students for single in singles
                   if (group.steps, group.sampler) == (single.steps, single.sampler)]
     config = teacher.model.config
     data = read_checkpoint_info(teacher_path)["metadata"].get("data", {})

@@ -228,16 +228,21 @@ def test_bad_distill_input_exits_2(setup, tmp_path, capsys):
     assert "dmd.init" in capsys.readouterr().err
 
 
-def test_bench_distill_scores_the_teacher_and_each_student_rule(setup, tmp_path):
+def save_tiny_classifier(folder: Path) -> None:
+    """A 3-step classifier: enough for the metrics to run, no accuracy is asserted."""
     from groupdiff.evaluation.classifier import ClassifierConfig, save_classifier, train_classifier
     from groupdiff.training.data import load_fashion_mnist
 
-    assert distill(setup, tmp_path / "student", 1) == 0
-    assert distill(setup, tmp_path / "single", 1, "--set", "group_size=1") == 0
     data = load_fashion_mnist(split="train", limit=200)
     classifier = train_classifier(data.images.permute(0, 2, 3, 1).contiguous().numpy(), data.labels.numpy(),
                                   ClassifierConfig(), steps=3, batch_size=32)
-    save_classifier(tmp_path / "classifier", classifier, {"dataset": "fmnist-200", "test_accuracy": None})
+    save_classifier(folder, classifier, {"dataset": "fmnist-200", "test_accuracy": None})
+
+
+def test_bench_distill_scores_the_teacher_and_each_student_rule(setup, tmp_path):
+    assert distill(setup, tmp_path / "student", 1) == 0
+    assert distill(setup, tmp_path / "single", 1, "--set", "group_size=1") == 0
+    save_tiny_classifier(tmp_path / "classifier")
     out = tmp_path / "bench"
     assert main(["bench", "distill", "--teacher", str(setup[1]), "--student",
                  str(tmp_path / "student/checkpoints/step-0000001"), "--baseline",
@@ -288,6 +293,21 @@ def test_bench_distill_scores_the_teacher_and_each_student_rule(setup, tmp_path)
                  str(tmp_path / "cache"), "--reference-count", "40", "--out", str(tmp_path / "bench-half")]) == 0
     rows = json.loads((tmp_path / "bench-half/results.json").read_text())["rows"]
     assert rows[0]["model"] == "teacher (heun 3, CFG 0.5)"
+
+
+def test_bench_distill_pairs_every_group_student_with_the_size_1_student(setup, tmp_path):
+    for name, extra in (("narrow", ()), ("wide", ("--set", "batch_size=16")), ("single", ("--set", "group_size=1"))):
+        assert distill(setup, tmp_path / name, 1, *extra) == 0
+    save_tiny_classifier(tmp_path / "classifier")
+    step = "checkpoints/step-0000001"
+    assert main(["bench", "distill", "--teacher", str(setup[1]), "--student", str(tmp_path / "narrow" / step),
+                 str(tmp_path / "wide" / step), "--baseline", str(tmp_path / "single" / step), "--num-samples",
+                 "40", "--fid-samples", "0", "--repeats", "1", "--classifier", str(tmp_path / "classifier"),
+                 "--cache", str(tmp_path / "cache"), "--reference-count", "40", "--out", str(tmp_path / "bench")]) == 0
+    report = json.loads((tmp_path / "bench/results.json").read_text())
+    assert {(entry["group"], entry["single"]) for entry in report["paired"]} == {
+        (f"student N=4 ({run}) {k}-step", f"student N=1 {k}-step")
+        for run in ("narrow", "wide") for k in (1, 2, 4)}
 
 
 def test_paired_differences_call_a_sign_only_when_every_seed_agrees():
