@@ -15,9 +15,10 @@
 # distill-fmnist-dmd recipe) and brings it back as dmd.tar; score it with --student outputs/distill-gpu/dmd.
 # GUIDANCE_SCALE=s distils (and fine-tunes) at scale s instead of the teacher's recorded one; STUDENT_INIT=<ckpt>
 # starts both FACM students from that checkpoint (e.g. a GroupDiff-l teacher's GroupDiff-f fine-tune, carried
-# as .gpucarry/init; docs/distill.md item 8).
+# as .gpucarry/init; docs/distill.md item 8). GROUP_BATCH=n trains the group student on n images per step
+# instead of the recipe's 64 (256: as many groups per step as the size-1 student has images; item 9).
 # Usage: STEPS=<steps> OUT=<dir> [DMD_STEPS=<steps>] [TEACHER=.gpucarry/teacher] [KIT=<kit.npz>]
-#        [GUIDANCE_SCALE=<s>] [STUDENT_INIT=<ckpt>] bash bench/gpu/distill.sh
+#        [GUIDANCE_SCALE=<s>] [STUDENT_INIT=<ckpt>] [GROUP_BATCH=<n>] bash bench/gpu/distill.sh
 # (DEVICE=cpu runs the same flow as a CPU smoke test.)
 set -euo pipefail
 STEPS=${STEPS:?set STEPS}
@@ -35,10 +36,12 @@ source "$(dirname "$0")/common.sh"
 device_setup
 start=$(date +%s)
 declare -A sizes=([group]=null [n1]=1)
+declare -A batches=([group]="${GROUP_BATCH:-64}" [n1]=64)
 pids=()
 for name in group n1; do
   python3 -m groupdiff distill --teacher "$TEACHER" --config fmnist --steps "$STEPS" --out "$WORK/$name" \
-    --set device="$DEVICE" --set group_size="${sizes[$name]}" "${scale[@]}" "${init[@]}" \
+    --set device="$DEVICE" --set group_size="${sizes[$name]}" --set batch_size="${batches[$name]}" \
+    "${scale[@]}" "${init[@]}" \
     --export-to "$WORK/served/$name" \
     >"$WORK/$name.log" 2>&1 &
   pids+=($!)
