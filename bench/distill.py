@@ -146,6 +146,8 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
     group_size = int(distill_metadata(student)["group_size"])
     if group_size < 2:
         raise ValueError("--student must be a group student (group size >= 2); pass the size-1 one as --baseline")
+    if other := [path for path in students if int(distill_metadata(path)["group_size"]) != group_size]:
+        raise ValueError(f"every --student must have the first one's group size {group_size}: {other} differ")
     if num_samples % (group_size * 10) or fid_samples > num_samples or fid_samples % group_size:
         raise ValueError(f"--num-samples must be a multiple of {group_size * 10} and --fid-samples a multiple of "
                          f"{group_size} no larger than it")

@@ -305,6 +305,9 @@ def test_bench_distill_pairs_every_group_student_with_the_size_1_student(setup, 
                  "40", "--fid-samples", "0", "--repeats", "1", "--classifier", str(tmp_path / "classifier"),
                  "--cache", str(tmp_path / "cache"), "--reference-count", "40", "--out", str(tmp_path / "bench")]) == 0
     report = json.loads((tmp_path / "bench/results.json").read_text())
+    # a size-1 student among the group students would be mislabelled: refused
+    assert main(["bench", "distill", "--teacher", str(setup[1]), "--student", str(tmp_path / "narrow" / step),
+                 str(tmp_path / "single" / step), "--out", str(tmp_path / "mixed")]) == 2
     assert {(entry["group"], entry["single"]) for entry in report["paired"]} == {
         (f"student N=4 ({run}) {k}-step", f"student N=1 {k}-step")
         for run in ("narrow", "wide") for k in (1, 2, 4)}

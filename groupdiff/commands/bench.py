@@ -108,7 +108,8 @@ def register(subparsers) -> None:
                          help="teacher checkpoint (its recorded recipe, at the students' guidance scale)")
     distill.add_argument("--student", required=True, nargs="+",
                          help="group student checkpoint(s) from groupdiff distill (the first one's grid is drawn)")
-    distill.add_argument("--baseline", help="student distilled the same way with group_size=1")
+    distill.add_argument("--baseline", help="student distilled the same way with group_size=1; every group student "
+                                            "is compared with it seed by seed on the same noise")
     distill.add_argument("--num-samples", type=int, default=1000, help="images for accuracy, fd_classifier, diversity")
     distill.add_argument("--fid-samples", type=int, default=500, help="first images scored by Inception FID (0: none)")
     distill.add_argument("--student-samplers", nargs="+", choices=["euler", "consistency"],
