@@ -174,9 +174,7 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
         pairs += [(group.name, single.name) for group in group_students for single in singles
                   if (group.steps, group.sampler) == (single.steps, single.sampler)]
     config = teacher.model.config
-    data = read_checkpoint_info(teacher_path)["metadata"].get("data", {})
-    autoencoder = Path(data["root"]) / "autoencoder" if data.get("space") == "latent" else None
-    decode = sample_decoder(data.get("space", "pixel"), float(data.get("scale_factor", 1.0)), autoencoder)
+    decode = checkpoint_decoder(teacher_path)
     shape = (config.in_channels, config.input_size, config.input_size)
     rows, grids, timings = [], {}, {}
     for seed in seeds:
@@ -224,6 +222,13 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
                "fd_classifier", "accuracy", "diversity_ratio"]
     print(format_table(rows, [c for c in columns if c in rows[0]]))
     return path
+
+
+def checkpoint_decoder(checkpoint: str):
+    """Latents (or pixels) -> images in [-1, 1] for the data space the checkpoint was trained in."""
+    data = read_checkpoint_info(checkpoint)["metadata"].get("data", {})
+    autoencoder = Path(data["root"]) / "autoencoder" if data.get("space") == "latent" else None
+    return sample_decoder(data.get("space", "pixel"), float(data.get("scale_factor", 1.0)), autoencoder)
 
 
 def add_ratios(rows: list[dict]) -> None:

@@ -369,3 +369,34 @@ def test_a_students_errors_are_split_by_the_parts_of_its_target(setup, tmp_path)
     # GroupDiff-l without guidance: the target is the conditional branch alone, at every group size
     (unguided,) = student_errors(str(tmp_path / "unguided/checkpoints/step-0000001"), [0.5], groups=2)
     assert unguided["group_term"] == 0 and math.isnan(unguided["captured"]) and "baseline_error" not in unguided
+
+
+def test_member_fid_scores_each_member_of_every_group_on_the_bench_noise(setup, tmp_path):
+    from groupdiff.bench.member_fid import main as member_fid
+    from groupdiff.bench.member_fid import member
+
+    images, labels = torch.arange(12).reshape(12, 1), torch.arange(12) // 4
+    first, first_labels = member(images, labels, 4, 0)
+    assert first.flatten().tolist() == [0, 4, 8] and first_labels.tolist() == [0, 1, 2]
+    assert sorted(torch.cat([member(images, labels, 4, k)[0] for k in range(4)]).flatten().tolist()) == list(range(12))
+    with pytest.raises(ValueError):
+        member(images, labels, 4, 4)
+
+    assert distill(setup, tmp_path / "group", 1) == 0
+    assert distill(setup, tmp_path / "single", 1, "--set", "group_size=1") == 0
+    save_tiny_classifier(tmp_path / "classifier")
+    group, single = (str(tmp_path / name / "checkpoints/step-0000001") for name in ("group", "single"))
+    common = ["--groups", "10", "--reference-count", "40", "--cache", str(tmp_path / "cache"), "--classifier",
+              str(tmp_path / "classifier"), "--metrics", "fd_classifier"]  # FID runs the same evaluate, slowly
+    out = tmp_path / "members"
+    assert member_fid(["--student", group, "--baseline", single, "--out", str(out), *common]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [row["model"] for row in rows] == [f"student N={n} {k}-step" for n in (4, 1) for k in (1, 2, 4)]
+    for row in rows:
+        members = row["fd_classifier_members"]
+        assert len(members) == 4 and all(score > 0 for score in members)
+        assert len(set(members)) == 4  # four different sets of images
+        assert row["fd_classifier_member_mean"] == pytest.approx(sum(members) / 4)
+    with pytest.raises(SystemExit) as refused:  # the size-1 student is the baseline, not the student
+        member_fid(["--student", single, "--out", str(out), *common])
+    assert refused.value.code == 2
