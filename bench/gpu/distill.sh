@@ -17,8 +17,9 @@
 # starts both FACM students from that checkpoint (e.g. a GroupDiff-l teacher's GroupDiff-f fine-tune, carried
 # as .gpucarry/init; docs/distill.md item 8). GROUP_BATCH=n trains the group student on n images per step
 # instead of the recipe's 64 (256: as many groups per step as the size-1 student has images; item 9).
+# QUERY=class trains on same-class groups instead of the teacher's retrieved neighbours (item 10).
 # Usage: STEPS=<steps> OUT=<dir> [DMD_STEPS=<steps>] [TEACHER=.gpucarry/teacher] [KIT=<kit.npz>]
-#        [GUIDANCE_SCALE=<s>] [STUDENT_INIT=<ckpt>] [GROUP_BATCH=<n>] bash bench/gpu/distill.sh
+#        [GUIDANCE_SCALE=<s>] [STUDENT_INIT=<ckpt>] [GROUP_BATCH=<n>] [QUERY=class] bash bench/gpu/distill.sh
 # (DEVICE=cpu runs the same flow as a CPU smoke test.)
 set -euo pipefail
 STEPS=${STEPS:?set STEPS}
@@ -29,6 +30,7 @@ DEVICE=${DEVICE:-cuda}
 DMD_STEPS=${DMD_STEPS:-0}
 scale=(); [ -n "${GUIDANCE_SCALE:-}" ] && scale=(--set guidance_scale="$GUIDANCE_SCALE")
 init=(); [ -n "${STUDENT_INIT:-}" ] && init=(--set student_init="$STUDENT_INIT")
+query=(); [ -n "${QUERY:-}" ] && query=(--set query="$QUERY")
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 # shellcheck source=bench/gpu/common.sh
@@ -41,7 +43,7 @@ pids=()
 for name in group n1; do
   python3 -m groupdiff distill --teacher "$TEACHER" --config fmnist --steps "$STEPS" --out "$WORK/$name" \
     --set device="$DEVICE" --set group_size="${sizes[$name]}" --set batch_size="${batches[$name]}" \
-    "${scale[@]}" "${init[@]}" \
+    "${scale[@]}" "${init[@]}" "${query[@]}" \
     --export-to "$WORK/served/$name" \
     >"$WORK/$name.log" 2>&1 &
   pids+=($!)
