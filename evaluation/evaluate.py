@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from groupdiff.model import GroupDiT
+from groupdiff.model.checkpoint import file_sha256
 from groupdiff.training.data import FASHION_MNIST_DIR, load_idx_dataset
 
 from .attention import cross_sample_scores
-from .classifier import check_input, classify, load_classifier, trained_classifier
+from .classifier import WEIGHTS_FILE, check_input, classify, load_classifier, trained_classifier
 from .diversity import group_diversity
 from .frechet import frechet_distance, gaussian_stats
 from .images import SampleSet
@@ -123,8 +124,12 @@ def evaluate(samples: SampleSet, settings: EvalSettings, model: GroupDiT | None 
         if "accuracy" in wanted:
             values["accuracy"] = float((predictions == samples.labels).mean())
         if "fd_classifier" in wanted:
-            _, ref_features = classify(classifier, reference.images)
-            values["fd_classifier"] = frechet_distance(*gaussian_stats(features), *gaussian_stats(ref_features))
+            # keyed by the weights' hash: a retrained or user-given classifier never reuses another's statistics
+            key = {**reference.key, "network": "small-cnn-features",
+                   "network_sha256": file_sha256(Path(record["path"]) / WEIGHTS_FILE)}
+            ref = cached_features(cache, "fd-classifier-reference", key,
+                                  lambda: classify(classifier, reference.images)[1])
+            values["fd_classifier"] = frechet_distance(*gaussian_stats(features), ref.mu, ref.sigma)
         if "diversity" in wanted:
             diversity = group_diversity(features, settings.group_size, samples.labels)
             values.update({f"diversity_{k}": v for k, v in diversity.items()})

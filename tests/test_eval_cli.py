@@ -54,11 +54,13 @@ def test_eval_of_a_checkpoint_writes_json_npz_grid_and_rescoring_the_npz_agrees(
 
     again = root / "again.json"
     assert main(["eval", "--samples", str(root / "s.npz"), "--metrics", "accuracy", "diversity", "fid",
-                 "--out", str(again), *common]) == 0
+                 "fd_classifier", "--out", str(again), *common]) == 0
     rescored = json.loads(again.read_text())["metrics"]
     assert rescored["accuracy"] == metrics["accuracy"]
     assert rescored["diversity_ratio"] == pytest.approx(metrics["diversity_ratio"])
     assert rescored["fid"] == pytest.approx(metrics["fid"], rel=1e-6)  # reference statistics came from the cache
+    assert rescored["fd_classifier"] == pytest.approx(metrics["fd_classifier"], rel=1e-9)
+    assert len(list((root / "cache" / "fd-classifier-reference").iterdir())) == 1  # stored once, then read
 
 
 def test_eval_bad_input_exits_with_code_2(setup, tmp_path, capsys):
