@@ -10,10 +10,17 @@ the classifier's accuracy and ``fd_classifier`` and group diversity on all ``num
 
 Wall time per group: one group at a time (what a server's single request costs), median of
 ``repeats`` timed runs after a warm-up, on this process's threads.
+
+The teacher rows' samples (minutes of guided Heun steps per seed on the CPU) are cached under
+``<cache>/distill-teacher-samples/``, keyed by everything that determines them: the teacher's weights
+hash, guidance recipe, sampler and steps, the group size of its forwards, a hash of the exact noise and
+labels, the seed and the torch version. Comparing new students against one teacher then costs only the students' sampling and
+the scoring; such rows report ``samples_cached`` and no generation time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import time
 from dataclasses import dataclass
@@ -25,6 +32,7 @@ from tqdm.auto import tqdm
 from groupdiff.distill.student import student_velocity
 from groupdiff.distill.teacher import Teacher, load_teacher
 from groupdiff.evaluation import EvalSettings, SampleSet, evaluate, save_group_grid
+from groupdiff.evaluation.cache import cache_dir, cached_tensors
 from groupdiff.evaluation.generation import chunk_seed
 from groupdiff.evaluation.grid import to_uint8
 from groupdiff.model import load_model
@@ -53,6 +61,7 @@ class Contender:
     forward_group_size: int  # the group size of its forwards (1 for a size-1 student)
     forwards_per_step: int
     velocity: object  # (y, group_size) -> VelocityFn
+    sample_key: dict[str, str] | None = None  # what determines its samples besides the inputs; None: not cached
 
     @property
     def forwards_per_image(self) -> int:
@@ -65,8 +74,13 @@ def teacher_contender(teacher: Teacher, group_size: int, alone: bool = False) ->
     a group student can gain from joint generation)."""
     recipe = f"{teacher.sampler} {teacher.steps}, CFG {teacher.guidance.scale:g}"
     name = f"teacher N=1 ({recipe})" if alone else f"teacher ({recipe})"
-    return Contender(name, teacher.path, teacher.steps, teacher.sampler, 1 if alone else group_size,
-                     teacher.forwards_per_step, teacher.velocity)
+    forward_group_size = 1 if alone else group_size
+    guidance = teacher.guidance
+    key = {"model_hash": teacher.model_hash, "sampler": teacher.sampler, "steps": str(teacher.steps),
+           "guidance": f"{guidance.mode} {guidance.scale!r} {list(guidance.interval)}",
+           "forward_group_size": str(forward_group_size)}
+    return Contender(name, teacher.path, teacher.steps, teacher.sampler, forward_group_size,
+                     teacher.forwards_per_step, teacher.velocity, key)
 
 
 def distill_metadata(checkpoint: str) -> dict:
@@ -122,6 +136,20 @@ def draw(contender: Contender, inputs: list[tuple[torch.Tensor, torch.Tensor]], 
         between = torch.Generator().manual_seed(chunk_seed(seed, index) + STEP_NOISE_OFFSET)
         samples.append(sample(velocity, noise, contender.steps, contender.sampler, generator=between))
     return torch.cat(samples)
+
+
+def cached_draw(contender: Contender, inputs: list[tuple[torch.Tensor, torch.Tensor]], seed: int, progress: bool,
+                cache: Path) -> tuple[torch.Tensor, bool]:
+    """`draw`, through the sample cache for contenders with a ``sample_key``; and whether it was a hit."""
+    if contender.sample_key is None:
+        return draw(contender, inputs, seed, progress), False
+    digest = hashlib.sha256()
+    for noise, y in inputs:  # the exact inputs, chunking included, rather than the settings that made them
+        digest.update(str(tuple(noise.shape)).encode() + noise.numpy().tobytes() + y.numpy().tobytes())
+    key = {**contender.sample_key, "seed": str(seed), "inputs_sha256": digest.hexdigest(), "torch": torch.__version__}
+    stored, hit = cached_tensors(cache, "distill-teacher-samples", f"seed{seed}", key,
+                                 lambda: {"samples": draw(contender, inputs, seed, progress)})
+    return stored["samples"], hit
 
 
 @torch.no_grad()
@@ -185,8 +213,9 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
         seed_rows = []
         for contender in contenders:
             start = time.perf_counter()
-            samples = draw(contender, inputs, seed, progress)
-            generate_s = time.perf_counter() - start
+            samples, cached = cached_draw(contender, inputs, seed, progress, cache_dir(cache))
+            groups = num_samples // group_size
+            generate_s_per_group = None if cached else (time.perf_counter() - start) / groups
             images = to_uint8(decode(samples))
             grids.setdefault(contender.name, decode(samples[: 10 * group_size]))  # the first seed's
             fast = evaluate(SampleSet(images, labels, contender.name), EvalSettings(metrics=FAST_METRICS, **settings))
@@ -202,7 +231,7 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
                 "model": contender.name, "seed": seed, "steps": contender.steps, "sampler": contender.sampler,
                 "forward_group_size": contender.forward_group_size,
                 "forwards_per_image": contender.forwards_per_image, "s_per_group": timings[contender.name],
-                "generate_s_per_group": generate_s / (num_samples // group_size), **metrics,
+                "generate_s_per_group": generate_s_per_group, "samples_cached": cached, **metrics,
                 "checkpoint": contender.checkpoint,
             })
         add_ratios(seed_rows)

@@ -27,6 +27,7 @@ class Teacher:
     sampler: str  # the teacher's full recipe: step rule and step count
     steps: int
     path: str
+    model_hash: str  # the weights and config (`serving.spec.weights_hash`): keys cached teacher samples
 
     def velocity(self, y: torch.Tensor, group_size: int) -> VelocityFn:
         """The guided ``v(x, t)`` the teacher samples with, for group-major labels ``y`` (G·N,)."""
@@ -61,4 +62,4 @@ def load_teacher(path: str | os.PathLike, weights: str = "ema", guidance_scale: 
     scale = spec.guidance_scale if guidance_scale is None else guidance_scale
     guidance = Guidance(scale, spec.guidance_mode, spec.guidance_interval)
     model = load_model(path, weights=weights, device=device).requires_grad_(False)
-    return Teacher(model, guidance, spec.sampler, spec.default_steps, str(path))
+    return Teacher(model, guidance, spec.sampler, spec.default_steps, str(path), spec.model_hash)

@@ -20,13 +20,14 @@ from groupdiff.model.checkpoint import file_sha256
 from groupdiff.training.data import FASHION_MNIST_DIR, load_idx_dataset
 
 from .attention import cross_sample_scores
+from .cache import cache_dir
 from .classifier import WEIGHTS_FILE, check_input, classify, load_classifier, trained_classifier
 from .diversity import group_diversity
 from .frechet import frechet_distance, gaussian_stats
 from .images import SampleSet
 from .inception import InceptionFeatures
 from .precision_recall import precision_recall
-from .reference import cache_dir, cached_features, load_reference
+from .reference import cached_features, load_reference
 
 METRICS = ("fid", "pr", "accuracy", "fd_classifier", "diversity", "s_cross")
 NO_INCEPTION_SCORE = ("Inception Score not computed: the shipped TF Inception TorchScript returns pool3 "

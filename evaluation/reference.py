@@ -9,7 +9,6 @@ A cached file whose stored key differs from the request is recomputed, never tru
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,17 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from groupdiff.training.data import load_idx_dataset
 
+from .cache import cached_tensors
 from .frechet import gaussian_stats
-
-
-def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """``override``, else ``$GROUPDIFF_CACHE``, else ``~/.cache/groupdiff``."""
-    return Path(override or os.environ.get("GROUPDIFF_CACHE") or Path.home() / ".cache" / "groupdiff")
 
 
 @dataclass
@@ -63,19 +56,13 @@ class FeatureStats:
 
 
 def cached_features(cache: Path, kind: str, key: dict[str, str], compute: Callable[[], np.ndarray]) -> FeatureStats:
-    """Features of a reference set from ``cache/<kind>/``, computing and storing them on a miss."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    name = f"{key.get('dataset', 'data')}-{key.get('split', '')}-n{key.get('count', '')}-{digest}"
-    path = cache / kind / f"{name}.safetensors"
-    if path.is_file():
-        with safe_open(str(path), "pt") as handle:
-            if json.loads((handle.metadata() or {}).get("key", "{}")) == key:
-                return FeatureStats(*(handle.get_tensor(name).numpy() for name in ("features", "mu", "sigma")))
-    features = np.asarray(compute(), np.float32)
-    mu, sigma = gaussian_stats(features)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tensors = {"features": torch.from_numpy(features), "mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}
-    save_file(tensors, str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
-    tmp.replace(path)
-    return FeatureStats(features, mu, sigma)
+    """Features of a reference set and their statistics from ``cache/<kind>/``, computed on a miss."""
+
+    def features_and_stats() -> dict[str, torch.Tensor]:
+        features = np.asarray(compute(), np.float32)
+        mu, sigma = gaussian_stats(features)
+        return {"features": torch.from_numpy(features), "mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}
+
+    prefix = f"{key.get('dataset', 'data')}-{key.get('split', '')}-n{key.get('count', '')}"
+    stored, _ = cached_tensors(cache, kind, prefix, key, features_and_stats)
+    return FeatureStats(*(stored[name].numpy() for name in ("features", "mu", "sigma")))

@@ -312,6 +312,25 @@ def test_bench_distill_pairs_every_group_student_with_the_size_1_student(setup, 
         (f"student N=4 ({run}) {k}-step", f"student N=1 {k}-step")
         for run in ("narrow", "wide") for k in (1, 2, 4)}
 
+    # the teacher's samples come from the cache on a rerun and score the same; the students are redrawn
+    entries = list((tmp_path / "cache/distill-teacher-samples").glob("*.safetensors"))
+    assert len(entries) == 1 and not report["rows"][0]["samples_cached"]
+    assert main(["bench", "distill", "--teacher", str(setup[1]), "--student", str(tmp_path / "narrow" / step),
+                 "--num-samples", "40", "--fid-samples", "0", "--repeats", "1", "--classifier",
+                 str(tmp_path / "classifier"), "--cache", str(tmp_path / "cache"), "--reference-count", "40",
+                 "--out", str(tmp_path / "rerun")]) == 0
+    rerun = json.loads((tmp_path / "rerun/results.json").read_text())["rows"]
+    first = {row["model"]: row for row in report["rows"]}
+    assert rerun[0]["samples_cached"] and rerun[0]["generate_s_per_group"] is None
+    assert rerun[0]["fd_classifier"] == first[rerun[0]["model"]]["fd_classifier"]
+    assert not any(row["samples_cached"] for row in rerun[1:])
+    # another seed is another entry
+    assert main(["bench", "distill", "--teacher", str(setup[1]), "--student", str(tmp_path / "narrow" / step),
+                 "--num-samples", "40", "--fid-samples", "0", "--repeats", "1", "--seeds", "1", "--classifier",
+                 str(tmp_path / "classifier"), "--cache", str(tmp_path / "cache"), "--reference-count", "40",
+                 "--out", str(tmp_path / "seed-1")]) == 0
+    assert len(list((tmp_path / "cache/distill-teacher-samples").glob("*.safetensors"))) == 2
+
 
 def test_paired_differences_call_a_sign_only_when_every_seed_agrees():
     from groupdiff.bench.distill_report import paired_differences
