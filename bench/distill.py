@@ -14,8 +14,8 @@ Wall time per group: one group at a time (what a server's single request costs),
 The teacher rows' samples (minutes of guided Heun steps per seed on the CPU) are cached under
 ``<cache>/distill-teacher-samples/``, keyed by everything that determines them: the teacher's weights
 hash, guidance recipe, sampler and steps, the group size of its forwards, a hash of the exact noise and
-labels, the seed and the torch version. Comparing new students against one teacher then costs only the students' sampling and
-the scoring; such rows report ``samples_cached`` and no generation time.
+labels, the seed and the torch version. Comparing new students against one teacher then costs only
+the students' sampling and the scoring; such rows report ``samples_cached`` and no generation time.
 """
 
 from __future__ import annotations
