@@ -205,16 +205,16 @@ def run(teacher_path: str, students: list[str], baseline: str | None, num_sample
     decode = checkpoint_decoder(teacher_path)
     shape = (config.in_channels, config.input_size, config.input_size)
     rows, grids, timings = [], {}, {}
+    sample_cache, groups = cache_dir(cache), num_samples // group_size
     for seed in seeds:
-        inputs = noise_and_labels(num_samples // group_size, group_size, shape, seed, config.num_classes, chunk=16)
+        inputs = noise_and_labels(groups, group_size, shape, seed, config.num_classes, chunk=16)
         labels = torch.cat([y for _, y in inputs]).numpy()
         settings = {"reference": reference, "reference_count": reference_count, "cache": cache,
                     "classifier": classifier, "progress": progress, "seed": seed, "group_size": group_size}
         seed_rows = []
         for contender in contenders:
             start = time.perf_counter()
-            samples, cached = cached_draw(contender, inputs, seed, progress, cache_dir(cache))
-            groups = num_samples // group_size
+            samples, cached = cached_draw(contender, inputs, seed, progress, sample_cache)
             generate_s_per_group = None if cached else (time.perf_counter() - start) / groups
             images = to_uint8(decode(samples))
             grids.setdefault(contender.name, decode(samples[: 10 * group_size]))  # the first seed's

@@ -143,7 +143,8 @@ def add_scoring_args(parser: argparse.ArgumentParser) -> None:
                         help="idx folder: its test split is the FID reference, its train split trains the classifier")
     parser.add_argument("--reference-count", type=int, default=2000, help="first N test images as FID reference")
     parser.add_argument("--classifier", help="a saved classifier folder (default: the cached one)")
-    parser.add_argument("--cache", help="cache folder (default $GROUPDIFF_CACHE or ~/.cache/groupdiff)")
+    parser.add_argument("--cache", help="cache folder for reference statistics, the classifier and (bench distill) "
+                        "the teacher's samples (default $GROUPDIFF_CACHE or ~/.cache/groupdiff)")
 
 
 def run_bench_model(args: argparse.Namespace) -> None:
