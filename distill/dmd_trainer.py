@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from groupdiff.model import fixed_sample_ids
+from groupdiff.model import GroupDiT, fixed_sample_ids
 from groupdiff.model.checkpoint import CheckpointError, read_checkpoint_info
 from groupdiff.training.distributed import Distributed
 from groupdiff.training.optim import build_optimizer, learning_rate
@@ -28,7 +28,7 @@ from groupdiff.training.trainer import step_generator
 from .config import DistillConfig
 from .dmd import critic_loss, generator_loss, renoise_times
 from .student import AnchoredStudent, load_anchored
-from .trainer import Distiller, average_gradients
+from .trainer import Distiller, average_gradients, load_matching
 
 CRITIC_FILE = "critic.safetensors"
 CRITIC_PREFIX = "critic_"  # the critic optimizer's files: critic_optimizer.safetensors, critic_trainer_state.json
@@ -43,11 +43,18 @@ class DMDDistiller(Distiller):
         if self.group_size > teacher_cfg.max_group_size:
             raise ValueError(f"the critic starts from the teacher, which takes groups of at most "
                              f"{teacher_cfg.max_group_size}; got group_size {self.group_size}")
-        self.critic = copy.deepcopy(self.teacher.model).requires_grad_(True).train()
+        self.critic = self.initial_critic().requires_grad_(True).train()
         self.critic_optim = replace(config.optim, lr=config.dmd.critic_lr)
         self.critic_optimizer = build_optimizer(self.critic, self.critic_optim)
         if resume:
             self.resume(resume)
+
+    def initial_critic(self) -> GroupDiT:
+        """A copy of the teacher, or ``dmd.critic_init``'s weights in the teacher's architecture."""
+        init = self.config.dmd.critic_init
+        if init is None:
+            return copy.deepcopy(self.teacher.model)
+        return load_matching(init, self.teacher.model.config, "dmd.critic_init", self.device)
 
     def initial_student(self) -> AnchoredStudent:
         """The method-1 student's EMA weights (``dmd.init``), or the teacher's when none is given."""

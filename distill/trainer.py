@@ -18,8 +18,9 @@ import torch.distributed
 
 from groupdiff.config import to_dict
 from groupdiff.evaluation import save_group_grid
-from groupdiff.model import fixed_sample_ids, interpolate, load_model, model_config, save_model
+from groupdiff.model import GroupDiT, fixed_sample_ids, interpolate, load_model, model_config, save_model
 from groupdiff.model.checkpoint import CheckpointError, preferred_weights, read_checkpoint_info
+from groupdiff.model.config import GroupDiTConfig
 from groupdiff.training.distributed import Distributed
 from groupdiff.training.loop import RunLoop
 from groupdiff.training.optim import EMA, autocast_dtype, build_optimizer, learning_rate
@@ -33,6 +34,16 @@ from .student import STUDENT_SAMPLER, AnchoredStudent, generate_student
 from .teacher import Teacher, load_teacher
 
 
+def load_matching(path: str, expected: GroupDiTConfig, field: str, device: str | torch.device = "cpu") -> GroupDiT:
+    """A checkpoint's preferred weights (EMA if present), refused unless its architecture is ``expected``."""
+    model = load_model(path, weights=preferred_weights(path), device=device)
+    differ = {k: (v, getattr(expected, k)) for k, v in vars(model.config).items() if v != getattr(expected, k)}
+    if differ:
+        raise CheckpointError(f"{field} {path} does not match the expected architecture (checkpoint, expected): "
+                              f"{differ}")
+    return model
+
+
 def build_student(config: DistillConfig, teacher: Teacher, group_size: int) -> AnchoredStudent:
     """The teacher's architecture initialised from its weights (FACM) or from ``student_init``'s, or a
     registry size from scratch."""
@@ -42,13 +53,7 @@ def build_student(config: DistillConfig, teacher: Teacher, group_size: int) -> A
     if config.student is None:
         student = AnchoredStudent(base.replace(**max_group, **config.student_overrides))
         if config.student_init is not None:
-            init = load_model(config.student_init, weights=preferred_weights(config.student_init))
-            differ = {k: (v, getattr(student.config, k)) for k, v in vars(init.config).items()
-                      if v != getattr(student.config, k)}
-            if differ:
-                raise CheckpointError(f"student_init {config.student_init} does not match the student's "
-                                      f"architecture (checkpoint, student): {differ}")
-            student.load_state_dict(init.state_dict())
+            student.load_state_dict(load_matching(config.student_init, student.config, "student_init").state_dict())
         elif student.config == base:
             student.load_state_dict(teacher.model.state_dict())
         return student

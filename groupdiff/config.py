@@ -7,6 +7,7 @@ that names it. Runs write the resolved config beside their outputs (`dump_config
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -21,6 +22,16 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or override that does not fit its dataclass."""
+
+
+def _float_from_text(text: str, where: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise ConfigError(f"{where}: expected float, got {text!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: expected a finite float, got {text!r}")
+    return number
 
 
 def _convert(value: Any, annotation: Any, where: str) -> Any:
@@ -64,6 +75,8 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         return value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        return _float_from_text(value, where)  # YAML 1.1 reads 1e-4 (no dot) as a string
     if annotation in (int, float, str, bool):
         if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
             raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")

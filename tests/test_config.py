@@ -29,6 +29,14 @@ def test_file_then_overrides(tmp_path):
     assert load_config(Outer, dumped) == config
 
 
+def test_floats_written_without_a_dot_are_floats(tmp_path):
+    """YAML 1.1 reads ``1e-4`` as a string: a float field still takes it, as users write learning rates."""
+    path = tmp_path / "run.yaml"
+    path.write_text("inner:\n  rate: 3e-4\n")
+    config = load_config(Outer, path, ["window=[1e-3, 2E0]"])
+    assert config.inner.rate == 3e-4 and config.window == (1e-3, 2.0)
+
+
 def test_toml_files(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('name = "t"\n[inner]\nrate = 0.5\n')
@@ -38,7 +46,8 @@ def test_toml_files(tmp_path):
 @pytest.mark.parametrize(
     "overrides,message",
     [(["stepz=3"], r"unknown key\(s\) \['stepz'\]"), (["steps=ten"], "config.steps: expected int"),
-     (["inner.rate=[1]"], "config.inner.rate"), (["window=[1]"], "expected 2 values"), (["steps"], "key=value")],
+     (["inner.rate=[1]"], "config.inner.rate"), (["window=[1]"], "expected 2 values"), (["steps"], "key=value"),
+     (["inner.rate=fast"], "config.inner.rate: expected float"), (["inner.rate=nan"], "finite")],
 )
 def test_bad_overrides_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -15,7 +15,7 @@ from groupdiff.distill.student import generate_student
 from groupdiff.model import load_model
 from groupdiff.serving.spec import spec_from_checkpoint
 
-from .test_distill import distill, distill_setup
+from .test_distill import distill, distill_setup, save_teacher
 
 
 def gaussian_velocity(mean: torch.Tensor, std: float):
@@ -111,6 +111,20 @@ def test_a_dmd_run_starts_from_the_student_resumes_exactly_and_serves_one_step(f
     assert samples.shape == (8, 1, 28, 28) and bool(torch.isfinite(samples).all())
 
 
+def test_the_critic_starts_from_critic_init_when_given(facm_student, tmp_path, capsys):
+    kit, init = facm_student
+    other = save_teacher(tmp_path / "other", input_size=28, hidden=32, seed=5)  # the teacher's architecture
+    assert run(kit, tmp_path / "run", 1, "--set", f"dmd.critic_init={other}", "--set", "dmd.critic_lr=1e-9",
+               init=init) == 0
+    critic = load_file(str(tmp_path / "run/checkpoints/step-0000001/critic.safetensors"))
+    start, teacher = (load_file(str(path / "ema.safetensors")) for path in (other, kit[1]))
+    assert all(torch.allclose(critic[k], start[k], atol=1e-6) for k in start)
+    assert not all(torch.allclose(critic[k], teacher[k], atol=1e-6) for k in teacher)
+    wider = save_teacher(tmp_path / "wider", input_size=28, hidden=64)
+    assert run(kit, tmp_path / "wide", 1, "--set", f"dmd.critic_init={wider}", init=init) == 2
+    assert "dmd.critic_init" in capsys.readouterr().err
+
+
 def test_bad_dmd_input_exits_2(facm_student, tmp_path, capsys):
     kit, init = facm_student
     assert run(kit, tmp_path / "a", 1, "--set", "serve_steps=[1, 2]", init=init) == 2
@@ -124,6 +138,13 @@ def test_bad_dmd_input_exits_2(facm_student, tmp_path, capsys):
     assert distill(kit, tmp_path / "e", 1) == 0
     assert run(kit, tmp_path / "e", 2, "--resume", init=init) == 2
     assert "different setup" in capsys.readouterr().err
+    # ... a DMD run written before dmd.critic_init existed still resumes ...
+    assert run(kit, tmp_path / "f", 1, init=init) == 0
+    config = tmp_path / "f/checkpoints/step-0000001/config.json"
+    info = json.loads(config.read_text())
+    del info["metadata"]["distill_config"]["dmd"]["critic_init"]
+    config.write_text(json.dumps(info))
+    assert run(kit, tmp_path / "f", 2, "--resume", init=init) == 0
     # ... and one written before the method fields existed still resumes as FACM
     config = tmp_path / "e/checkpoints/step-0000001/config.json"
     info = json.loads(config.read_text())

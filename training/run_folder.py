@@ -31,11 +31,21 @@ def check_same_setup(folder: Path, config_key: str, current: dict[str, Any], fie
     saved = read_checkpoint_info(folder).get("metadata", {}).get(config_key)
     if saved is None:
         raise CheckpointError(f"{folder} has no {config_key} in its metadata: it was not written by this command")
-    saved = {**(added or {}), **saved}
+    saved = with_added_fields(saved, added or {})
     mismatched = [k for k in fields if saved.get(k) != current[k]]
     if mismatched:
         details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {current[k]!r}" for k in mismatched)
         raise CheckpointError(f"{folder} was made with a different setup ({details})")
+
+
+def with_added_fields(saved: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with the ``added`` defaults filled in, one level into nested sections (a key added to
+    ``dmd`` leaves the old ``dmd`` section otherwise as recorded)."""
+    merged = {**added, **saved}
+    for key, default in added.items():
+        if isinstance(default, dict) and isinstance(saved.get(key), dict):
+            merged[key] = {**default, **saved[key]}
+    return merged
 
 
 def mark_latest(folder: Path) -> None:
