@@ -43,7 +43,7 @@ class DMDConfig:
     init: str | None = None  # the FACM student checkpoint to fine-tune (its EMA weights); None: the teacher's
     critic_init: str | None = None  # the critic's starting weights (a checkpoint of the teacher's architecture,
     # EMA if present); None: the teacher's. For a GroupDiff-l teacher, whose conditional branch never saw a
-    # group, its GroupDiff-f fine-tune starts the critic closer to a group generator's distribution
+    # group, its GroupDiff-f fine-tune starts the critic closer to the group student's output (docs/distill.md)
     critic_updates: int = 5  # fake-score updates per generator update (DMD2's two time-scale rule)
     critic_lr: float = 1e-4
     t_min: float = 0.02  # re-noising times of the distribution-matching gradient and the critic, t ~ U[t_min, t_max]
