@@ -45,13 +45,15 @@ class DMDConfig:
     # EMA if present); None: the teacher's. For a GroupDiff-l teacher, whose conditional branch never saw a
     # group, its GroupDiff-f fine-tune starts the critic closer to the group student's output (docs/distill.md)
     critic_updates: int = 5  # fake-score updates per generator update (DMD2's two time-scale rule)
+    critic_warmup: int = 0  # steps of critic updates alone before the generator's first: the critic learns
+    # the generator's groups before its gradient is followed (the generator's lr warm-up starts after them)
     critic_lr: float = 1e-4
     t_min: float = 0.02  # re-noising times of the distribution-matching gradient and the critic, t ~ U[t_min, t_max]
     t_max: float = 0.98
 
     def __post_init__(self) -> None:
-        if self.critic_updates < 1 or self.critic_lr <= 0:
-            raise ValueError("dmd.critic_updates must be >= 1 and dmd.critic_lr > 0")
+        if self.critic_updates < 1 or self.critic_lr <= 0 or self.critic_warmup < 0:
+            raise ValueError("dmd.critic_updates must be >= 1, dmd.critic_lr > 0 and dmd.critic_warmup >= 0")
         if not 0.0 < self.t_min < self.t_max <= 1.0:
             raise ValueError(f"dmd times need 0 < t_min < t_max <= 1, got [{self.t_min}, {self.t_max}]")
 
@@ -99,6 +101,9 @@ class DistillConfig:
             raise ValueError("method dmd starts from dmd.init (a FACM student), not student_init")
         if self.student is not None and self.student_init is not None:
             raise ValueError("student_init loads the teacher's architecture; a registry student starts from scratch")
+        if self.method == "dmd" and self.dmd.critic_warmup >= self.steps:
+            raise ValueError(f"dmd.critic_warmup ({self.dmd.critic_warmup}) leaves no generator step in "
+                             f"steps={self.steps}")
         if self.method == "dmd" and tuple(self.serve_steps) != (1,):
             raise ValueError("method dmd trains the 1-step generator only: set serve_steps=[1] (a multi-step "
                              "student trained without backward simulation does not match its inference)")

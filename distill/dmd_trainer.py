@@ -1,10 +1,12 @@
 """The DMD2 fine-tune (``method: dmd``): a FACM student becomes a 1-step group generator.
 
 Each step makes ``critic_updates`` critic updates on fresh generator groups, then one generator update
-by the distribution-matching loss (`distill.dmd`). Labels come from the same data plan as FACM's (each
-group is its anchor's class), images never do: the method is data-free. The critic starts as a copy of
-the teacher's network and is saved, with its optimizer, inside every checkpoint, so a resumed run
-repeats an uninterrupted one; all noise of a step comes from ``(seed, step, rank)``.
+by the distribution-matching loss (`distill.dmd`); the first ``critic_warmup`` steps skip that update and
+only report the loss, so the log shows the critic closing in on the generator before it is followed.
+Labels come from the same data plan as FACM's (each group is its anchor's class), images never do: the
+method is data-free. The critic starts as a copy of the teacher's network and is saved, with its
+optimizer, inside every checkpoint, so a resumed run repeats an uninterrupted one; all noise of a step
+comes from ``(seed, step, rank)``.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class DMDDistiller(Distiller):
             return self.critic(x, t, y, group_size=n, sample_ids=ids)
 
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(config.optim, self.step)
+            group["lr"] = self.learning_rate_at(self.step)
         for group in self.critic_optimizer.param_groups:
             group["lr"] = learning_rate(self.critic_optim, self.step)
         autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
@@ -107,15 +109,22 @@ class DMDDistiller(Distiller):
             self._update(self.critic, self.critic_optimizer)
             critic_losses.append(loss.item())
 
-        with autocast:
+        updating = self.step >= config.dmd.critic_warmup
+        with autocast, torch.set_grad_enabled(updating):
             x0 = one_step(self.model, draw(*shape))  # (G·N, C, H, W), with gradients into the generator
             real = self.teacher.velocity(y, n)
             loss, parts = generator_loss(x0, times(), draw(*shape), real, critic)
-        loss.backward()
-        self._update(self.model, self.optimizer)
-        self.ema.update(self.model, self.step)
+        if updating:
+            loss.backward()
+            self._update(self.model, self.optimizer)
+            self.ema.update(self.model, self.step - config.dmd.critic_warmup)  # on the generator's clock
         self.step += 1
         return {"loss": loss.item(), "critic": sum(critic_losses) / len(critic_losses), **parts}
+
+    def learning_rate_at(self, step: int) -> float:
+        """The generator's: zero during the critic warm-up, then its own schedule from the warm-up's end."""
+        warmup = self.config.dmd.critic_warmup
+        return 0.0 if step < warmup else learning_rate(self.config.optim, step - warmup)
 
     def _update(self, network: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         average_gradients(network, self.dist)

@@ -23,7 +23,7 @@ from groupdiff.model.checkpoint import CheckpointError, preferred_weights, read_
 from groupdiff.model.config import GroupDiTConfig
 from groupdiff.training.distributed import Distributed
 from groupdiff.training.loop import RunLoop
-from groupdiff.training.optim import EMA, autocast_dtype, build_optimizer, learning_rate
+from groupdiff.training.optim import EMA, autocast_dtype, build_optimizer
 from groupdiff.training.plan import GroupBatchPlan, PlanConfig
 from groupdiff.training.prepared import PreparedData
 from groupdiff.training.trainer import step_generator
@@ -142,7 +142,7 @@ class Distiller(RunLoop):
 
         self.model.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(config.optim, self.step)
+            group["lr"] = self.learning_rate_at(self.step)
         autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         with autocast:
             v = self.teacher.target(x_t, t, y, n)

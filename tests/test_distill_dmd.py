@@ -125,6 +125,23 @@ def test_the_critic_starts_from_critic_init_when_given(facm_student, tmp_path, c
     assert "dmd.critic_init" in capsys.readouterr().err
 
 
+def test_the_critic_warm_up_trains_the_critic_alone_then_the_generator(facm_student, tmp_path, capsys):
+    kit, init = facm_student
+    assert run(kit, tmp_path / "run", 3, "--set", "dmd.critic_warmup=2", init=init) == 0
+    start = load_file(str(init / "ema.safetensors"))
+    warmed, first = (state(tmp_path / f"run/checkpoints/step-000000{step}") for step in (2, 3))
+    assert all(torch.equal(start[k], warmed[f"model.{k}"]) and torch.equal(start[k], warmed[f"ema.{k}"])
+               for k in start)  # the generator has not moved during the warm-up ...
+    teacher = load_file(str(kit[1] / "ema.safetensors"))
+    assert not all(torch.equal(teacher[k], warmed[f"critic.{k}"]) for k in teacher)  # ... the critic has
+    assert any(not torch.equal(start[k], first[f"model.{k}"]) for k in start)  # then the generator's first update
+    log = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in log] == [0.0, 0.0, 2e-4] and all(r["loss"] > 0 for r in log)  # its loss, reported
+
+    assert run(kit, tmp_path / "none", 2, "--set", "dmd.critic_warmup=2", init=init) == 2
+    assert "leaves no generator step" in capsys.readouterr().err
+
+
 def test_bad_dmd_input_exits_2(facm_student, tmp_path, capsys):
     kit, init = facm_student
     assert run(kit, tmp_path / "a", 1, "--set", "serve_steps=[1, 2]", init=init) == 2

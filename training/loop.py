@@ -73,6 +73,10 @@ class RunLoop(ABC):
     def sample_every(self) -> int:
         """Steps between sample grids; 0 = only at the end."""
 
+    def learning_rate_at(self, step: int) -> float:
+        """The model's learning rate at ``step`` (the one the log records); a schedule of its own overrides it."""
+        return learning_rate(self.config.optim, step)
+
     def log_extra(self) -> dict[str, Any]:
         """Fields the main rank adds to a log record."""
         return {}
@@ -146,7 +150,7 @@ class RunLoop(ABC):
     def _log(self, window: list[dict[str, float]], images_per_s: float, progress: tqdm) -> None:
         """One log record: each loss term averaged over the window's steps and over ranks."""
         means = {k: self.dist.sum(sum(w[k] for w in window) / len(window)) / self.dist.world_size for k in window[0]}
-        record = {"step": self.step, **means, "lr": learning_rate(self.config.optim, self.step - 1),
+        record = {"step": self.step, **means, "lr": self.learning_rate_at(self.step - 1),
                   "images_per_s": images_per_s, "epoch": self.step / self.plan.steps_per_epoch}
         if self.dist.is_main:
             record.update(self.log_extra())

@@ -28,7 +28,7 @@ from groupdiff.model.pretrained import init_from_pretrained
 from .config import TRAJECTORY_FIELDS, TrainConfig
 from .distributed import Distributed
 from .loop import RunLoop
-from .optim import EMA, autocast_dtype, build_optimizer, learning_rate
+from .optim import EMA, autocast_dtype, build_optimizer
 from .plan import GroupBatchPlan, StepBatch, group_timesteps
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ class Trainer(RunLoop):
             self._record(batch)
         self.model.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.config.optim, self.step)
+            group["lr"] = self.learning_rate_at(self.step)
         drawn = self._draw_inputs(batch, step_generator(self.config.seed, self.step, self.dist.rank))
         chunks = [part.split(self.config.grad_accumulation) for part in drawn]
         forwards = [chunk for micro in zip_longest(*chunks) for chunk in micro if chunk is not None]
