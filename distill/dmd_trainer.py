@@ -42,9 +42,12 @@ class DMDDistiller(Distiller):
     def __init__(self, config: DistillConfig, data: PreparedData, dist: Distributed, resume: str | None = None):
         super().__init__(config, data, dist)
         teacher_cfg = self.teacher.model.config
-        if self.group_size > teacher_cfg.max_group_size:
+        self.critic_group_size = config.dmd.critic_group_size or self.group_size
+        if self.group_size % self.critic_group_size:
+            raise ValueError(f"dmd.critic_group_size {self.critic_group_size} must divide group_size {self.group_size}")
+        if self.critic_group_size > teacher_cfg.max_group_size:
             raise ValueError(f"the critic starts from the teacher, which takes groups of at most "
-                             f"{teacher_cfg.max_group_size}; got group_size {self.group_size}")
+                             f"{teacher_cfg.max_group_size}; got {self.critic_group_size}")
         self.critic = self.initial_critic().requires_grad_(True).train()
         self.critic_optim = replace(config.optim, lr=config.dmd.critic_lr)
         self.critic_optimizer = build_optimizer(self.critic, self.critic_optim)
@@ -78,6 +81,8 @@ class DMDDistiller(Distiller):
         generator = step_generator(config.seed, self.step, self.dist.rank)
         y = self.data.labels[batch.groups[:, 0]].repeat_interleave(n).to(self.device)  # (G·N,) anchor's class
         ids = fixed_sample_ids(len(y), n, self.device)
+        critic_n = self.critic_group_size
+        critic_ids = fixed_sample_ids(len(y), critic_n, self.device)
         groups, shape = len(batch.groups), (len(y), *self.data.samples.shape[1:])
 
         def draw(*size) -> torch.Tensor:
@@ -91,7 +96,7 @@ class DMDDistiller(Distiller):
             return z - network(z, ones, y, group_size=n, sample_ids=ids)  # x₀ = z − 1·F(z, 1)
 
         def critic(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.critic(x, t, y, group_size=n, sample_ids=ids)
+            return self.critic(x, t, y, group_size=critic_n, sample_ids=critic_ids)
 
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate_at(self.step)
