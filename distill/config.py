@@ -46,6 +46,8 @@ class DMDConfig:
     # group, its GroupDiff-f fine-tune starts the critic closer to the group student's output (docs/distill.md)
     critic_group_size: int | None = None  # None: the run's group size (a joint critic); a divisor of it makes
     # the critic see smaller groups (1: each image alone, marginals only; it cannot see copies across a group)
+    real_group_size: int | None = None  # None: the run's group size (the teacher's joint guided score); a
+    # divisor of it scores smaller groups (1: the teacher alone, the size-1 student's target) — an ablation
     critic_updates: int = 5  # fake-score updates per generator update (DMD2's two time-scale rule)
     critic_warmup: int = 0  # steps of critic updates alone before the generator's first: the critic learns
     # the generator's groups before its gradient is followed (the generator's lr warm-up starts after them)
@@ -54,8 +56,9 @@ class DMDConfig:
     t_max: float = 0.98
 
     def __post_init__(self) -> None:
-        if self.critic_group_size is not None and self.critic_group_size < 1:
-            raise ValueError(f"dmd.critic_group_size must be >= 1, got {self.critic_group_size}")
+        for name in ("critic_group_size", "real_group_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"dmd.{name} must be >= 1, got {getattr(self, name)}")
         if self.critic_updates < 1 or self.critic_lr <= 0 or self.critic_warmup < 0:
             raise ValueError("dmd.critic_updates must be >= 1, dmd.critic_lr > 0 and dmd.critic_warmup >= 0")
         if not 0.0 < self.t_min < self.t_max <= 1.0:

@@ -43,8 +43,10 @@ class DMDDistiller(Distiller):
         super().__init__(config, data, dist)
         teacher_cfg = self.teacher.model.config
         self.critic_group_size = config.dmd.critic_group_size or self.group_size
-        if self.group_size % self.critic_group_size:
-            raise ValueError(f"dmd.critic_group_size {self.critic_group_size} must divide group_size {self.group_size}")
+        self.real_group_size = config.dmd.real_group_size or self.group_size
+        for name in ("critic_group_size", "real_group_size"):
+            if self.group_size % getattr(self, name):
+                raise ValueError(f"dmd.{name} {getattr(self, name)} must divide group_size {self.group_size}")
         if self.critic_group_size > teacher_cfg.max_group_size:
             raise ValueError(f"the critic starts from the teacher, which takes groups of at most "
                              f"{teacher_cfg.max_group_size}; got {self.critic_group_size}")
@@ -117,7 +119,7 @@ class DMDDistiller(Distiller):
         updating = self.step >= config.dmd.critic_warmup
         with autocast, torch.set_grad_enabled(updating):
             x0 = one_step(self.model, draw(*shape))  # (G·N, C, H, W), with gradients into the generator
-            real = self.teacher.velocity(y, n)
+            real = self.teacher.velocity(y, self.real_group_size)
             loss, parts = generator_loss(x0, times(), draw(*shape), real, critic)
         if updating:
             loss.backward()

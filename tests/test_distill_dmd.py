@@ -13,6 +13,7 @@ from groupdiff.distill.config import DMDConfig
 from groupdiff.distill.dmd import distribution_matching_loss, generator_loss, renoise_times
 from groupdiff.distill.dmd_trainer import DMDDistiller
 from groupdiff.distill.student import generate_student
+from groupdiff.distill.teacher import Teacher
 from groupdiff.model import load_model
 from groupdiff.serving.spec import spec_from_checkpoint
 
@@ -143,29 +144,37 @@ def test_the_critic_warm_up_trains_the_critic_alone_then_the_generator(facm_stud
     assert "leaves no generator step" in capsys.readouterr().err
 
 
-def test_a_smaller_critic_group_size_makes_the_critic_see_smaller_groups(facm_student, tmp_path, monkeypatch):
+def test_the_critic_and_the_real_score_see_the_group_sizes_they_are_given(facm_student, tmp_path, monkeypatch):
     kit, init = facm_student
-    seen: list[int] = []
-    make_critic = DMDDistiller.initial_critic
+    critic_sizes: list[int] = []
+    real_sizes: list[int] = []
+    make_critic, real_velocity = DMDDistiller.initial_critic, Teacher.velocity
 
     def recording_critic(self):
         critic = make_critic(self)
         forward = critic.forward
 
         def recorded(x, t, y, group_size, sample_ids):
-            seen.append(group_size)
+            critic_sizes.append(group_size)
             assert sample_ids.tolist() == list(range(group_size)) * (len(x) // group_size)
             return forward(x, t, y, group_size=group_size, sample_ids=sample_ids)
 
         critic.forward = recorded
         return critic
 
+    def recording_velocity(self, y, group_size):
+        real_sizes.append(group_size)
+        return real_velocity(self, y, group_size)
+
     monkeypatch.setattr(DMDDistiller, "initial_critic", recording_critic)
+    monkeypatch.setattr(Teacher, "velocity", recording_velocity)
     assert run(kit, tmp_path / "per-image", 1, "--set", "dmd.critic_group_size=1", init=init) == 0
-    assert run(kit, tmp_path / "pairs", 1, "--set", "dmd.critic_group_size=2", init=init) == 0
+    assert run(kit, tmp_path / "pairs", 1, "--set", "dmd.critic_group_size=2", "--set", "dmd.real_group_size=1",
+               init=init) == 0
     assert run(kit, tmp_path / "joint", 1, init=init) == 0
-    per_call = 2 + 1  # two critic updates and the generator's fake estimate
-    assert seen == [1] * per_call + [2] * per_call + [4] * per_call
+    per_run = 2 + 1  # two critic updates and the generator's fake estimate
+    assert critic_sizes == [1] * per_run + [2] * per_run + [4] * per_run
+    assert real_sizes == [4, 1, 4]  # the real score: once per generator step
 
 
 def test_bad_dmd_input_exits_2(facm_student, tmp_path, capsys):
@@ -178,6 +187,8 @@ def test_bad_dmd_input_exits_2(facm_student, tmp_path, capsys):
     assert "group size 4" in capsys.readouterr().err
     assert run(kit, tmp_path / "g", 1, "--set", "dmd.critic_group_size=3", init=init) == 2
     assert "must divide group_size 4" in capsys.readouterr().err
+    assert run(kit, tmp_path / "h", 1, "--set", "dmd.real_group_size=0", init=init) == 2
+    assert "dmd.real_group_size must be >= 1" in capsys.readouterr().err
     assert run(kit, tmp_path / "d", 1, "--set", "dmd.t_min=0", init=init) == 2
     # a FACM checkpoint cannot be resumed as a DMD run (its setup differs) ...
     assert distill(kit, tmp_path / "e", 1) == 0
