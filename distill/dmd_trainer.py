@@ -47,9 +47,10 @@ class DMDDistiller(Distiller):
         for name in ("critic_group_size", "real_group_size"):
             if self.group_size % getattr(self, name):
                 raise ValueError(f"dmd.{name} {getattr(self, name)} must divide group_size {self.group_size}")
-        if self.critic_group_size > teacher_cfg.max_group_size:
-            raise ValueError(f"the critic starts from the teacher, which takes groups of at most "
-                             f"{teacher_cfg.max_group_size}; got {self.critic_group_size}")
+        if max(self.critic_group_size, self.real_group_size) > teacher_cfg.max_group_size:
+            raise ValueError(f"the real score and the critic are the teacher's network, which takes groups of at "
+                             f"most {teacher_cfg.max_group_size}; got {self.real_group_size} and "
+                             f"{self.critic_group_size}")
         self.critic = self.initial_critic().requires_grad_(True).train()
         self.critic_optim = replace(config.optim, lr=config.dmd.critic_lr)
         self.critic_optimizer = build_optimizer(self.critic, self.critic_optim)
