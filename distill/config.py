@@ -48,6 +48,8 @@ class DMDConfig:
     # the critic see smaller groups (1: each image alone, marginals only; it cannot see copies across a group)
     real_group_size: int | None = None  # None: the run's group size (the teacher's joint guided score); a
     # divisor of it scores smaller groups (1: the teacher alone, the size-1 student's target) — an ablation
+    real_group_weight: float = 0.0  # with a smaller real_group_size: the share of the joint group score mixed
+    # back into the real score, w·v(group) + (1 − w)·v(real_group_size groups); costs one more teacher forward
     critic_updates: int = 5  # fake-score updates per generator update (DMD2's two time-scale rule)
     critic_warmup: int = 0  # steps of critic updates alone before the generator's first: the critic learns
     # the generator's groups before its gradient is followed (the generator's lr warm-up starts after them)
@@ -59,6 +61,8 @@ class DMDConfig:
         for name in ("critic_group_size", "real_group_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"dmd.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.real_group_weight <= 1.0:
+            raise ValueError(f"dmd.real_group_weight must be in [0, 1], got {self.real_group_weight}")
         if self.critic_updates < 1 or self.critic_lr <= 0 or self.critic_warmup < 0:
             raise ValueError("dmd.critic_updates must be >= 1, dmd.critic_lr > 0 and dmd.critic_warmup >= 0")
         if not 0.0 < self.t_min < self.t_max <= 1.0:

@@ -28,7 +28,7 @@ from groupdiff.training.train_state import read_train_state, write_train_state
 from groupdiff.training.trainer import step_generator
 
 from .config import DistillConfig
-from .dmd import critic_loss, generator_loss, renoise_times
+from .dmd import DenoiserFn, critic_loss, generator_loss, renoise_times
 from .student import AnchoredStudent, load_anchored
 from .trainer import Distiller, average_gradients, load_matching
 
@@ -51,6 +51,9 @@ class DMDDistiller(Distiller):
             raise ValueError(f"the real score and the critic are the teacher's network, which takes groups of at "
                              f"most {teacher_cfg.max_group_size}; got {self.real_group_size} and "
                              f"{self.critic_group_size}")
+        if config.dmd.real_group_weight and self.real_group_size == self.group_size:
+            raise ValueError("dmd.real_group_weight mixes the joint group score into a smaller real_group_size's; "
+                             f"set dmd.real_group_size to a divisor of {self.group_size} below it")
         self.critic = self.initial_critic().requires_grad_(True).train()
         self.critic_optim = replace(config.optim, lr=config.dmd.critic_lr)
         self.critic_optimizer = build_optimizer(self.critic, self.critic_optim)
@@ -120,7 +123,7 @@ class DMDDistiller(Distiller):
         updating = self.step >= config.dmd.critic_warmup
         with autocast, torch.set_grad_enabled(updating):
             x0 = one_step(self.model, draw(*shape))  # (G·N, C, H, W), with gradients into the generator
-            real = self.teacher.velocity(y, self.real_group_size)
+            real = self.real_score(y)
             loss, parts = generator_loss(x0, times(), draw(*shape), real, critic)
         if updating:
             loss.backward()
@@ -133,6 +136,17 @@ class DMDDistiller(Distiller):
         """The generator's: zero during the critic warm-up, then its own schedule from the warm-up's end."""
         warmup = self.config.dmd.critic_warmup
         return 0.0 if step < warmup else learning_rate(self.config.optim, step - warmup)
+
+    def real_score(self, y: torch.Tensor) -> DenoiserFn:
+        """The teacher's guided velocity at ``real_group_size``, with ``real_group_weight`` of its joint group
+        score mixed in: a path between the per-image target DMD can follow and the group score it cannot
+        (docs/distill.md, item 12)."""
+        smaller = self.teacher.velocity(y, self.real_group_size)
+        weight = self.config.dmd.real_group_weight
+        if not weight:
+            return smaller
+        joint = self.teacher.velocity(y, self.group_size)
+        return lambda x, t: weight * joint(x, t) + (1 - weight) * smaller(x, t)
 
     def _update(self, network: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         average_gradients(network, self.dist)

@@ -4,6 +4,7 @@ vanishes when the critic agrees with the teacher, and a tiny run from a FACM stu
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -172,9 +173,27 @@ def test_the_critic_and_the_real_score_see_the_group_sizes_they_are_given(facm_s
     assert run(kit, tmp_path / "pairs", 1, "--set", "dmd.critic_group_size=2", "--set", "dmd.real_group_size=1",
                init=init) == 0
     assert run(kit, tmp_path / "joint", 1, init=init) == 0
+    assert run(kit, tmp_path / "mixed", 1, "--set", "dmd.real_group_size=1", "--set", "dmd.real_group_weight=0.5",
+               init=init) == 0
     per_run = 2 + 1  # two critic updates and the generator's fake estimate
-    assert critic_sizes == [1] * per_run + [2] * per_run + [4] * per_run
-    assert real_sizes == [4, 1, 4]  # the real score: once per generator step
+    assert critic_sizes == [1] * per_run + [2] * per_run + [4] * per_run * 2
+    assert real_sizes == [4, 1, 4, 1, 4]  # the real score: once per generator step, twice when mixed
+
+
+def test_the_mixed_real_score_weights_the_joint_group_score():
+    """w·v(group) + (1 − w)·v(smaller groups), from the teacher's velocity at each size."""
+    class ConstantTeacher:
+        def velocity(self, y, group_size):
+            return lambda x, t: torch.full_like(x, float(group_size))  # 4 at the joint size, 1 alone
+
+    def distiller(weight):
+        return SimpleNamespace(teacher=ConstantTeacher(), group_size=4, real_group_size=1,
+                               config=SimpleNamespace(dmd=DMDConfig(real_group_size=1, real_group_weight=weight)))
+
+    x, t, y = torch.zeros(8, 1, 2, 2), torch.rand(8), torch.zeros(8, dtype=torch.long)
+    for weight, expected in ((0.0, 1.0), (0.25, 1.75), (1.0, 4.0)):
+        velocity = DMDDistiller.real_score(distiller(weight), y)(x, t)
+        torch.testing.assert_close(velocity, torch.full_like(x, expected))
 
 
 def test_bad_dmd_input_exits_2(facm_student, tmp_path, capsys):
@@ -189,6 +208,11 @@ def test_bad_dmd_input_exits_2(facm_student, tmp_path, capsys):
     assert "must divide group_size 4" in capsys.readouterr().err
     assert run(kit, tmp_path / "h", 1, "--set", "dmd.real_group_size=0", init=init) == 2
     assert "dmd.real_group_size must be >= 1" in capsys.readouterr().err
+    assert run(kit, tmp_path / "i", 1, "--set", "dmd.real_group_weight=0.5", init=init) == 2
+    assert "set dmd.real_group_size to a divisor of 4 below it" in capsys.readouterr().err
+    assert run(kit, tmp_path / "j", 1, "--set", "dmd.real_group_size=1", "--set", "dmd.real_group_weight=1.5",
+               init=init) == 2
+    assert "dmd.real_group_weight must be in [0, 1]" in capsys.readouterr().err
     assert run(kit, tmp_path / "d", 1, "--set", "dmd.t_min=0", init=init) == 2
     # a FACM checkpoint cannot be resumed as a DMD run (its setup differs) ...
     assert distill(kit, tmp_path / "e", 1) == 0
