@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 STAGES = ("queue", "denoise", "decode", "encode", "total")
 OUTCOMES = ("ok", "rejected", "cancelled", "deadline", "error")
-REJECTION_REASONS = ("queue_full", "invalid", "deadline", "cancelled", "unauthorized", "not_ready",
+REJECTION_REASONS = ("queue_full", "overloaded", "invalid", "deadline", "cancelled", "unauthorized", "not_ready",
                      "shutting_down")
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 FILL_BUCKETS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)

@@ -28,12 +28,14 @@ DEFAULT_TIMEOUT_S = 60.0
 class RequestError(Exception):
     """A request the server refuses; ``code`` and ``status`` follow the serving contract."""
 
-    def __init__(self, code: str, message: str, status: int, retry_after_s: int | None = None):
+    def __init__(self, code: str, message: str, status: int, retry_after_s: int | None = None,
+                 reason: str | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
         self.retry_after_s = retry_after_s
+        self.reason = reason or code  # the metrics' rejection reason (429s: queue_full or overloaded)
 
     def to_json(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
@@ -71,6 +73,14 @@ class ServedModel:
     group_sizes: tuple[int, ...]  # N values the runtime runs (subset of 1..spec.max_group_size)
     default_group_size: int
     runtime: str
+
+    @classmethod
+    def for_runtime(cls, spec: DenoiserSpec, group_sizes: tuple[int, ...], runtime: str) -> ServedModel:
+        """The one place the default group size is decided: the checkpoint's (a student's distilled
+        size, a teacher's largest) when the runtime serves it, else the runtime's largest."""
+        sizes = tuple(sorted(group_sizes))
+        default = spec.default_group_size if spec.default_group_size in sizes else max(sizes)
+        return cls(spec, sizes, default, runtime)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""What `groupdiff serve` starts: the checkpoint, the runtime and the scheduler's limits.
+"""What `groupdiff serve` starts: the checkpoint, the runtime and the engine's limits.
 
-Both frontends build their scheduler from a `ServeConfig`. The BentoML worker is a separate process
+Both frontends build their engine from a `ServeConfig`. The BentoML worker is a separate process
 started by BentoML's arbiter, so the config travels to it as JSON in ``GROUPDIFF_SERVE_CONFIG``.
 """
 
@@ -11,12 +11,12 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from groupdiff.model.checkpoint import preferred_weights, read_checkpoint_info
+from groupdiff.model.checkpoint import preferred_weights
 
 from .defaults import BUNDLED_STUDENT
+from .engine import Engine, EngineConfig
 from .metrics import ServingMetrics
 from .requests import ServerLimits
-from .scheduler import Scheduler, SchedulerConfig
 from .spec import DenoiserSpec, spec_from_checkpoint
 
 ENV_CONFIG = "GROUPDIFF_SERVE_CONFIG"
@@ -29,8 +29,9 @@ class ServeConfig:
     device: str | None = None  # None: the runtime's default (cpu, or cuda for TensorRT)
     max_queue: int = 256  # queued groups before 429
     max_images: int = 64  # num_images limit per request
-    max_batch_groups: int | None = None  # groups per runtime call (None: the runtime's maximum)
-    batch_wait_ms: float = 5.0
+    max_batch_groups: int | None = None  # groups per runtime call (None: the knee of the measured curve)
+    batch_wait_ms: float = 5.0  # how long `shared` remainders wait for members of other requests
+    latency_budget_s: float | None = None  # most predicted waiting behind other work before 429 (None: deadlines)
     naive: bool = False  # the benchmark's baseline: one request at a time
     drain_timeout_s: float = 20.0  # graceful shutdown: how long in-flight work may take to finish
     cache_dir: str | None = None  # engine cache (ONNX / TensorRT)
@@ -66,16 +67,9 @@ def check_checkpoint(path: str | os.PathLike) -> DenoiserSpec:
     return spec_from_checkpoint(folder, preferred_weights(folder))
 
 
-
-def default_group_size(checkpoint: str | os.PathLike, spec: DenoiserSpec) -> int:
-    """A student's distilled group size, else the model's largest."""
-    distill = read_checkpoint_info(checkpoint).get("metadata", {}).get("distill") or {}
-    return int(distill.get("group_size", spec.max_group_size))
-
-
-def build_scheduler(config: ServeConfig, metrics: ServingMetrics | None = None) -> Scheduler:
-    """A scheduler whose worker thread loads the runtime and decoder named by ``config``."""
-    spec = check_checkpoint(config.checkpoint)
+def build_engine(config: ServeConfig, metrics: ServingMetrics | None = None) -> Engine:
+    """An engine whose model thread loads the runtime and decoder named by ``config``."""
+    check_checkpoint(config.checkpoint)
 
     def load():
         from .runtimes import load_decoder, load_runtime
@@ -90,8 +84,8 @@ def build_scheduler(config: ServeConfig, metrics: ServingMetrics | None = None) 
                                cache_dir=config.cache_dir)
         return runtime, decoder
 
-    scheduler_config = SchedulerConfig(
+    engine_config = EngineConfig(
         limits=config.limits, max_batch_groups=config.max_batch_groups, batch_wait_ms=config.batch_wait_ms,
-        naive=config.naive, default_group_size=default_group_size(config.checkpoint, spec),
+        latency_budget_s=config.latency_budget_s, naive=config.naive,
     )
-    return Scheduler(load, scheduler_config, metrics)
+    return Engine(load, engine_config, metrics)

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .defaults import ENV_TOKEN
+from .engine import Engine, Result
 from .metrics import ServingMetrics
 from .requests import (
     MAX_TIMEOUT_S,
@@ -34,8 +35,7 @@ from .requests import (
     request_model,
     resolve,
 )
-from .scheduler import Result, Scheduler
-from .serve_config import ServeConfig, build_scheduler, check_checkpoint, default_group_size
+from .serve_config import ServeConfig, build_engine, check_checkpoint
 from .spec import TEACHER_MAX_STEPS
 
 LOG = logging.getLogger("groupdiff.serving")
@@ -49,14 +49,14 @@ if not LOG.handlers:  # one line per request on the worker's stderr, whatever Be
 CONFIG = ServeConfig.from_env()
 _SPEC = check_checkpoint(CONFIG.checkpoint)
 # The body model's bounds come from the checkpoint; the runtime's accepted group sizes are checked in resolve().
-_DOC_MODEL = ServedModel(_SPEC, tuple(range(1, _SPEC.max_group_size + 1)),
-                         default_group_size(CONFIG.checkpoint, _SPEC), CONFIG.runtime)
+_DOC_MODEL = ServedModel.for_runtime(_SPEC, tuple(range(1, _SPEC.max_group_size + 1)), CONFIG.runtime)
 GenerateRequest = request_model(_DOC_MODEL, CONFIG.limits)
 ERROR_RESPONSES = {status: {"description": text, "content": {"application/json": {"example": {
     "error": {"code": code, "message": "..."}}}}} for status, code, text in (
     (400, "invalid_request", "malformed JSON"), (401, "unauthorized", "missing or wrong bearer token"),
     (413, "invalid_request", "body too large"), (422, "invalid_request", "a field is out of range or unknown"),
-    (429, "queue_full", "queue full; see Retry-After"),
+    (429, "queue_full", "overloaded: the queue is full or the predicted wait exceeds the deadline or the "
+                        "latency budget; see Retry-After"),
     (503, "not_ready", "model still loading (not_ready) or server draining (shutting_down)"),
     (504, "deadline_exceeded", "timeout_s passed"))}
 
@@ -170,20 +170,20 @@ class GroupDiffService:
     def __init__(self) -> None:
         self.metrics = ServingMetrics()
         app.state.metrics = self.metrics
-        self.scheduler: Scheduler = build_scheduler(CONFIG, self.metrics).start()
+        self.engine: Engine = build_engine(CONFIG, self.metrics).start()
 
     def __is_ready__(self) -> bool:
-        return self.scheduler.ready
+        return self.engine.ready
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         LOG.info("shutting down: finishing in-flight work (up to %g s)", CONFIG.drain_timeout_s)
-        self.scheduler.close(CONFIG.drain_timeout_s)
+        self.engine.close(CONFIG.drain_timeout_s)
 
     def _resolve(self, body) -> ResolvedRequest:
-        served = self.scheduler.served
+        served = self.engine.served
         if served is None:
-            raise self.scheduler.not_ready_error()
+            raise self.engine.not_ready_error()
         try:
             return resolve(body, served, CONFIG.limits)
         except RequestError:
@@ -200,7 +200,7 @@ class GroupDiffService:
     async def generate(self, body: GenerateRequest, request: Request) -> JSONResponse:
         started = time.perf_counter()
         resolved = self._resolve(body)
-        future = self.scheduler.submit_future(resolved)  # queued now (or 429 now), so a disconnect can cancel it
+        future = self.engine.submit_future(resolved)  # queued now (or 429 now), so a disconnect can cancel it
         work = asyncio.wrap_future(future)
         gone = asyncio.ensure_future(wait_for_disconnect(request))
         try:
@@ -231,7 +231,7 @@ class GroupDiffService:
         def on_progress(step: int, steps: int) -> None:  # from the model thread
             loop.call_soon_threadsafe(events.put_nowait, {"step": step, "steps": steps})
 
-        future = self.scheduler.submit_future(resolved, True, on_progress)  # full queue: a plain 429 here
+        future = self.engine.submit_future(resolved, True, on_progress)  # full queue: a plain 429 here
 
         async def stream():
             result = asyncio.wrap_future(future)
@@ -258,11 +258,11 @@ class GroupDiffService:
     @app.get("/model", summary="The served model and the request limits it implies",
              dependencies=[Depends(check_token)])
     async def model(self) -> dict:
-        served = self.scheduler.served
-        if served is None or self.scheduler.image_shape is None:
-            raise self.scheduler.not_ready_error()
+        served = self.engine.served
+        if served is None or self.engine.image_shape is None:
+            raise self.engine.not_ready_error()
         spec = served.spec
-        height, width, _ = self.scheduler.image_shape
+        height, width, _ = self.engine.image_shape
         return {
             "model_version": spec.model_version, "kind": spec.kind, "num_classes": spec.num_classes,
             "max_group_size": max(served.group_sizes), "default_group_size": served.default_group_size,

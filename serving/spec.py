@@ -43,6 +43,7 @@ class DenoiserSpec:
     size: int
     num_classes: int  # request classes are 0 .. num_classes - 1
     max_group_size: int
+    default_group_size: int  # a student's distilled group size, a teacher's largest
     space: str  # "pixel" or "latent": whether a decoder runs after sampling
     sampler: str  # step rule (teacher: heun/euler; student: euler/consistency)
     steps: tuple[int, ...]  # step counts a student serves; () for a teacher: any count in 1..TEACHER_MAX_STEPS
@@ -61,6 +62,8 @@ class DenoiserSpec:
             raise ValueError(f"a {self.kind} samples with one of {samplers}, got {self.sampler!r}")
         if self.guidance_mode not in GUIDANCE_MODES:
             raise ValueError(f"guidance mode must be one of {GUIDANCE_MODES}, got {self.guidance_mode!r}")
+        if not 1 <= self.default_group_size <= self.max_group_size:
+            raise ValueError(f"default group size {self.default_group_size} outside 1..{self.max_group_size}")
         if self.kind == "student" and not self.steps:
             raise ValueError("a student must list the step counts it serves")
         if not self.allows_steps(self.default_steps):
@@ -109,6 +112,7 @@ def spec_from_checkpoint(checkpoint: str | os.PathLike, weights: str = "ema") ->
         "size": int(model["input_size"]),
         "num_classes": int(model["num_classes"]),
         "max_group_size": int(model["max_group_size"]),
+        "default_group_size": int(model["max_group_size"]),
         "space": data.get("space", "pixel"),
         "model_hash": digest,
         "model_version": f"{Path(checkpoint).resolve().name}-{digest[:12]}",
@@ -117,6 +121,7 @@ def spec_from_checkpoint(checkpoint: str | os.PathLike, weights: str = "ema") ->
     if distill is not None:
         try:
             guidance = distill["guidance"]
+            common["default_group_size"] = int(distill.get("group_size", common["max_group_size"]))
             return DenoiserSpec(
                 kind="student", sampler=distill["sampler"], steps=tuple(int(s) for s in distill["steps"]),
                 default_steps=max(int(s) for s in distill["steps"]), guidance_mode=guidance["mode"],

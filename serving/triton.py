@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from .engine import Engine
 from .metrics import ServingMetrics
 from .requests import RequestError, ServedModel, ServerLimits, resolve
-from .scheduler import Scheduler
-from .serve_config import ServeConfig, build_scheduler
+from .serve_config import ServeConfig, build_engine
 
 LOG = logging.getLogger("groupdiff.serving")
 MODEL_NAME = "groupdiff"
@@ -74,7 +74,7 @@ def body_from_inputs(inputs: dict[str, np.ndarray]) -> dict:
     return body
 
 
-def make_infer(scheduler: Scheduler, limits: ServerLimits):
+def make_infer(engine: Engine, limits: ServerLimits):
     """The coroutine PyTriton calls for each batch of requests (one request each: batching is off)."""
 
     async def infer(requests):
@@ -82,15 +82,15 @@ def make_infer(scheduler: Scheduler, limits: ServerLimits):
         for request in requests:
             started = time.perf_counter()
             try:
-                served: ServedModel | None = scheduler.served
+                served: ServedModel | None = engine.served
                 if served is None:
-                    raise scheduler.not_ready_error()
+                    raise engine.not_ready_error()
                 try:
                     resolved = resolve(body_from_inputs(dict(request.items())), served, limits)
                 except RequestError:
-                    scheduler.metrics.reject("invalid")
+                    engine.metrics.reject("invalid")
                     raise
-                result = await scheduler.submit(resolved, encode=False)
+                result = await engine.submit(resolved, encode=False)
             except RequestError as error:
                 LOG.info("triton request -> %s in %.1f ms", error.code, (time.perf_counter() - started) * 1000)
                 raise TritonRequestError(f"{error.code}: {error.message}") from None
@@ -120,8 +120,8 @@ def serve_triton(config: ServeConfig, host: str, http_port: int, grpc_port: int,
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics = ServingMetrics()
-    scheduler = build_scheduler(config, metrics).start()
-    scheduler.wait_ready()
+    engine = build_engine(config, metrics).start()
+    engine.wait_ready()
     start_http_server(scheduler_metrics_port, addr=host, registry=metrics.registry)
     workspace_dir = Path(workspace or tempfile.mkdtemp(prefix="groupdiff-pytriton-"))
     triton_config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
@@ -140,13 +140,13 @@ def serve_triton(config: ServeConfig, host: str, http_port: int, grpc_port: int,
         # 1 s timeout; on a loaded machine an instance can miss it and the model fails to load. Retry.
         triton = Triton(config=triton_config, workspace=workspace_dir / f"attempt-{attempt}")
         try:
-            triton.bind(infer_func=[make_infer(scheduler, config.limits) for _ in range(instances)], **bind)
+            triton.bind(infer_func=[make_infer(engine, config.limits) for _ in range(instances)], **bind)
             triton.run()
             break
         except Exception as error:
             triton.stop()
             if attempt == START_ATTEMPTS:
-                scheduler.close(0)
+                engine.close(0)
                 raise RuntimeError(f"Triton did not load model {MODEL_NAME}: {error}") from error
             LOG.warning("Triton start attempt %d failed (%s); retrying", attempt, error)
 
@@ -167,7 +167,7 @@ def serve_triton(config: ServeConfig, host: str, http_port: int, grpc_port: int,
     finally:
         triton.stop()
         stop_leftovers(triton_processes)
-    scheduler.close(config.drain_timeout_s)
+    engine.close(config.drain_timeout_s)
 
 
 def stop_leftovers(processes: list[psutil.Process], grace_s: float = 5.0) -> None:

@@ -1,14 +1,14 @@
 """The ``groupdiff`` Python-backend model of a generated Triton model repository (see triton_repository.py).
 
 The repository's ``model.py`` only imports `TritonPythonModel` from here, so the logic is versioned and
-tested with the package. The model runs the same group scheduler as `groupdiff serve` inside the
+tested with the package. The model runs the same serving engine as `groupdiff serve` inside the
 Python backend's stub process:
 
-- ``gpu`` variant: the scheduler's runtime is `BlsRuntime`, which sends each batched sampler step to the
+- ``gpu`` variant: the engine's runtime is `BlsRuntime`, which sends each batched sampler step to the
   ``denoiser`` model (a ``tensorrt_plan``) through BLS, and latent models decode through the
   ``decoder`` model. Triton's dynamic batcher on ``denoiser`` also merges the steps of several
   ``groupdiff`` instances into one engine call.
-- ``cpu`` variant: the scheduler loads the runtime named in ``serve.json`` (ONNX Runtime by default)
+- ``cpu`` variant: the engine loads the runtime named in ``serve.json`` (ONNX Runtime by default)
   in-process from the checkpoint copied into the repository; no GPU model is involved.
 
 Triton calls ``execute`` for one request at a time per instance (max_batch_size 0), so concurrency comes
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from .decoders import PixelDecoder
+from .engine import Engine, EngineConfig
 from .metrics import ServingMetrics
 from .requests import RequestError, resolve
-from .scheduler import Scheduler, SchedulerConfig
-from .serve_config import ServeConfig, build_scheduler, check_checkpoint, default_group_size
+from .serve_config import ServeConfig, build_engine, check_checkpoint
 from .spec import DenoiserSpec
 from .triton import INPUTS, body_from_inputs
 
@@ -85,48 +85,47 @@ class BlsDecoder:
         return PixelDecoder().decode(torch.from_numpy(pb.get_output_tensor_by_name(reply, "images").as_numpy()))
 
 
-def scheduler_for_repository(folder: Path) -> Scheduler:
-    """The scheduler a repository's ``groupdiff/<version>`` folder describes (``serve.json``)."""
+def engine_for_repository(folder: Path) -> Engine:
+    """The engine a repository's ``groupdiff/<version>`` folder describes (``serve.json``)."""
     settings = json.loads((folder / SETTINGS_FILE).read_text())
     checkpoint = folder / CHECKPOINT_DIR
     config = ServeConfig(checkpoint=str(checkpoint), runtime=settings["runtime"], max_queue=settings["max_queue"],
                          max_images=settings["max_images"], max_batch_groups=settings["max_groups"],
                          batch_wait_ms=settings["batch_wait_ms"], cache_dir=str(folder / "engines"))
     if settings["variant"] == "cpu":
-        return build_scheduler(config)
+        return build_engine(config)
     spec = check_checkpoint(checkpoint)
     decoder = PixelDecoder() if spec.space == "pixel" else BlsDecoder()
-    scheduler_config = SchedulerConfig(limits=config.limits, max_batch_groups=settings["max_groups"],
-                                       batch_wait_ms=config.batch_wait_ms,
-                                       default_group_size=default_group_size(checkpoint, spec))
-    return Scheduler(lambda: (BlsRuntime(spec, settings["max_groups"]), decoder), scheduler_config, ServingMetrics())
+    engine_config = EngineConfig(limits=config.limits, max_batch_groups=settings["max_groups"],
+                                 batch_wait_ms=config.batch_wait_ms)
+    return Engine(lambda: (BlsRuntime(spec, settings["max_groups"]), decoder), engine_config, ServingMetrics())
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.scheduler = scheduler_for_repository(folder).start()
-        self.scheduler.wait_ready()
+        self.engine = engine_for_repository(folder).start()
+        self.engine.wait_ready()
 
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils
 
         pending = []
-        for request in requests:  # submit all first, so they share the scheduler's batches
+        for request in requests:  # submit all first, so they share the engine's batches
             inputs = {}
             for name in INPUTS:
                 tensor = pb_utils.get_input_tensor_by_name(request, name)
                 if tensor is not None:
                     inputs[name] = tensor.as_numpy()
             try:
-                resolved = resolve(body_from_inputs(inputs), self.scheduler.served, self.scheduler.config.limits)
+                resolved = resolve(body_from_inputs(inputs), self.engine.served, self.engine.config.limits)
             except RequestError as error:
-                self.scheduler.metrics.reject("invalid")
+                self.engine.metrics.reject("invalid")
                 pending.append(error)
                 continue
             try:
-                pending.append(self.scheduler.submit_future(resolved, encode=False))
-            except RequestError as error:  # queue full or shutting down (counted by the scheduler)
+                pending.append(self.engine.submit_future(resolved, encode=False))
+            except RequestError as error:  # queue full or shutting down (counted by the engine)
                 pending.append(error)
         responses = []
         for item in pending:
@@ -143,4 +142,4 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
-        self.scheduler.close(drain_timeout_s=10)
+        self.engine.close(drain_timeout_s=10)

@@ -1,4 +1,5 @@
-"""``groupdiff serve``: the group scheduler behind BentoML (REST) or PyTriton (KServe v2 gRPC/HTTP)."""
+"""``groupdiff serve``: the serving engine (group scheduler + executor) behind BentoML (REST) or PyTriton
+(KServe v2 gRPC/HTTP)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,14 @@ def register(subparsers) -> None:
                         "one scheduler, which batches them)")
     p.add_argument("--max-queue", type=int, default=256, help="queued groups before requests get 429")
     p.add_argument("--max-images", type=int, default=64, help="largest num_images per request")
-    p.add_argument("--max-batch-groups", type=int, help="groups per runtime call (default: the runtime's maximum)")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long an idle batch waits to fill")
+    p.add_argument("--max-batch-groups", type=int,
+                   help="groups per runtime call (default: the knee of the runtime's throughput curve, measured "
+                        "at start-up)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="how long a `shared` request's partial group waits for members of other requests")
+    p.add_argument("--latency-budget", type=float, metavar="SECONDS",
+                   help="refuse (429) a request predicted to wait longer than this behind other work (default: "
+                        "only when it would miss its timeout_s)")
     p.add_argument("--drain-timeout", type=float, default=20.0,
                    help="seconds in-flight work may take to finish on SIGTERM/SIGINT")
     p.add_argument("--naive", action="store_true",
@@ -54,11 +61,14 @@ def serve_config(args: argparse.Namespace):
         raise ValueError("--max-batch-groups must be positive")
     if args.batch_wait_ms < 0 or args.drain_timeout < 0:
         raise ValueError("--batch-wait-ms and --drain-timeout must not be negative")
+    if args.latency_budget is not None and not args.latency_budget > 0:
+        raise ValueError("--latency-budget must be positive")
     check_checkpoint(args.checkpoint)
     return ServeConfig(
         checkpoint=str(Path(args.checkpoint).resolve()), runtime=args.runtime, device=args.device,
         max_queue=args.max_queue, max_images=args.max_images, max_batch_groups=args.max_batch_groups,
-        batch_wait_ms=args.batch_wait_ms, naive=args.naive, drain_timeout_s=args.drain_timeout,
+        batch_wait_ms=args.batch_wait_ms, latency_budget_s=args.latency_budget, naive=args.naive,
+        drain_timeout_s=args.drain_timeout,
         cache_dir=args.cache_dir,
     )
 

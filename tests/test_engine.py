@@ -1,4 +1,4 @@
-"""The group scheduler in-process, on the torch runtime with a tiny random teacher."""
+"""The serving engine in-process (scheduler, executor, admission), on the torch runtime with a tiny random teacher."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 
+from groupdiff.serving.engine import Engine, EngineConfig
 from groupdiff.serving.metrics import ServingMetrics
 from groupdiff.serving.pipeline import generate_direct
 from groupdiff.serving.requests import RequestError, ServerLimits, resolve
 from groupdiff.serving.runtimes import load_decoder, load_runtime
-from groupdiff.serving.scheduler import Scheduler, SchedulerConfig
 from tests.serving_servers import tiny_checkpoint
 
 
@@ -23,13 +23,49 @@ def checkpoint(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("scheduler") / "teacher", kind="teacher", steps=2)
 
 
-def make_scheduler(checkpoint, **options) -> Scheduler:
+class GatedRuntime:
+    """The real torch runtime, except that each call first waits for the test to open ``gate``: a test
+    can hold the model thread inside a call and know it is there (``entered``), without sleeping."""
+
+    def __init__(self, runtime):
+        self._runtime = runtime
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._runtime, name)
+
+    def velocity(self, *args):
+        self.entered.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        return self._runtime.velocity(*args)
+
+    def hold(self) -> None:
+        """The next call blocks until `release`."""
+        self.entered.clear()
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def make_scheduler(checkpoint, gated: bool = False, **options) -> Engine:
     limits = options.pop("limits", ServerLimits(max_images=16, max_queue_groups=32))
-    config = SchedulerConfig(limits=limits, **options)
-    scheduler = Scheduler(lambda: (load_runtime("torch", checkpoint), load_decoder(checkpoint)), config,
-                          ServingMetrics())
-    scheduler.start().wait_ready(60)
-    return scheduler
+    config = EngineConfig(limits=limits, **options)
+
+    def load():
+        runtime = load_runtime("torch", checkpoint)
+        return (GatedRuntime(runtime) if gated else runtime), load_decoder(checkpoint)
+
+    engine = Engine(load, config, ServingMetrics())
+    engine.start().wait_ready(60)
+    return engine
+
+
+def outcomes(engine) -> dict:
+    return {s.labels.get("outcome"): s.value for s in engine.metrics.requests.collect()[0].samples
+            if s.name.endswith("_total")}
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +144,10 @@ def test_group_fill_isolated_pads_and_shared_fills(checkpoint):
 
 def test_groups_join_the_running_batch_between_steps(scheduler):
     """A 1-step request submitted while a 40-step one runs joins it and finishes long before it."""
-    long = scheduler.submit_future(request(scheduler, class_id=0, num_images=4, steps=40), encode=False)
-    time.sleep(0.05)
+    running = threading.Event()
+    long = scheduler.submit_future(request(scheduler, class_id=0, num_images=4, steps=40), encode=False,
+                                   on_progress=lambda step, steps: running.set())
+    assert running.wait(30)  # the long request has taken its first step
     short = scheduler.submit_future(request(scheduler, class_id=3, num_images=4, steps=1), encode=False)
     done, _ = concurrent.futures.wait([long, short], return_when=concurrent.futures.FIRST_COMPLETED)
     assert short in done and not long.done()
@@ -135,45 +173,114 @@ def test_a_popular_condition_does_not_starve_another(checkpoint):
 
 
 def test_queue_full_gives_429_with_retry_after(checkpoint):
-    running = make_scheduler(checkpoint, max_batch_groups=1, limits=ServerLimits(max_images=8, max_queue_groups=8))
+    running = make_scheduler(checkpoint, gated=True, max_batch_groups=1,
+                             limits=ServerLimits(max_images=8, max_queue_groups=8))
     try:
-        accepted = [running.submit_future(request(running, class_id=0, num_images=8, group_size=1, steps=5),
-                                          encode=False)]
+        running.runtime.hold()
+        accepted = running.submit_future(request(running, class_id=0, num_images=8, group_size=1, steps=5),
+                                         encode=False)
+        assert running.runtime.entered.wait(30)  # one group runs (held), seven wait
         with pytest.raises(RequestError) as refused:
-            for _ in range(3):
-                accepted.append(running.submit_future(request(running, class_id=0, num_images=8, group_size=1),
-                                                      encode=False))
+            running.submit_future(request(running, class_id=0, num_images=2, group_size=1), encode=False)
         assert refused.value.status == 429 and refused.value.code == "queue_full"
         assert refused.value.retry_after_s >= 1
-        assert all(f.result(60).images.shape[0] == 8 for f in accepted)  # every accepted one is answered
+        running.runtime.release()
+        assert accepted.result(60).images.shape[0] == 8  # the accepted one is answered
+        assert running.metrics.registry.get_sample_value("groupdiff_rejections_total", {"reason": "queue_full"}) == 1
+    finally:
+        running.close()
+
+
+def test_admission_refuses_by_predicted_wait_without_the_model_thread(checkpoint):
+    """With the model thread held inside a call, requests beyond the latency budget get 429 at once:
+    refusing needs nothing from it. The accepted ones are all answered once it runs again."""
+    running = make_scheduler(checkpoint, gated=True, max_batch_groups=1, latency_budget_s=0.05,
+                             limits=ServerLimits(max_images=16, max_queue_groups=1024))
+    try:
+        step_s = running.cost.call_seconds(running.admission.call_members)
+        running.runtime.hold()
+        first = running.submit_future(request(running, class_id=0, num_images=4, group_size=1, steps=2),
+                                      encode=False)
+        assert running.runtime.entered.wait(30)
+        accepted, refused = [first], []
+        for i in range(int(0.05 / step_s) + 50):  # more waiting work than the budget can hold
+            try:
+                accepted.append(running.submit_future(request(running, class_id=i % 3, num_images=4, group_size=1,
+                                                              steps=2), encode=False))
+            except RequestError as error:
+                refused.append(error)
+        assert not running.runtime.gate.is_set()  # every decision above was made with the model thread held
+        assert refused and all(e.status == 429 and e.code == "queue_full" for e in refused)
+        assert all(e.retry_after_s >= 1 for e in refused)
+        assert "overloaded" in refused[0].message
+        running.runtime.release()
+        assert all(f.result(60).images.shape[0] == 4 for f in accepted)
+        assert running.metrics.registry.get_sample_value("groupdiff_rejections_total",
+                                                         {"reason": "overloaded"}) == len(refused)
+    finally:
+        running.close()
+
+
+def test_every_request_is_answered_exactly_once_under_a_burst(checkpoint):
+    """300 requests from 6 threads at once, with a tight budget, 2 s deadlines and cancellations:
+    each is refused at submission or its future settles exactly once, and the outcome counters add up."""
+    running = make_scheduler(checkpoint, latency_budget_s=0.02, limits=ServerLimits(max_images=16,
+                                                                                     max_queue_groups=64))
+    settled: list[concurrent.futures.Future] = []
+    refused = []
+
+    def client(index: int) -> None:
+        for i in range(50):
+            fields = {"class_id": (index + i) % 3, "num_images": 1 + i % 6, "steps": 1 + i % 3, "timeout_s": 2.0,
+                      "group_policy": ("isolated", "shared")[i % 2]}
+            try:
+                future = running.submit_future(request(running, **fields), encode=i % 4 == 0)
+            except RequestError as error:
+                refused.append(error.status)
+                continue
+            future.add_done_callback(settled.append)
+            if i % 10 == 9:
+                future.cancel()
+
+    try:
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        running.close(drain_timeout_s=30)
+        counts = outcomes(running)
+        assert set(refused) <= {429}
+        assert len(settled) == 300 - len(refused) == len(set(map(id, settled)))  # once each, none left open
+        assert sum(counts.values()) == 300
+        assert counts["rejected"] == len(refused) and counts["ok"] >= 1
+        assert counts["cancelled"] == sum(f.cancelled() for f in settled)
     finally:
         running.close()
 
 
 def test_cancel_and_deadline_free_places(checkpoint):
-    running = make_scheduler(checkpoint, max_batch_groups=1, limits=ServerLimits(max_images=16, max_queue_groups=16))
+    running = make_scheduler(checkpoint, gated=True, max_batch_groups=1,
+                             limits=ServerLimits(max_images=16, max_queue_groups=17))
     try:
-        big = request(running, class_id=0, num_images=16, group_size=1, steps=20)
-        future = running.submit_future(big, encode=False)
-        time.sleep(0.05)
-        future.cancel()
-        expired = running.submit_future(request(running, class_id=1, num_images=16, group_size=1, timeout_s=0.05),
+        running.runtime.hold()
+        expired = running.submit_future(request(running, class_id=1, num_images=1, group_size=1, timeout_s=0.05),
                                         encode=False)
+        assert running.runtime.entered.wait(30)  # its first step is in a call
+        cancelled = running.submit_future(request(running, class_id=0, num_images=16, group_size=1, steps=20),
+                                          encode=False)
+        cancelled.cancel()
+        time.sleep(0.06)  # the deadline passes while the model thread is held (no race: nothing can run)
+        running.runtime.release()
         with pytest.raises(RequestError) as late:
             expired.result(30)
         assert late.value.status == 504 and late.value.code == "deadline_exceeded"
-        # both requests' 32 groups are gone: a full-size request is accepted and answered at once
+        # both requests' groups are gone once the model thread has looked: a full-size request fits again
         again = running.submit_future(request(running, class_id=2, num_images=16, group_size=1), encode=False)
         assert again.result(30).images.shape[0] == 16
-        def outcomes() -> dict:
-            return {s.labels.get("outcome"): s.value for s in running.metrics.requests.collect()[0].samples
-                    if s.name.endswith("_total")}
-
-        deadline = time.time() + 5  # the scheduler counts an outcome just after it answers the request
-        while outcomes().get("ok", 0) < 1 and time.time() < deadline:
-            time.sleep(0.01)
-        samples = outcomes()
-        assert samples["cancelled"] == 1 and samples["deadline"] == 1 and samples["ok"] == 1
+        running.close()
+        counts = outcomes(running)
+        assert counts["cancelled"] == 1 and counts["deadline"] == 1 and counts["ok"] == 1
     finally:
         running.close()
 
@@ -206,8 +313,8 @@ def test_requests_before_the_model_is_up_get_503_not_ready(scheduler, checkpoint
     def broken_loader():
         raise OSError("no such weights")
 
-    waiting = Scheduler(slow_loader, SchedulerConfig(), ServingMetrics()).start()
-    broken = Scheduler(broken_loader, SchedulerConfig(), ServingMetrics()).start()
+    waiting = Engine(slow_loader, EngineConfig(), ServingMetrics()).start()
+    broken = Engine(broken_loader, EngineConfig(), ServingMetrics()).start()
     try:
         with pytest.raises(RuntimeError, match="no such weights"):
             broken.wait_ready(30)

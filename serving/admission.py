@@ -1,0 +1,173 @@
+"""Admission by predicted latency, and the runtime cost curve it predicts from.
+
+A server that queues whatever arrives spends its capacity on requests whose clients have given up:
+under overload the queue grows until every answer is late. Admission here predicts, when a request
+arrives, how long it would take to finish behind the work already admitted, and refuses it at once
+(429 with a ``Retry-After`` from the same estimate) when it would miss its deadline or the server's
+latency budget. Accepted work is then work the server can finish in time, so goodput stays at
+capacity while the excess is shed.
+
+The prediction uses `CostModel`: seconds per sampler-step call by members per call, measured at
+start-up (`choose_knee` picks the call size the scheduler caps at) and kept current by every real
+call. Refusing costs the model thread nothing: submitters take only the admission lock, which the
+model thread never takes; the engine publishes its backlog as one immutable snapshot per call.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from dataclasses import dataclass
+
+from .requests import RequestError, ResolvedRequest
+from .scheduler import Backlog
+
+KNEE_TOLERANCE = 0.05  # the knee: the smallest call within this fraction of the best images/s
+COST_SMOOTHING = 0.2  # weight of a new call in the live per-size estimate
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    members: int  # members (images) per runtime call
+    seconds: float  # one sampler step over them
+
+    @property
+    def members_per_s(self) -> float:
+        return self.members / self.seconds
+
+
+def choose_knee(curve: list[CurvePoint], tolerance: float = KNEE_TOLERANCE) -> CurvePoint:
+    """The smallest call size whose throughput is within ``tolerance`` of the best measured.
+
+    Beyond the knee a bigger call only adds latency (and on a CPU often loses throughput: caches
+    overflow), so the scheduler caps calls there rather than at the runtime's maximum shape."""
+    if not curve:
+        raise ValueError("the cost curve is empty")
+    best = max(point.members_per_s for point in curve)
+    return min((p for p in curve if p.members_per_s >= (1 - tolerance) * best), key=lambda p: p.members)
+
+
+class CostModel:
+    """Seconds per sampler-step call against members per call, plus decode seconds per member.
+
+    Written by the model thread only; read by any thread. Each update replaces the whole table (a tuple),
+    so a reader sees one consistent table without a lock."""
+
+    def __init__(self, curve: list[CurvePoint], decode_seconds_per_member: float):
+        self._table = tuple(sorted((p.members, p.seconds) for p in curve))
+        self.decode_seconds_per_member = decode_seconds_per_member
+
+    @property
+    def curve(self) -> list[CurvePoint]:
+        return [CurvePoint(m, s) for m, s in self._table]
+
+    def call_seconds(self, members: int) -> float:
+        """Interpolated between measured sizes; beyond them, proportional to the nearest one."""
+        table = self._table
+        sizes = [m for m, _ in table]
+        i = bisect.bisect_left(sizes, members)
+        if i < len(table) and sizes[i] == members:
+            return table[i][1]
+        if i == 0:
+            return table[0][1]  # a smaller call costs at least nothing less than launch overhead: keep it
+        if i == len(table):
+            m, s = table[-1]
+            return s * members / m
+        (m0, s0), (m1, s1) = table[i - 1], table[i]
+        return s0 + (s1 - s0) * (members - m0) / (m1 - m0)
+
+    def observe_call(self, members: int, seconds: float) -> None:
+        previous = self.call_seconds(members)
+        estimate = (1 - COST_SMOOTHING) * previous + COST_SMOOTHING * seconds
+        table = dict(self._table)
+        table[members] = estimate
+        self._table = tuple(sorted(table.items()))
+
+    def observe_decode(self, members: int, seconds: float) -> None:
+        self.decode_seconds_per_member = ((1 - COST_SMOOTHING) * self.decode_seconds_per_member
+                                          + COST_SMOOTHING * seconds / max(1, members))
+
+
+@dataclass(frozen=True)
+class Published:
+    """The engine's view after its last call: the backlog it holds and the admitted work it has taken in."""
+
+    backlog: Backlog = Backlog()
+    drained: Backlog = Backlog()  # totals of the requests moved from the inbox into the scheduler
+
+
+def request_work(request: ResolvedRequest) -> Backlog:
+    """The work a request adds (an upper bound for ``shared`` requests, whose remainders may merge)."""
+    groups = math.ceil(request.num_images / request.group_size)
+    members = groups * request.group_size
+    return Backlog(members * request.steps, members, groups)
+
+
+class Admission:
+    """Decides, on the submitting thread, whether a request may join the queue.
+
+    ``call_members`` is the scheduler's cap per call; ``latency_budget_s`` bounds the predicted wait
+    behind other work (None: only each request's own deadline bounds it); ``max_queue_groups`` bounds
+    the groups waiting to start, whatever the prediction says."""
+
+    def __init__(self, cost: CostModel, call_members: int, max_queue_groups: int,
+                 latency_budget_s: float | None = None):
+        if latency_budget_s is not None and latency_budget_s <= 0:
+            raise ValueError(f"the latency budget must be positive, got {latency_budget_s}")
+        self.cost = cost
+        self.call_members = call_members
+        self.max_queue_groups = max_queue_groups
+        self.latency_budget_s = latency_budget_s
+        self.published = Published()  # replaced (never mutated) by the model thread
+        self._lock = threading.Lock()  # submitters only
+        self._admitted = Backlog()  # totals of every request admitted so far
+
+    def pending(self) -> Backlog:
+        """Admitted work not yet done: the engine's backlog plus what still waits in its inbox."""
+        published = self.published
+        return published.backlog + (self._admitted - published.drained)
+
+    def predict(self, request: ResolvedRequest, pending: Backlog) -> tuple[float, float]:
+        """(seconds the request would take alone, seconds it would wait behind ``pending``).
+
+        Alone, its steps run one after another in calls of its own members (capped at the call size),
+        and its work cannot go faster than the runtime's throughput at the cap; behind a backlog it
+        also waits for that backlog's work at the same throughput."""
+        own = request_work(request)
+        cost = self.cost
+        seconds_per_member_step = cost.call_seconds(self.call_members) / self.call_members
+        per_call = min(own.members, max(self.call_members, request.group_size))
+        alone = (max(request.steps * cost.call_seconds(per_call), own.member_steps * seconds_per_member_step)
+                 + own.members * cost.decode_seconds_per_member)
+        wait = pending.member_steps * seconds_per_member_step + pending.members * cost.decode_seconds_per_member
+        return alone, wait
+
+    def admit(self, request: ResolvedRequest) -> None:
+        """Count the request in, or raise 429 (``queue_full``) with the reason and a ``Retry-After``."""
+        own = request_work(request)
+        with self._lock:
+            pending = self.pending()
+            if pending.groups_waiting + own.groups_waiting > self.max_queue_groups:
+                raise RequestError("queue_full", f"the queue is full ({pending.groups_waiting} groups waiting)", 429,
+                                   retry_after_s=self._retry_after(request, pending), reason="queue_full")
+            alone, wait = self.predict(request, pending)
+            if wait > self._allowed_wait(request, alone):
+                raise RequestError("queue_full", f"the server is overloaded: the request would wait {wait:.2f} s "
+                                   f"behind other work (allowed: {self._allowed_wait(request, alone):.2f} s)", 429,
+                                   retry_after_s=self._retry_after(request, pending), reason="overloaded")
+            self._admitted = self._admitted + own
+
+    def _allowed_wait(self, request: ResolvedRequest, alone: float) -> float:
+        """The wait that still meets the deadline and the budget. A request too slow to meet its deadline
+        even alone is not refused for waiting (it is answered 504 if it really is late)."""
+        allowed = request.timeout_s - alone if alone <= request.timeout_s else float("inf")
+        if self.latency_budget_s is not None:
+            allowed = min(allowed, self.latency_budget_s)
+        return allowed
+
+    def _retry_after(self, request: ResolvedRequest, pending: Backlog) -> int:
+        """Whole seconds until enough of the backlog has drained for the request to fit (at least 1)."""
+        alone, wait = self.predict(request, pending)
+        allowed = self._allowed_wait(request, alone)
+        return max(1, math.ceil(wait - min(allowed, wait)))
