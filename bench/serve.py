@@ -1,17 +1,21 @@
-"""``groupdiff bench serve``: the group scheduler under load, against a naive baseline and the runtime's peak.
+"""``groupdiff bench serve``: the serving engine under load, against its runtime's peak and a stock
+diffusers + BentoML peer at equal work. Every server runs in its own process; load comes from this one.
 
-All in one process, on one runtime kind: first the runtime's peak images/s (direct calls with full
-batches of ``max_groups`` groups, decode included) and the latency of a single group; then, for each
-scheduling (``group``: the group scheduler; ``naive``: each request alone, its groups batched, no
-cross-request batching) and each condition mix, closed-loop runs at several concurrencies and
-open-loop (Poisson) runs at several fractions of the peak request rate, driven by
-`groupdiff.clients.loadgen` calling the scheduler in-process (PNG encoding included, no HTTP).
+1. **Runtime curve.** Direct full-group calls (`pipeline.generate_direct`, decode included, no server) at
+   1, 2, 4, ... groups per call: images/s by call size, median and spread of ``repeats`` runs. The
+   runtime's peak is the best median. The peer's pipeline gets the same treatment.
+2. **Closed loop.** `groupdiff serve` (REST, no latency budget) and the peer (`bench/serve_peer.py`)
+   both up; for each repeat and each user count, ours then the peer's, so slow drifts of a shared
+   machine hit both alike. Images/s over the runtime's peak, p50/p99 latency.
+3. **Capacity.** The closed-loop level with the most images/s (median over repeats), and its p99.
+4. **Open loop (overload).** `groupdiff serve --latency-budget B` (B: the p99 at capacity unless given),
+   Poisson arrivals at 1x, 2x and 3x the capacity's request rate. Goodput (images/s of answered
+   requests), p50/p99 of accepted requests, counts per status, the server's own count of finished
+   requests (each must be answered exactly once) and its resident memory before and after.
 
-Goals checked: at saturation >= 90 % of the peak images/s; at half load p99 latency <= 2x the single
-group's latency; scheduler overhead (worker time outside model calls) <= 5 % of model time. The queue
-holds the server default of 256 groups, so overload is shed with 429s (`rejected`) instead of queueing
-until the client timeout (`deadline`). On a GPU the model time counts kernel launches only (CUDA runs
-asynchronously), so the overhead column there also holds time spent waiting for the device.
+Goals (issue 28): goodput at 3x >= 90 % of capacity; p99 of accepted at 3x <= 2x the p99 at
+capacity; every request answered once; memory flat; closed loop >= 90 % of the runtime's peak at
+16 and 32 users and >= 60 % at 4; >= 1.5x the peer's images/s at its best level.
 """
 
 from __future__ import annotations
@@ -21,207 +25,349 @@ import concurrent.futures
 import dataclasses
 import math
 import statistics
+import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import httpx
 
+from groupdiff.bench import serve_peer, server_process
 from groupdiff.bench.report import format_table, json_ready, new_figure, save_figure, write_report
 from groupdiff.clients.loadgen import Workload, closed_loop, open_loop
-from groupdiff.serving.pipeline import generate_direct
-from groupdiff.serving.requests import resolve
-from groupdiff.serving.serve_config import ServeConfig, build_scheduler, check_checkpoint, default_group_size
+from groupdiff.serving.serve_config import check_checkpoint
 
-SCHEDULINGS = ("group", "naive")
-COLUMNS = ["scheduling", "mix", "mode", "level", "offered_rate", "ok", "rejected", "deadline", "images_per_s",
-           "peak_fraction", "latency_p50_s", "latency_p95_s", "latency_p99_s", "group_fill", "batch_groups", "overhead"]
+ROW_COLUMNS = ["server", "mode", "level", "repeat", "offered_rate", "requests", "ok", "rejected", "deadline", "error",
+               "images_per_s", "peak_fraction", "latency_p50_s", "latency_p99_s"]
+SUMMARY_COLUMNS = ["server", "mode", "level", "repeats", "images_per_s", "images_per_s_min", "images_per_s_max",
+                   "peak_fraction", "latency_p50_s", "latency_p99_s", "ok", "rejected", "deadline", "error",
+                   "server_counted", "rss_mb_before", "rss_mb_after"]
+READY_TIMEOUT_S = 300.0  # a first start exports the ONNX model into the engine cache
 
 
-def measure_peak(config: ServeConfig, group_size: int, steps: int, repeats: int) -> dict:
-    """Direct full-batch calls on a fresh runtime, on one dedicated thread (as the server runs them)."""
+@dataclass(frozen=True)
+class Settings:
+    checkpoint: str
+    runtime: str
+    device: str | None
+    concurrencies: tuple[int, ...]
+    overload_factors: tuple[float, ...]
+    duration_s: float
+    repeats: int
+    num_images: int
+    latency_budget_s: float | None
+    seed: int
+    request_timeout_s: float
+    peer: bool
 
-    def measure() -> dict:
+
+# ---- 1. runtime curves --------------------------------------------------------------------------------------------
+
+def runtime_curve(settings: Settings, group_size: int, steps: int) -> list[dict]:
+    """Images/s of direct calls by groups per call, on one dedicated thread (as the server runs them)."""
+
+    def measure() -> list[dict]:
+        from groupdiff.serving.pipeline import generate_direct
         from groupdiff.serving.runtimes import load_decoder, load_runtime
 
-        options = {"device": config.device, "cache_dir": config.cache_dir, "max_groups": config.max_batch_groups}
-        runtime = load_runtime(config.runtime, config.checkpoint, **options)
-        decoder = load_decoder(config.checkpoint, runtime="onnxruntime" if config.runtime == "onnxruntime"
-                               else "torch", device=config.device, cache_dir=config.cache_dir)
-        groups = runtime.max_groups
-        guidance = runtime.spec.guidance_scale
+        runtime = load_runtime(settings.runtime, settings.checkpoint, device=settings.device)
+        decoder = load_decoder(settings.checkpoint, runtime="onnxruntime" if settings.runtime == "onnxruntime"
+                               else "torch", device=settings.device)
+        classes = runtime.spec.num_classes
+        rows = []
+        groups = 1
+        while groups <= runtime.max_groups:
+            def call(g: int = groups) -> float:
+                began = time.perf_counter()
+                generate_direct(runtime, decoder, [i % classes for i in range(g)], list(range(g * group_size)),
+                                group_size, steps, runtime.spec.guidance_scale)
+                return time.perf_counter() - began
 
-        def timed(g: int) -> float:
-            began = time.perf_counter()
-            generate_direct(runtime, decoder, [i % runtime.spec.num_classes for i in range(g)],
-                            list(range(g * group_size)), group_size, steps, guidance)
-            return time.perf_counter() - began
-
-        timed(groups), timed(1)  # warm-up of both shapes
-        # the best of the repeats: the runtime's capacity, robust to a moment of foreign load on the machine
-        full = min(timed(groups) for _ in range(repeats))
-        single = statistics.median(timed(1) for _ in range(repeats))
+            call()  # the first call of a shape is slower
+            rates = [groups * group_size / call() for _ in range(settings.repeats)]
+            rows.append({"server": "groupdiff", "images_per_call": groups * group_size, "repeats": settings.repeats,
+                         "images_per_s_median": statistics.median(rates), "images_per_s_min": min(rates),
+                         "images_per_s_max": max(rates)})
+            groups *= 2
         runtime.close()
-        return {"max_groups": groups, "batch_seconds": full, "peak_images_per_s": groups * group_size / full,
-                "single_group_latency_s": single}
+        return rows
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(measure).result()
-
-
-def histogram_totals(metric) -> tuple[float, float]:
-    family = metric.collect()[0]
-    samples = {s.name: s.value for s in family.samples}
-    return samples[f"{family.name}_sum"], samples[f"{family.name}_count"]
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(measure).result()
 
 
-async def drive(scheduler, mode: str, level: float, workload: Workload, duration_s: float, seed: int,
-                timeout_s: float):
-    limits = scheduler.config.limits
-
-    async def send(request):
-        body = {"class_id": request.class_id, "num_images": request.num_images, "seed": request.seed,
-                **request.params}
-        return await scheduler.submit(resolve(body, scheduler.served, limits))
-
-    if mode == "open":
-        return await open_loop(send, workload, level, duration_s=duration_s, timeout_s=timeout_s, seed=seed)
-    return await closed_loop(send, workload, int(level), duration_s=duration_s, timeout_s=timeout_s)
+def peer_curve(sizes: list[int], repeats: int) -> list[dict]:
+    rows = serve_peer.measure_direct_peak(sizes, repeats)
+    return [{"server": "peer", "images_per_call": r["images_per_call"], "repeats": r["repeats"],
+             "images_per_s_median": r["images_per_s_median"], "images_per_s_min": r["images_per_s_min"],
+             "images_per_s_max": r.get("images_per_s_max", math.nan)} for r in rows]
 
 
-async def repeatability(scheduler, params: dict, copies: int = 3, traffic: int = 16) -> bool:
-    """Isolated requests under concurrent mixed traffic return the same PNG bytes as alone."""
-    limits, served = scheduler.config.limits, scheduler.served
+# ---- servers and load -----------------------------------------------------------------------------------------------
 
-    def reference():
-        return resolve({"class_id": 3, "num_images": 6, "seed": 12345, **params}, served, limits)
+class GroupDiffSend:
+    """The load generator's ``send`` for `groupdiff serve`: one POST, the images counted (as the peer's
+    send does, so both clients cost the same), 429/503 counted as rejected and 504 as a deadline."""
 
-    alone = await scheduler.submit(reference())
-    rng = np.random.default_rng(1)
-    others = [resolve({"class_id": int(rng.integers(served.spec.num_classes)), "num_images": int(rng.integers(1, 9)),
-                       "group_policy": "shared" if i % 2 else "isolated",
-                       **{k: v for k, v in params.items() if k != "group_policy"}}, served, limits)
-              for i in range(traffic)]
-    mixed = others[:traffic // 2] + [reference() for _ in range(copies)] + others[traffic // 2:]
-    results = await asyncio.gather(*(scheduler.submit(r) for r in mixed))
-    return all(r.pngs == alone.pngs for r in results[traffic // 2: traffic // 2 + copies])
+    def __init__(self, url: str, params: dict):
+        self.endpoint = f"{url}/v1/generate"
+        self.params = params
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
+                                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+
+    async def __call__(self, request) -> int:
+        body = {"class_id": request.class_id, "num_images": request.num_images, "seed": request.seed, **self.params}
+        response = await self.client.post(self.endpoint, json=body)
+        if response.status_code != 200:
+            raise ServerAnswer(response.status_code, response.text)
+        return len(response.json()["images"])
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
-def run_levels(config: ServeConfig, scheduling: str, mixes: list[str], params: dict, num_images: list[int],
-               concurrencies: list[int], rates: list[float], duration_s: float, peak: dict, seed: int,
-               timeout_s: float) -> list[dict]:
-    scheduler = build_scheduler(dataclasses.replace(config, naive=scheduling == "naive")).start()
-    served = scheduler.wait_ready()
+class ServerAnswer(Exception):
+    def __init__(self, status: int, text: str):
+        super().__init__(f"HTTP {status}: {text[:200]}")
+        self.outcome = {429: "rejected", 503: "rejected", 504: "deadline"}.get(status, "error")
+
+
+def start_groupdiff(settings: Settings, folder: Path, name: str, budget_s: float | None) -> tuple:
+    port = server_process.free_port()
+    command = [sys.executable, "-m", "groupdiff", "serve", "--checkpoint", settings.checkpoint, "--runtime",
+               settings.runtime, "--port", str(port), "--max-images", str(max(64, settings.num_images))]
+    if settings.device:
+        command += ["--device", settings.device]
+    if budget_s is not None:
+        command += ["--latency-budget", f"{budget_s:.4f}"]
+    log = folder / f"{name}.log"
+    process = server_process.start(command, log, {"BENTOML_HOME": str(folder / f"bentoml-{name}")})
+    url = f"http://127.0.0.1:{port}"
+    server_process.wait_ready(url, READY_TIMEOUT_S, process, log)
+    return process, url
+
+
+def start_peer(folder: Path) -> tuple:
+    port = server_process.free_port()
+    log = folder / "peer.log"
+    process = serve_peer.start_peer(port, log_path=log)
+    url = f"http://127.0.0.1:{port}"
+    server_process.wait_ready(url, READY_TIMEOUT_S, process, log)
+    return process, url
+
+
+def finished_requests(url: str) -> float:
+    """The server's own count of finished requests (every outcome), from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               if family.name == "groupdiff_requests" for sample in family.samples
+               if sample.name == "groupdiff_requests_total")
+
+
+def drive(send, mode: str, level: float, settings: Settings, num_classes: int, repeat: int):
+    workload = Workload(num_classes, "uniform", (settings.num_images,), settings.seed + repeat)
+
+    async def go():
+        try:
+            if mode == "open":
+                return await open_loop(send, workload, level, duration_s=settings.duration_s,
+                                       timeout_s=settings.request_timeout_s, seed=settings.seed + repeat)
+            return await closed_loop(send, workload, int(level), duration_s=settings.duration_s,
+                                     timeout_s=settings.request_timeout_s)
+        finally:
+            await send.aclose()
+
+    return asyncio.run(go())
+
+
+def row_of(server: str, run, repeat: int, peak: float) -> dict:
+    summary = run.summary()
+    keep = {k: summary[k] for k in ROW_COLUMNS if k in summary}
+    return {"server": server, "repeat": repeat, **keep, "peak_fraction": summary["images_per_s"] / peak,
+            "latency_mean_s": summary["latency_mean_s"]}
+
+
+# ---- 2.-4. the load phases ------------------------------------------------------------------------------------------
+
+def closed_phase(settings: Settings, folder: Path, params: dict, num_classes: int, peaks: dict) -> list[dict]:
+    ours, ours_url = start_groupdiff(settings, folder, "closed", None)
+    peer = start_peer(folder) if settings.peer else None
     rows = []
     try:
-        if scheduling == "group" and params["group_policy"] == "isolated":
-            repeatable = asyncio.run(repeatability(scheduler, params))
-            print(f"isolated results repeatable under mixed concurrent traffic: {repeatable}", flush=True)
-            peak["isolated_repeatable_under_load"] = repeatable
-        for mix in mixes:
-            workload = Workload(served.spec.num_classes, mix, num_images, seed, params)
-            levels = [("closed", c) for c in concurrencies] + [("open", r) for r in rates]
-            for mode, level in levels:
-                fill_before = histogram_totals(scheduler.metrics.group_fill)
-                batch_before = histogram_totals(scheduler.metrics.batch_groups)
-                model_before, busy_before = scheduler.model_seconds, scheduler.busy_seconds
-                run = asyncio.run(drive(scheduler, mode, level, workload, duration_s, seed, timeout_s))
-                fill_sum, fill_count = (a - b for a, b in zip(histogram_totals(scheduler.metrics.group_fill),
-                                                               fill_before, strict=True))
-                batch_sum, batch_count = (a - b for a, b in zip(histogram_totals(scheduler.metrics.batch_groups),
-                                                                 batch_before, strict=True))
-                model = scheduler.model_seconds - model_before
-                busy = scheduler.busy_seconds - busy_before
-                summary = run.summary()
-                row = {"scheduling": scheduling, "mix": mix, **summary,
-                       "peak_fraction": summary["images_per_s"] / peak["peak_images_per_s"],
-                       "group_fill": fill_sum / fill_count if fill_count else math.nan,
-                       "batch_groups": batch_sum / batch_count if batch_count else math.nan,
-                       "overhead": (busy - model) / model if model else math.nan}
-                rows.append(row)
-                print(format_table([row], COLUMNS).splitlines()[-1], flush=True)
+        for repeat in range(settings.repeats):
+            for users in settings.concurrencies:
+                run = drive(GroupDiffSend(ours_url, params), "closed", users, settings, num_classes, repeat)
+                rows.append(row_of("groupdiff", run, repeat, peaks["groupdiff"]))
+                print(format_table([rows[-1]], ROW_COLUMNS).splitlines()[-1], flush=True)
+                if peer is not None:
+                    run = drive(serve_peer.make_send(peer[1]), "closed", users, settings, num_classes, repeat)
+                    rows.append(row_of("peer", run, repeat, peaks["peer"]))
+                    print(format_table([rows[-1]], ROW_COLUMNS).splitlines()[-1], flush=True)
     finally:
-        scheduler.close()
+        server_process.stop(ours)
+        if peer is not None:
+            server_process.stop(peer[0])
     return rows
 
 
-def goals(rows: list[dict], peak: dict, half_rate: float) -> dict:
-    group = [r for r in rows if r["scheduling"] == "group"]
-    saturation = max(r["images_per_s"] for r in group)
-    half = [r for r in group if r["mode"] == "open" and math.isclose(r["level"], half_rate)]
-    half_p99 = max((r["latency_p99_s"] for r in half), default=math.nan)
-    overhead = max(r["overhead"] for r in group if not math.isnan(r["overhead"]))
-    return {
-        "saturation_images_per_s": saturation,
-        "saturation_fraction_of_peak": saturation / peak["peak_images_per_s"],
-        "saturation_goal_met": saturation >= 0.9 * peak["peak_images_per_s"],
-        "half_load_p99_s": half_p99,
-        "half_load_p99_over_single_group": half_p99 / peak["single_group_latency_s"],
-        "half_load_goal_met": half_p99 <= 2 * peak["single_group_latency_s"],
-        "max_overhead_fraction_of_model_time": overhead,
-        "overhead_goal_met": overhead <= 0.05,
-        "isolated_repeatable_under_load": peak.get("isolated_repeatable_under_load"),
-    }
+def open_phase(settings: Settings, folder: Path, params: dict, num_classes: int, peaks: dict, capacity: dict,
+               budget_s: float) -> list[dict]:
+    process, url = start_groupdiff(settings, folder, "open", budget_s)
+    rows = []
+    try:
+        # a first pass, so the measured levels start from a warm server
+        drive(GroupDiffSend(url, params), "closed", 4, dataclasses.replace(settings, duration_s=2.0), num_classes, 0)
+        for factor in settings.overload_factors:
+            rate = factor * capacity["images_per_s"] / settings.num_images
+            rss_before, counted_before = server_process.resident_bytes(process), finished_requests(url)
+            run = drive(GroupDiffSend(url, params), "open", rate, settings, num_classes, 0)
+            counted = finished_requests(url) - counted_before
+            row = {**row_of("groupdiff", run, 0, peaks["groupdiff"]), "overload": factor,
+                   "server_counted": counted, "rss_mb_before": rss_before / 2**20,
+                   "rss_mb_after": server_process.resident_bytes(process) / 2**20}
+            rows.append(row)
+            print(format_table([row], ROW_COLUMNS).splitlines()[-1], flush=True)
+    finally:
+        server_process.stop(process)
+    return rows
 
 
-def plot(rows: list[dict], peak: dict, path: Path) -> None:
-    figure, (throughput, latency) = new_figure(1, 2, figsize=(11, 4))
-    for (scheduling, mix) in dict.fromkeys((r["scheduling"], r["mix"]) for r in rows):
-        series = sorted((r for r in rows if r["scheduling"] == scheduling and r["mix"] == mix
-                         and r["mode"] == "open"), key=lambda r: r["level"])
-        rates = [r["level"] for r in series]
-        style = "-o" if scheduling == "group" else "--s"
-        throughput.plot(rates, [r["images_per_s"] for r in series], style, label=f"{scheduling}, {mix}")
-        latency.plot(rates, [r["latency_p99_s"] for r in series], style, label=f"{scheduling}, {mix}")
-    throughput.axhline(peak["peak_images_per_s"], color="grey", linestyle=":", label="runtime peak")
-    latency.axhline(2 * peak["single_group_latency_s"], color="grey", linestyle=":", label="2x single group")
-    throughput.set(xlabel="offered requests/s (Poisson)", ylabel="images/s", title="throughput")
-    latency.set(xlabel="offered requests/s (Poisson)", ylabel="p99 latency (s)", title="p99 latency", yscale="log")
-    throughput.legend(fontsize=7)
-    latency.legend(fontsize=7)
+def summarize(rows: list[dict]) -> list[dict]:
+    """Median (and spread) over repeats per server, mode and level."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["server"], row["mode"], row["level"]), []).append(row)
+    out = []
+    for (server, mode, level), members in groups.items():
+        rates = [r["images_per_s"] for r in members]
+        entry = {"server": server, "mode": mode, "level": level, "repeats": len(members),
+                 "images_per_s": statistics.median(rates), "images_per_s_min": min(rates),
+                 "images_per_s_max": max(rates),
+                 "peak_fraction": statistics.median(r["peak_fraction"] for r in members),
+                 "latency_p50_s": statistics.median(r["latency_p50_s"] for r in members),
+                 "latency_p99_s": statistics.median(r["latency_p99_s"] for r in members)}
+        for key in ("ok", "rejected", "deadline", "error", "requests", "server_counted", "rss_mb_before",
+                    "rss_mb_after", "overload"):
+            if key in members[0]:
+                entry[key] = sum(r[key] for r in members) if key not in ("rss_mb_before", "rss_mb_after",
+                                                                          "overload") else members[0][key]
+        out.append(entry)
+    return out
+
+
+def capacity_of(summary: list[dict]) -> dict:
+    closed = [s for s in summary if s["server"] == "groupdiff" and s["mode"] == "closed"]
+    return max(closed, key=lambda s: s["images_per_s"])
+
+
+def goals(summary: list[dict], capacity: dict) -> dict:
+    def closed(server: str, users: int) -> dict | None:
+        return next((s for s in summary if s["server"] == server and s["mode"] == "closed" and s["level"] == users),
+                    None)
+
+    result: dict = {"capacity_users": capacity["level"], "capacity_images_per_s": capacity["images_per_s"],
+                    "capacity_p99_s": capacity["latency_p99_s"]}
+    for users, floor in ((4, 0.6), (16, 0.9), (32, 0.9)):
+        level = closed("groupdiff", users)
+        if level is not None:
+            result[f"peak_fraction_{users}_users"] = level["peak_fraction"]
+            result[f"peak_fraction_{users}_users_met"] = level["peak_fraction"] >= floor
+    peer = [s for s in summary if s["server"] == "peer" and s["mode"] == "closed"]
+    if peer:
+        best_peer = max(peer, key=lambda s: s["images_per_s"])
+        result["peer_best_images_per_s"] = best_peer["images_per_s"]
+        result["over_peer"] = capacity["images_per_s"] / best_peer["images_per_s"]
+        result["over_peer_met"] = result["over_peer"] >= 1.5
+    overload = [s for s in summary if s["mode"] == "open"]
+    if overload:
+        worst = max(overload, key=lambda s: s["overload"])
+        result["overload_factor"] = worst["overload"]
+        result["overload_goodput_fraction"] = worst["images_per_s"] / capacity["images_per_s"]
+        result["overload_goodput_met"] = result["overload_goodput_fraction"] >= 0.9
+        result["overload_p99_over_capacity_p99"] = worst["latency_p99_s"] / capacity["latency_p99_s"]
+        result["overload_p99_met"] = result["overload_p99_over_capacity_p99"] <= 2.0
+        result["answered_exactly_once"] = all(s["server_counted"] == s["requests"] and s["error"] == 0
+                                              for s in overload)
+        growth = max(s["rss_mb_after"] for s in overload) / min(s["rss_mb_before"] for s in overload)
+        result["memory_growth"] = growth
+        result["memory_flat"] = growth <= 1.1
+    return result
+
+
+def plot(curves: list[dict], summary: list[dict], path: Path) -> None:
+    figure, (curve_axis, closed_axis, open_axis) = new_figure(1, 3, figsize=(15, 4))
+    for server, style in (("groupdiff", "-o"), ("peer", "--s")):
+        points = [c for c in curves if c["server"] == server]
+        if points:
+            curve_axis.errorbar([c["images_per_call"] for c in points], [c["images_per_s_median"] for c in points],
+                                yerr=[[c["images_per_s_median"] - c["images_per_s_min"] for c in points],
+                                      [c["images_per_s_max"] - c["images_per_s_median"] for c in points]],
+                                fmt=style, label=server, capsize=3)
+        levels = sorted((s for s in summary if s["server"] == server and s["mode"] == "closed"),
+                        key=lambda s: s["level"])
+        if levels:
+            closed_axis.errorbar([s["level"] for s in levels], [s["images_per_s"] for s in levels],
+                                 yerr=[[s["images_per_s"] - s["images_per_s_min"] for s in levels],
+                                       [s["images_per_s_max"] - s["images_per_s"] for s in levels]],
+                                 fmt=style, label=server, capsize=3)
+    overload = sorted((s for s in summary if s["mode"] == "open"), key=lambda s: s["overload"])
+    open_axis.plot([s["overload"] for s in overload], [s["images_per_s"] for s in overload], "-o", label="goodput")
+    open_axis.axhline(capacity_of(summary)["images_per_s"], color="grey", linestyle=":", label="closed-loop capacity")
+    curve_axis.set(xscale="log", xlabel="images per call", ylabel="images/s", title="runtime, direct calls")
+    closed_axis.set(xscale="log", xlabel="closed-loop users", ylabel="images/s", title="served, closed loop")
+    open_axis.set(xlabel="offered load / capacity", ylabel="images/s answered", title="open loop (Poisson)",
+                  ylim=(0, None))
+    for axis in (curve_axis, closed_axis, open_axis):
+        axis.legend(fontsize=7)
     save_figure(figure, path)
 
 
 def run(checkpoint: str, runtime: str, out: str, invocation: str, duration_s: float, concurrencies: list[int],
-        rate_fractions: list[float], mixes: list[str], num_images: list[int], steps: int | None,
-        group_size: int | None, max_batch_groups: int, batch_wait_ms: float, policy: str, device: str | None,
-        cache_dir: str | None, seed: int, timeout_s: float = 10.0, repeats: int = 5) -> dict:
+        overload_factors: list[float], repeats: int, num_images: int, latency_budget_s: float | None,
+        device: str | None, seed: int, request_timeout_s: float, peer: bool) -> dict:
     spec = check_checkpoint(checkpoint)
-    config = ServeConfig(checkpoint=str(Path(checkpoint).resolve()), runtime=runtime, device=device,
-                         max_images=max(64, max(num_images)), max_batch_groups=max_batch_groups,
-                         batch_wait_ms=batch_wait_ms, cache_dir=cache_dir)
-    group_size = group_size or default_group_size(checkpoint, spec)
-    steps = steps or spec.default_steps
-    params = {"group_size": group_size, "steps": steps, "group_policy": policy}
-    peak = measure_peak(config, group_size, steps, repeats)
-    print(f"runtime peak {peak['peak_images_per_s']:.1f} images/s ({peak['max_groups']} groups of {group_size}, "
-          f"{steps} steps); single group {peak['single_group_latency_s'] * 1000:.1f} ms", flush=True)
-    peak_request_rate = peak["peak_images_per_s"] / float(np.mean(num_images))
-    rates = [round(f * peak_request_rate, 3) for f in rate_fractions]
-    rows = []
-    for scheduling in SCHEDULINGS:
-        rows += run_levels(config, scheduling, mixes, params, num_images, concurrencies, rates, duration_s, peak,
-                           seed, timeout_s)
-    half_rate = rates[min(range(len(rates)), key=lambda i: abs(rate_fractions[i] - 0.5))]
-    summary = goals(rows, peak, half_rate)
-    settings = {"checkpoint": checkpoint, "model_version": spec.model_version, "kind": spec.kind,
-                "runtime": runtime, "device": device or "cpu", "group_size": group_size, "steps": steps,
-                "policy": policy, "num_images": num_images, "mixes": mixes, "duration_s": duration_s,
-                "concurrencies": concurrencies, "rate_fractions": rate_fractions, "rates": rates,
-                "max_batch_groups": max_batch_groups, "batch_wait_ms": batch_wait_ms, "request_timeout_s": timeout_s,
-                "peak": peak, "goals": summary}
+    settings = Settings(str(Path(checkpoint).resolve()), runtime, device, tuple(concurrencies), tuple(overload_factors),
+                        duration_s, repeats, num_images, latency_budget_s, seed, request_timeout_s, peer)
+    group_size, steps = spec.default_group_size, spec.default_steps
+    params = {"group_size": group_size, "steps": steps}
+    curves = runtime_curve(settings, group_size, steps)
+    if peer:
+        curves += peer_curve(sorted({c["images_per_call"] for c in curves}), repeats)
+    peaks = {server: max((c["images_per_s_median"] for c in curves if c["server"] == server), default=math.nan)
+             for server in ("groupdiff", "peer")}
+    print(format_table(curves, list(curves[0])), flush=True)
+    with tempfile.TemporaryDirectory(prefix="groupdiff-bench-serve-") as tmp:
+        folder = Path(tmp)
+        rows = closed_phase(settings, folder, params, spec.num_classes, peaks)
+        capacity = capacity_of(summarize(rows))
+        budget = latency_budget_s if latency_budget_s is not None else capacity["latency_p99_s"]
+        rows += open_phase(settings, folder, params, spec.num_classes, peaks, capacity, budget)
+    summary = summarize(rows)
+    result = {"latency_budget_s": budget, **goals(summary, capacity)}
+    report_settings = {**settings.__dict__, "model_version": spec.model_version, "kind": spec.kind,
+                       "group_size": group_size, "steps": steps, "peaks_images_per_s": peaks}
     out_dir = Path(out)
-    write_report(out_dir / "serve.json", "serve", invocation, json_ready(rows), json_ready(settings))
-    table = format_table(rows, COLUMNS)
+    write_report(out_dir / "serve.json", "serve", invocation, json_ready(rows), json_ready(report_settings),
+                 {"curves": json_ready(curves), "summary": json_ready(summary), "goals": json_ready(result)})
+    table = format_table(summary, SUMMARY_COLUMNS)
+    curve_table = format_table(curves, ["server", "images_per_call", "repeats", "images_per_s_median",
+                                        "images_per_s_min", "images_per_s_max"])
     lines = [f"# groupdiff bench serve\n\n`{invocation}`\n",
              f"Model {spec.model_version} ({spec.kind}), runtime {runtime}, group size {group_size}, {steps} steps, "
-             f"policy {policy}, images per request {num_images}.\n",
-             f"Runtime peak: {peak['peak_images_per_s']:.1f} images/s ({peak['max_groups']} groups per call); "
-             f"single group: {peak['single_group_latency_s'] * 1000:.1f} ms.\n",
+             f"{num_images} images per request, {duration_s:g} s per level, {repeats} repeats (closed loop, "
+             f"interleaved with the peer), seed {seed}. Peer: diffusers DiTPipeline behind BentoML adaptive "
+             "batching at equal work (bench/serve_peer.py).\n",
+             "Runtime curves (direct calls, decode included):\n\n```\n" + curve_table + "\n```\n",
+             "Served (medians over repeats; open loop: one run per level, latency budget "
+             f"{budget:.3f} s):\n\n```\n" + table + "\n```\n",
              "Goals: " + ", ".join(f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}"
-                                   for k, v in summary.items()) + "\n",
-             "```\n" + table + "\n```\n", "![throughput and p99 vs offered rate](serve.png)\n"]
+                                   for k, v in result.items()) + "\n",
+             "![runtime curve, closed loop, open loop](serve.png)\n"]
     (out_dir / "serve.md").write_text("\n".join(lines))
-    plot(rows, peak, out_dir / "serve.png")
+    plot(curves, summary, out_dir / "serve.png")
     print(table)
-    print("goals:", summary)
-    return summary
+    print("goals:", result)
+    return result

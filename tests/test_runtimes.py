@@ -174,3 +174,21 @@ def test_bench_runtime_writes_rows_and_prints_the_table_last(student, tmp_path, 
     assert report["rows"][0]["speedup"] == 1.0 and report["settings"]["kind"] == "student"
     assert capsys.readouterr().out.rstrip().splitlines()[-1].split()[:2] == ["torch", "fp32"]  # the table is last
     assert main(["bench", "runtime", "--checkpoint", str(student), "--images", "6", "--out", str(out)]) == 2
+
+
+def test_onnx_runtime_shards_groups_across_cores_without_changing_a_bit(student, tmp_path):
+    """A call of G groups split into single-threaded shards run concurrently equals one call, bit for bit,
+    for every split (so sharding never changes a served image)."""
+    from groupdiff.serving.onnx_runtime import OnnxRuntime
+
+    whole = OnnxRuntime.from_checkpoint(student, cache_dir=tmp_path, threads=2, shards=1)
+    sharded = OnnxRuntime.from_checkpoint(student, cache_dir=tmp_path, threads=2, shards=3)
+    generator = torch.Generator().manual_seed(0)
+    for groups in (1, 2, 5):
+        x = torch.randn(groups, 4, 1, 8, 8, generator=generator)
+        t = torch.rand(groups, 4, generator=generator)
+        y = torch.randint(0, 3, (groups, 4), generator=generator)
+        scale = torch.ones(groups)
+        assert torch.equal(sharded.velocity(x, t, y, scale), whole.velocity(x, t, y, scale))
+    sharded.close()
+    whole.close()

@@ -77,27 +77,25 @@ def register(subparsers) -> None:
 
     from groupdiff.serving.defaults import BUNDLED_STUDENT
 
-    serve = benches.add_parser("serve", help="group scheduler vs naive baseline vs runtime peak under closed- and "
-                                             "open-loop load (in-process, PNG encoding included)")
+    serve = benches.add_parser("serve", help="the serving engine out of process: runtime curve, closed loop, open-loop "
+                                             "overload, and a diffusers + BentoML peer at equal work")
     serve.add_argument("--checkpoint", default=str(BUNDLED_STUDENT), help="default: the bundled student")
     serve.add_argument("--runtime", choices=["onnxruntime", "torch", "tensorrt", "torch-tensorrt"],
                        default="onnxruntime")
     serve.add_argument("--device", help="cpu or cuda (default: the runtime's)")
-    serve.add_argument("--duration", type=float, default=8.0, help="seconds of load per level")
-    serve.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64], help="closed-loop users")
-    serve.add_argument("--rate-fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0, 1.25],
-                       help="open-loop Poisson rates as fractions of the runtime's peak request rate")
-    serve.add_argument("--mixes", nargs="+", default=["uniform", "zipf"], help="condition mixes (loadgen syntax)")
-    serve.add_argument("--num-images", type=int, nargs="+", default=[4, 8], help="images per request, drawn uniformly")
-    serve.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    serve.add_argument("--group-size", type=int, help="default: the model's default group size")
-    serve.add_argument("--policy", choices=["isolated", "shared"], default="isolated")
-    serve.add_argument("--max-batch-groups", type=int, default=16, help="groups per runtime call")
-    serve.add_argument("--batch-wait-ms", type=float, default=5.0)
-    serve.add_argument("--cache-dir", help="engine cache (default $GROUPDIFF_CACHE/engines)")
+    serve.add_argument("--duration", type=float, default=10.0, help="seconds of load per level")
+    serve.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32], help="closed-loop users")
+    serve.add_argument("--overload", type=float, nargs="+", default=[1.0, 2.0, 3.0],
+                       help="open-loop Poisson rates as multiples of the closed-loop capacity")
+    serve.add_argument("--repeats", type=int, default=5,
+                       help="runs per closed-loop level (interleaved with the peer) and per runtime call size")
+    serve.add_argument("--num-images", type=int, default=4, help="images per request (k)")
+    serve.add_argument("--latency-budget", type=float, metavar="SECONDS",
+                       help="the overloaded server's --latency-budget (default: the p99 at capacity)")
+    serve.add_argument("--no-peer", dest="peer", action="store_false",
+                       help="skip the diffusers + BentoML peer (it models the bundled student's architecture)")
     serve.add_argument("--seed", type=int, default=0)
-    serve.add_argument("--request-timeout", type=float, default=10.0,
-                       help="client-side timeout per request (overloaded runs drain instead of queueing for minutes)")
+    serve.add_argument("--request-timeout", type=float, default=30.0, help="client-side timeout per request")
     serve.add_argument("--out", default="docs/results/serve/cpu-student",
                        help="folder for serve.json, serve.md, serve.png")
     serve.set_defaults(run=run_bench_serve)
@@ -189,9 +187,13 @@ def run_bench_distill(args: argparse.Namespace) -> None:
 def run_bench_serve(args: argparse.Namespace) -> None:
     from groupdiff.bench.serve import run
 
-    run(args.checkpoint, args.runtime, args.out, args.invocation, args.duration, args.concurrency,
-        args.rate_fractions, args.mixes, args.num_images, args.steps, args.group_size, args.max_batch_groups,
-        args.batch_wait_ms, args.policy, args.device, args.cache_dir, args.seed, args.request_timeout)
+    for name in ("duration", "repeats", "num_images", "request_timeout"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if min(args.concurrency) < 1 or min(args.overload) <= 0:
+        raise ValueError("--concurrency and --overload take positive values")
+    run(args.checkpoint, args.runtime, args.out, args.invocation, args.duration, args.concurrency, args.overload,
+        args.repeats, args.num_images, args.latency_budget, args.device, args.seed, args.request_timeout, args.peer)
 
 
 def quality_budget(args: argparse.Namespace):
