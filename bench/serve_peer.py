@@ -24,7 +24,7 @@ server in its own process group, as ``bentoml serve`` on 127.0.0.1; `groupdiff.b
 waits for it (``wait_ready``) and stops it (``stop``).
 
 ``make_send(url) -> PeerSend``: the load generator's ``send`` (`groupdiff.clients.loadgen`); one
-``httpx.AsyncClient`` per event loop: make it inside the loop that uses it, ``await send.aclose()`` after.
+aiohttp session per event loop: make it inside the loop that uses it, ``await send.aclose()`` after.
 
 ``measure_direct_peak(call_sizes, repeats) -> list[dict]``: the pipeline called in-process on one thread,
 images/s per call size, the peer's runtime peak to set beside its served throughput.
@@ -44,13 +44,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-import httpx
 import numpy as np
 import torch
 from torch import nn
 
 from groupdiff.bench import server_process
-from groupdiff.clients.loadgen import Request
 
 SERVICE = "groupdiff.bench.peer_service:PeerService"
 ENV_SETTINGS = "GROUPDIFF_PEER_SETTINGS"  # JSON `PeerSettings` from `start_peer` to the service module
@@ -181,25 +179,27 @@ class PeerError(Exception):
 
 class PeerSend:
     """The load generator's ``send`` for the peer: posts one request (a class, ``num_images`` seeds) and
-    returns the number of images received. One shared AsyncClient keeps connections alive across requests;
-    it belongs to the event loop that first uses it."""
+    returns the number of images received. One aiohttp session (as the benchmark's send to our server
+    uses) keeps connections alive across requests; it belongs to the event loop that makes it."""
 
     def __init__(self, url: str):
+        import aiohttp
+
         self.endpoint = f"{url.rstrip('/')}/generate"
         # no pool limit (the loadgen bounds concurrency) and no read timeout (the loadgen's timeout_s decides)
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
-                                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=10.0),
+                                             connector=aiohttp.TCPConnector(limit=0))
 
-    async def __call__(self, request: Request) -> int:
+    async def __call__(self, request) -> int:
         images = [{"class_id": request.class_id, "seed": (request.seed + i) % SEED_SPACE}
                   for i in range(request.num_images)]
-        response = await self.client.post(self.endpoint, json={"images": images})
-        if response.status_code != 200:
-            raise PeerError(response.status_code, response.text)
-        return len(response.json())
+        async with self.session.post(self.endpoint, json={"images": images}) as response:
+            if response.status != 200:
+                raise PeerError(response.status, await response.text())
+            return len(await response.json())
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.session.close()
 
 
 def make_send(url: str) -> PeerSend:

@@ -20,7 +20,7 @@ import math
 import threading
 from dataclasses import dataclass
 
-from .requests import RequestError, ResolvedRequest
+from .requests import MAX_TIMEOUT_S, RequestError, ResolvedRequest
 from .scheduler import Backlog
 
 KNEE_TOLERANCE = 0.05  # the knee: the smallest call within this fraction of the best images/s
@@ -140,8 +140,13 @@ class Admission:
         per_call = min(own.members, max(self.call_members, request.group_size))
         alone = (max(request.steps * cost.call_seconds(per_call), own.member_steps * seconds_per_member_step)
                  + own.members * cost.decode_seconds_per_member)
-        wait = pending.member_steps * seconds_per_member_step + pending.members * cost.decode_seconds_per_member
-        return alone, wait
+        return alone, self._wait(pending)
+
+    def _wait(self, pending: Backlog) -> float:
+        """Seconds to work off ``pending`` at the throughput of full calls."""
+        cost = self.cost
+        return (pending.member_steps * cost.call_seconds(self.call_members) / self.call_members
+                + pending.members * cost.decode_seconds_per_member)
 
     def admit(self, request: ResolvedRequest) -> None:
         """Count the request in, or raise 429 (``queue_full``) with the reason and a ``Retry-After``."""
@@ -157,6 +162,23 @@ class Admission:
                                    f"behind other work (allowed: {self._allowed_wait(request, alone):.2f} s)", 429,
                                    retry_after_s=self._retry_after(request, pending), reason="overloaded")
             self._admitted = self._admitted + own
+
+    def refusing_everything(self) -> RequestError | None:
+        """The 429 every request would get now, or None: lets a frontend refuse before it reads and
+        validates a body, so that shedding load costs as little as possible. It never refuses a request
+        that `admit` would take: only when the queue has no room for one group, or the backlog alone is
+        longer than any request may wait (the latency budget, else the longest timeout)."""
+        pending = self.pending()
+        if pending.groups_waiting + 1 > self.max_queue_groups:
+            return RequestError("queue_full", f"the queue is full ({pending.groups_waiting} groups waiting)", 429,
+                                retry_after_s=1, reason="queue_full")
+        wait = self._wait(pending)
+        limit = self.latency_budget_s if self.latency_budget_s is not None else MAX_TIMEOUT_S
+        if wait > limit:
+            return RequestError("queue_full", f"the server is overloaded: requests would wait {wait:.2f} s behind "
+                                f"other work (allowed: {limit:.2f} s)", 429,
+                                retry_after_s=max(1, math.ceil(wait - limit)), reason="overloaded")
+        return None
 
     def _allowed_wait(self, request: ResolvedRequest, alone: float) -> float:
         """The wait that still meets the deadline and the budget. A request too slow to meet its deadline

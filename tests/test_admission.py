@@ -148,3 +148,21 @@ def test_backlog_counts_queued_pooled_and_remaining_running_work():
     add(scheduler, resolved(class_id=1, num_images=1, steps=2, policy="shared"))  # a pool of one member
     scheduler.advance(scheduler.schedule(0.0).batches)  # one group runs a step
     assert scheduler.backlog() == Backlog(member_steps=4 * 2 + 4 * 3 + 4 * 2, members=12, groups_waiting=2)
+
+
+def test_refusing_everything_only_when_admit_would_refuse_any_request():
+    gate = admission(budget=0.5, max_queue_groups=20)
+    assert gate.refusing_everything() is None
+    gate.published = Published(backlog=Backlog(member_steps=400, members=16, groups_waiting=4))  # 0.25 s of work
+    assert gate.refusing_everything() is None
+    gate.admit(resolved(num_images=1, steps=1))  # and admit agrees: the smallest request fits
+    gate.published = Published(backlog=Backlog(member_steps=1600, members=64, groups_waiting=10))  # 1 s
+    refusal = gate.refusing_everything()
+    assert (refusal.status, refusal.reason, refusal.retry_after_s) == (429, "overloaded", 1)
+    with pytest.raises(RequestError):
+        gate.admit(resolved(num_images=1, steps=1))  # no request would have been admitted
+    gate.published = Published(backlog=Backlog(member_steps=16, members=4, groups_waiting=20))
+    assert gate.refusing_everything().reason == "queue_full"
+    no_budget = admission()
+    no_budget.published = Published(backlog=Backlog(member_steps=1600 * 100, members=64, groups_waiting=10))
+    assert no_budget.refusing_everything() is None  # 100 s: a request with timeout_s 300 may still wait

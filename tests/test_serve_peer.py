@@ -52,17 +52,18 @@ def test_concurrent_requests_get_their_images(peer):
         send = make_send(peer)
         try:
             counts = await asyncio.gather(*(send(Request(i, class_id=i, num_images=4, seed=10 * i)) for i in range(3)))
-            response = await send.client.post(f"{peer}/generate", json={"images": [{"class_id": 1, "seed": 0}]})
+            async with send.session.post(f"{peer}/generate", json={"images": [{"class_id": 1, "seed": 0}]}) as reply:
+                pngs = await reply.json()
             with pytest.raises(PeerError) as invalid:  # refused before the batcher: class 10 does not exist
                 await send(Request(4, class_id=10, num_images=1, seed=0))
         finally:
             await send.aclose()
-        return counts, response, invalid.value
+        return counts, pngs, invalid.value
 
-    counts, response, invalid = asyncio.run(requests())
+    counts, pngs, invalid = asyncio.run(requests())
     assert counts == [4, 4, 4]
     assert invalid.outcome == "error"
-    png = Image.open(io.BytesIO(base64.b64decode(response.json()[0])))
+    png = Image.open(io.BytesIO(base64.b64decode(pngs[0])))
     assert (png.size, png.mode) == ((28, 28), "L")
     requests, calls = batch_histogram(httpx.get(f"{peer}/metrics").text)
     assert requests == 4 and 2 <= calls <= 4  # the three concurrent ones in one to three calls, then one more
