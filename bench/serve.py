@@ -4,6 +4,8 @@ diffusers + BentoML peer at equal work. Every server runs in its own process; lo
 1. **Runtime curve.** Direct full-group calls (`pipeline.generate_direct`, decode included, no server) at
    1, 2, 4, ... groups per call: images/s by call size, median and spread of ``repeats`` runs. The
    runtime's peak is the best median. The peer's pipeline gets the same treatment.
+   The engine alone (in this process, no HTTP) with a full queue shows how much of the peak the
+   scheduler and executor keep before any frontend cost.
 2. **Closed loop.** `groupdiff serve` (REST, no latency budget) and the peer (`bench/serve_peer.py`)
    both up; for each repeat and each user count, ours then the peer's, so slow drifts of a shared
    machine hit both alike. Images/s over the runtime's peak, p50/p99 latency.
@@ -96,6 +98,32 @@ def runtime_curve(settings: Settings, group_size: int, steps: int) -> list[dict]
 
     with concurrent.futures.ThreadPoolExecutor(1) as thread:
         return thread.submit(measure).result()
+
+
+def engine_full_queue(settings: Settings, params: dict, num_classes: int, peak: float) -> dict:
+    """The engine alone, in this process, no HTTP: a full queue of requests submitted at once (PNGs
+    encoded). Set beside the served closed loop, it separates the engine's own efficiency from what the
+    HTTP frontend and the load generator cost on the same cores."""
+    from groupdiff.serving.requests import resolve
+    from groupdiff.serving.serve_config import ServeConfig, build_engine
+
+    count = max(16, math.ceil(4 * peak / settings.num_images))  # about 4 s of work
+    engine = build_engine(ServeConfig(checkpoint=settings.checkpoint, runtime=settings.runtime, device=settings.device,
+                                      max_queue=count * settings.num_images, max_images=settings.num_images)).start()
+    engine.wait_ready(READY_TIMEOUT_S)
+    rates = []
+    try:
+        for repeat in range(settings.repeats):
+            requests = [resolve({"class_id": i % num_classes, "num_images": settings.num_images, "seed": i + repeat,
+                                 **params}, engine.served, engine.config.limits) for i in range(count)]
+            began = time.perf_counter()
+            concurrent.futures.wait([engine.submit_future(r) for r in requests])
+            rates.append(count * settings.num_images / (time.perf_counter() - began))
+    finally:
+        engine.close()
+    return {"requests": count, "repeats": settings.repeats, "images_per_s_median": statistics.median(rates),
+            "images_per_s_min": min(rates), "images_per_s_max": max(rates),
+            "peak_fraction": statistics.median(rates) / peak}
 
 
 def peer_curve(sizes: list[int], repeats: int) -> list[dict]:
@@ -347,6 +375,9 @@ def run(checkpoint: str, runtime: str, out: str, invocation: str, duration_s: fl
     peaks = {server: max((c["images_per_s_median"] for c in curves if c["server"] == server), default=math.nan)
              for server in ("groupdiff", "peer")}
     print(format_table(curves, list(curves[0])), flush=True)
+    engine = engine_full_queue(settings, params, spec.num_classes, peaks["groupdiff"])
+    print(f"engine alone, full queue: {engine['images_per_s_median']:.1f} images/s "
+          f"({engine['peak_fraction']:.2f} of the runtime's peak)", flush=True)
     with tempfile.TemporaryDirectory(prefix="groupdiff-bench-serve-") as tmp:
         folder = Path(tmp)
         rows = closed_phase(settings, folder, params, spec.num_classes, peaks)
@@ -354,12 +385,14 @@ def run(checkpoint: str, runtime: str, out: str, invocation: str, duration_s: fl
         budget = latency_budget_s if latency_budget_s is not None else capacity["latency_p99_s"]
         rows += open_phase(settings, folder, params, spec.num_classes, peaks, capacity, budget)
     summary = summarize(rows)
-    result = {"latency_budget_s": budget, **goals(summary, capacity)}
+    result = {"latency_budget_s": budget, "engine_full_queue_peak_fraction": engine["peak_fraction"],
+              **goals(summary, capacity)}
     report_settings = {**settings.__dict__, "model_version": spec.model_version, "kind": spec.kind,
                        "group_size": group_size, "steps": steps, "peaks_images_per_s": peaks}
     out_dir = Path(out)
     write_report(out_dir / "serve.json", "serve", invocation, json_ready(rows), json_ready(report_settings),
-                 {"curves": json_ready(curves), "summary": json_ready(summary), "goals": json_ready(result)})
+                 {"curves": json_ready(curves), "engine_full_queue": json_ready(engine), "summary": json_ready(summary),
+                  "goals": json_ready(result)})
     table = (format_table([s for s in summary if s["mode"] == "closed"], CLOSED_COLUMNS) + "\n\n"
              + format_table([s for s in summary if s["mode"] == "open"], OPEN_COLUMNS))
     curve_table = format_table(curves, ["server", "images_per_call", "repeats", "images_per_s_median",
@@ -370,6 +403,10 @@ def run(checkpoint: str, runtime: str, out: str, invocation: str, duration_s: fl
              f"interleaved with the peer), seed {seed}. Peer: diffusers DiTPipeline behind BentoML adaptive "
              "batching at equal work (bench/serve_peer.py).\n",
              "Runtime curves (direct calls, decode included):\n\n```\n" + curve_table + "\n```\n",
+             f"Engine alone in-process (no HTTP), a full queue of {engine['requests']} requests: "
+             f"{engine['images_per_s_median']:.1f} images/s (median of {engine['repeats']}, "
+             f"{engine['images_per_s_min']:.1f}-{engine['images_per_s_max']:.1f}), "
+             f"{engine['peak_fraction']:.2f} of the runtime's peak.\n",
              "Served, closed loop (medians and spread over repeats) and open loop (one run per level; the server "
              f"started with --latency-budget {budget:.3f}; level = offered requests/s):\n\n```\n" + table
              + "\n```\n",

@@ -57,7 +57,7 @@ class EngineConfig:
     latency_budget_s: float | None = None  # most predicted waiting behind other work (None: deadlines only)
     naive: bool = False  # baseline: one request at a time, its groups alone in the batch, no step joining
     encode_workers: int = 2
-    profile_repeats: int = 3  # timed calls per size when measuring the runtime's curve at start-up
+    profile_repeats: int = 5  # timed calls per size when measuring the runtime's curve at start-up
     switch_interval_s: float | None = 0.0005  # the process's GIL switch interval while serving (None: leave it)
 
 

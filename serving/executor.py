@@ -12,7 +12,6 @@ groups it was batched with; the step rules come from `groupdiff.model.samplers` 
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 
@@ -90,7 +89,7 @@ class Executor:
         decode seconds per member.
 
         Each size is warmed up once (a runtime's first call of a shape is slow), then timed ``repeats``
-        times (median). Sizes stop once two in a row fall well past the best throughput: bigger calls
+        times; the fastest counts, as the least disturbed by other work on the machine. Sizes stop once two in a row fall well past the best throughput: bigger calls
         would only be slower here and take long to measure.
         """
         sizes = sorted({min(max_groups, 2 ** i) for i in range(max_groups.bit_length() + 1)})
@@ -99,7 +98,7 @@ class Executor:
         for groups in sizes:
             timed = self._timed_step(groups, group_size)
             timed()  # warm-up
-            curve.append(CurvePoint(groups * group_size, statistics.median(timed() for _ in range(repeats))))
+            curve.append(CurvePoint(groups * group_size, min(timed() for _ in range(repeats))))
             best = max(p.members_per_s for p in curve)
             below = below + 1 if curve[-1].members_per_s < (1 - 2 * KNEE_TOLERANCE) * best else 0
             if below == 2:
