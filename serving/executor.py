@@ -84,13 +84,14 @@ class Executor:
     def free_all(self) -> None:
         self._latents.clear()
 
-    def profile(self, group_size: int, max_groups: int, repeats: int = 3) -> tuple[list[CurvePoint], float]:
+    def profile(self, group_size: int, max_groups: int, repeats: int = 5) -> tuple[list[CurvePoint], float]:
         """Seconds per step call at 1, 2, 4, ... groups of ``group_size`` (up to ``max_groups``), and
         decode seconds per member.
 
         Each size is warmed up once (a runtime's first call of a shape is slow), then timed ``repeats``
-        times; the fastest counts, as the least disturbed by other work on the machine. Sizes stop once two in a row fall well past the best throughput: bigger calls
-        would only be slower here and take long to measure.
+        times; the fastest counts, as the least disturbed by other work on the machine. Sizes stop once
+        two in a row fall well past the best throughput: bigger calls would only be slower here and take
+        long to measure.
         """
         sizes = sorted({min(max_groups, 2 ** i) for i in range(max_groups.bit_length() + 1)})
         curve: list[CurvePoint] = []
