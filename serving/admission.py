@@ -7,10 +7,12 @@ arrives, how long it would take to finish behind the work already admitted, and 
 latency budget. Accepted work is then work the server can finish in time, so goodput stays at
 capacity while the excess is shed.
 
-The prediction uses `CostModel`: seconds per sampler-step call by members per call, measured at
-start-up (`choose_knee` picks the call size the scheduler caps at) and kept current by every real
-call. Refusing costs the model thread nothing: submitters take only the admission lock, which the
-model thread never takes; the engine publishes its backlog as one immutable snapshot per call.
+The prediction uses `CostModel`: seconds per sampler step by members per call, measured at start-up
+(`choose_knee` picks the call size the scheduler caps at) and kept current by every step the engine
+runs, timed from the start of one step to the start of the next: scheduling, decoding, and waiting
+for a core included, since that is the rate at which the backlog really drains. Refusing costs the
+model thread nothing: submitters take only the admission lock, which the model thread never takes;
+the engine publishes its backlog as one immutable snapshot per call.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .requests import MAX_TIMEOUT_S, RequestError, ResolvedRequest
 from .scheduler import Backlog
@@ -49,14 +51,13 @@ def choose_knee(curve: list[CurvePoint], tolerance: float = KNEE_TOLERANCE) -> C
 
 
 class CostModel:
-    """Seconds per sampler-step call against members per call, plus decode seconds per member.
+    """Seconds per sampler step against members per call.
 
     Written by the model thread only; read by any thread. Each update replaces the whole table (a tuple),
     so a reader sees one consistent table without a lock."""
 
-    def __init__(self, curve: list[CurvePoint], decode_seconds_per_member: float):
+    def __init__(self, curve: list[CurvePoint]):
         self._table = tuple(sorted((p.members, p.seconds) for p in curve))
-        self.decode_seconds_per_member = decode_seconds_per_member
 
     @property
     def curve(self) -> list[CurvePoint]:
@@ -84,10 +85,6 @@ class CostModel:
         table[members] = estimate
         self._table = tuple(sorted(table.items()))
 
-    def observe_decode(self, members: int, seconds: float) -> None:
-        self.decode_seconds_per_member = ((1 - COST_SMOOTHING) * self.decode_seconds_per_member
-                                          + COST_SMOOTHING * seconds / max(1, members))
-
 
 @dataclass(frozen=True)
 class Published:
@@ -95,6 +92,8 @@ class Published:
 
     backlog: Backlog = Backlog()
     drained: Backlog = Backlog()  # totals of the requests moved from the inbox into the scheduler
+    released: Backlog = Backlog()  # totals of the cancelled requests the scheduler has forgotten
+    queued_by_key: dict[tuple, int] = field(default_factory=dict)  # member-steps waiting per settings key
 
 
 def request_work(request: ResolvedRequest) -> Backlog:
@@ -122,31 +121,43 @@ class Admission:
         self.published = Published()  # replaced (never mutated) by the model thread
         self._lock = threading.Lock()  # submitters only
         self._admitted = Backlog()  # totals of every request admitted so far
+        self._cancelled = Backlog()  # totals of every admitted request cancelled so far
 
     def pending(self) -> Backlog:
-        """Admitted work not yet done: the engine's backlog plus what still waits in its inbox."""
+        """Admitted work not yet done: the engine's backlog plus what still waits in its inbox, less the
+        cancelled requests it has not forgotten yet (a cancellation frees its places at once)."""
         published = self.published
-        return published.backlog + (self._admitted - published.drained)
+        return (published.backlog + (self._admitted - published.drained)
+                - (self._cancelled - published.released))
 
-    def predict(self, request: ResolvedRequest, pending: Backlog) -> tuple[float, float]:
-        """(seconds the request would take alone, seconds it would wait behind ``pending``).
+    def release(self, request: ResolvedRequest) -> None:
+        """An admitted request was cancelled (called on the cancelling thread)."""
+        with self._lock:
+            self._cancelled = self._cancelled + request_work(request)
 
-        Alone, its steps run one after another in calls of its own members (capped at the call size),
-        and its work cannot go faster than the runtime's throughput at the cap; behind a backlog it
-        also waits for that backlog's work at the same throughput."""
+    def predict(self, request: ResolvedRequest, pending: Backlog,
+                queued_by_key: dict[tuple, int] | None = None) -> tuple[float, float]:
+        """(seconds the request's own steps take, seconds it waits for other work in ``pending``).
+
+        Its own steps run one after another, in calls shared with whatever else is unfinished (up to the
+        call size), and its work cannot go faster than the runtime's throughput at the cap. It waits
+        for that backlog's work at the same throughput, except what other settings keys have queued
+        beyond its own key's queue (itself included): the scheduler serves keys in turn, so a flood of
+        one class delays that class, not a rare one (and admission refuses the flood first)."""
         own = request_work(request)
         cost = self.cost
         seconds_per_member_step = cost.call_seconds(self.call_members) / self.call_members
-        per_call = min(own.members, max(self.call_members, request.group_size))
-        alone = (max(request.steps * cost.call_seconds(per_call), own.member_steps * seconds_per_member_step)
-                 + own.members * cost.decode_seconds_per_member)
+        per_call = min(own.members + pending.members, max(self.call_members, request.group_size))
+        alone = max(request.steps * cost.call_seconds(per_call), own.member_steps * seconds_per_member_step)
+        if queued_by_key:
+            mine = queued_by_key.get(request.settings_key, 0) + own.member_steps  # its key's queue, itself last
+            ahead = sum(max(0, work - mine) for work in queued_by_key.values())
+            pending = Backlog(pending.member_steps - ahead, pending.members, pending.groups_waiting)
         return alone, self._wait(pending)
 
     def _wait(self, pending: Backlog) -> float:
         """Seconds to work off ``pending`` at the throughput of full calls."""
-        cost = self.cost
-        return (pending.member_steps * cost.call_seconds(self.call_members) / self.call_members
-                + pending.members * cost.decode_seconds_per_member)
+        return pending.member_steps * self.cost.call_seconds(self.call_members) / self.call_members
 
     def admit(self, request: ResolvedRequest) -> None:
         """Count the request in, or raise 429 (``queue_full``) with the reason and a ``Retry-After``."""
@@ -156,7 +167,7 @@ class Admission:
             if pending.groups_waiting + own.groups_waiting > self.max_queue_groups:
                 raise RequestError("queue_full", f"the queue is full ({pending.groups_waiting} groups waiting)", 429,
                                    retry_after_s=self._retry_after(request, pending), reason="queue_full")
-            alone, wait = self.predict(request, pending)
+            alone, wait = self.predict(request, pending, self.published.queued_by_key)
             if wait > self._allowed_wait(request, alone):
                 raise RequestError("queue_full", f"the server is overloaded: the request would wait {wait:.2f} s "
                                    f"behind other work (allowed: {self._allowed_wait(request, alone):.2f} s)", 429,
@@ -167,12 +178,15 @@ class Admission:
         """The 429 every request would get now, or None: lets a frontend refuse before it reads and
         validates a body, so that shedding load costs as little as possible. It never refuses a request
         that `admit` would take: only when the queue has no room for one group, or the backlog alone is
-        longer than any request may wait (the latency budget, else the longest timeout)."""
+        longer than any request may wait (the latency budget, else the longest timeout) even for a settings
+        key with nothing queued."""
         pending = self.pending()
         if pending.groups_waiting + 1 > self.max_queue_groups:
             return RequestError("queue_full", f"the queue is full ({pending.groups_waiting} groups waiting)", 429,
                                 retry_after_s=1, reason="queue_full")
-        wait = self._wait(pending)
+        published = self.published
+        queued = sum(published.queued_by_key.values())  # a request of a key with nothing queued skips it all
+        wait = self._wait(Backlog(pending.member_steps - queued, pending.members, pending.groups_waiting))
         limit = self.latency_budget_s if self.latency_budget_s is not None else MAX_TIMEOUT_S
         if wait > limit:
             return RequestError("queue_full", f"the server is overloaded: requests would wait {wait:.2f} s behind "
@@ -190,6 +204,6 @@ class Admission:
 
     def _retry_after(self, request: ResolvedRequest, pending: Backlog) -> int:
         """Whole seconds until enough of the backlog has drained for the request to fit (at least 1)."""
-        alone, wait = self.predict(request, pending)
+        alone, wait = self.predict(request, pending, self.published.queued_by_key)
         allowed = self._allowed_wait(request, alone)
         return max(1, math.ceil(wait - min(allowed, wait)))

@@ -113,6 +113,8 @@ class Engine:
         self._load_error: BaseException | None = None
         self._live: set[Job] = set()  # model thread only: jobs in the scheduler
         self._drained = Backlog()  # model thread only: work of every job taken from the inbox
+        self._released = Backlog()  # model thread only: work of every cancelled job it has forgotten
+        self._previous_step: tuple[int, float] | None = None  # (members, start) of the step just run
         self._gauges_at = 0.0
         self.model_seconds = 0.0  # time inside runtime and decoder calls
         self.busy_seconds = 0.0  # model-thread time not spent waiting for work
@@ -223,7 +225,8 @@ class Engine:
     def _on_done(self, job: Job, future: concurrent.futures.Future) -> None:
         if future.cancelled():
             self.metrics.reject("cancelled")
-            self._inbox.append(("drop", job))  # its places are freed by the model thread
+            self.admission.release(job.request)  # its places count as free now
+            self._inbox.append(("drop", job))  # the model thread forgets its groups
             self._wake.set()
         with self._open_changed:
             self._open.discard(job)
@@ -257,14 +260,14 @@ class Engine:
         self.executor = Executor(runtime, decoder)
         served = ServedModel.for_runtime(runtime.spec, runtime.group_sizes, runtime.name)
         n = served.default_group_size
-        curve, decode_per_member = self.executor.profile(n, runtime.max_groups, self.config.profile_repeats)
+        curve = self.executor.profile(n, runtime.max_groups, self.config.profile_repeats)
         if self.config.max_batch_groups:  # the operator's cap, in groups of any size
             max_groups = min(runtime.max_groups, self.config.max_batch_groups)
             call_members, scheduler_members = max_groups * n, max_groups * max(served.group_sizes)
         else:
             max_groups = runtime.max_groups
             call_members = scheduler_members = choose_knee(curve).members
-        cost = CostModel(curve, decode_per_member)
+        cost = CostModel(curve)
         self.scheduler = GroupScheduler(SchedulerConfig(scheduler_members, max_groups,
                                                         self.config.batch_wait_ms / 1000.0, self.config.naive))
         self.admission = Admission(cost, call_members, self.config.limits.max_queue_groups,
@@ -283,6 +286,11 @@ class Engine:
 
     def _iterate(self) -> bool:
         """One scheduling decision and, when there is work, one runtime call per group size."""
+        began = time.perf_counter()
+        if self._previous_step is not None:  # the last step ran back to back with this one: its whole time
+            members, started = self._previous_step
+            self.admission.cost.observe_call(members, began - started)
+            self._previous_step = None
         now = time.monotonic()
         self._drain_inbox(now)
         out = self.scheduler.schedule(now)
@@ -297,12 +305,10 @@ class Engine:
         self._start(out.started, now)
         try:
             for batch in out.batches:
-                seconds = self.executor.step(batch)
-                members = sum(g.size for g in batch)
-                self.admission.cost.observe_call(members, seconds)
-                self.model_seconds += seconds
+                self.model_seconds += self.executor.step(batch)
                 self.metrics.batch_groups.observe(len(batch))
                 self._count_steps(batch)
+            self._previous_step = (sum(g.size for batch in out.batches for g in batch), began)
             finished = self.scheduler.advance(out.batches)
             self._report_progress(out.batches)  # before the answers: a stream's last progress event comes first
             if finished:
@@ -323,9 +329,11 @@ class Engine:
                     continue
                 self.scheduler.add(job, now)
                 self._live.add(job)
-            elif job in self._live:
-                self._live.discard(job)
-                self.scheduler.drop(job)
+            else:  # a cancellation: admission counts it as released once the scheduler has forgotten it
+                self._released = self._released + request_work(job.request)
+                if job in self._live:
+                    self._live.discard(job)
+                    self.scheduler.drop(job)
 
     def _start(self, groups: list[Group], now: float) -> None:
         self.executor.start(groups)
@@ -348,7 +356,6 @@ class Engine:
         """Decode finished groups together and hand completed requests to the encoder pool."""
         images, decode_s = self.executor.decode(groups)
         self.model_seconds += decode_s
-        self.admission.cost.observe_decode(sum(g.size for g in groups), decode_s)
         now = time.monotonic()
         for group, group_images in zip(groups, images, strict=True):
             jobs = set()
@@ -384,8 +391,8 @@ class Engine:
 
     def _publish(self, now: float) -> None:
         """The backlog for admission (one immutable snapshot) and, at most 10 times a second, the gauges."""
-        backlog = self.scheduler.backlog()
-        self.admission.published = Published(backlog, self._drained)
+        backlog, queued_by_key = self.scheduler.backlog()
+        self.admission.published = Published(backlog, self._drained, self._released, queued_by_key)
         if now - self._gauges_at >= 0.1 or not self._live:
             self._gauges_at = now
             running = self.scheduler.running

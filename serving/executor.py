@@ -84,9 +84,9 @@ class Executor:
     def free_all(self) -> None:
         self._latents.clear()
 
-    def profile(self, group_size: int, max_groups: int, repeats: int = 5) -> tuple[list[CurvePoint], float]:
-        """Seconds per step call at 1, 2, 4, ... groups of ``group_size`` (up to ``max_groups``), and
-        decode seconds per member.
+    def profile(self, group_size: int, max_groups: int, repeats: int = 5) -> list[CurvePoint]:
+        """Seconds per step call at 1, 2, 4, ... groups of ``group_size`` (up to ``max_groups``); the
+        decoder is warmed up too (and tells the images' shape).
 
         Each size is warmed up once (a runtime's first call of a shape is slow), then timed ``repeats``
         times; the fastest counts, as the least disturbed by other work on the machine. Sizes stop once
@@ -104,14 +104,10 @@ class Executor:
             below = below + 1 if curve[-1].members_per_s < (1 - 2 * KNEE_TOLERANCE) * best else 0
             if below == 2:
                 break
-        knee_members = max(curve, key=lambda p: p.members_per_s).members
-        samples = member_noise(range(knee_members), self.shape).to(self.runtime.device)
-        self.decoder.decode(samples)  # warm-up
-        began = time.perf_counter()
-        images = self.decoder.decode(samples)
-        decode_per_member = (time.perf_counter() - began) / knee_members
+        best_members = max(curve, key=lambda p: p.members_per_s).members
+        images = self.decoder.decode(member_noise(range(best_members), self.shape).to(self.runtime.device))
         self.image_shape = tuple(images.shape[1:])
-        return curve, decode_per_member
+        return curve
 
     def _timed_step(self, groups: int, group_size: int) -> Callable[[], float]:
         """A step call over ``groups`` groups of ``group_size`` fresh-noise members that returns its seconds."""

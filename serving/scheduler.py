@@ -214,24 +214,30 @@ class GroupScheduler:
             self._running = [g for g in self._running if g not in done]
         return finished
 
-    def backlog(self) -> Backlog:
-        """Everything admitted and not yet done (the engine publishes it for admission)."""
+    def backlog(self) -> tuple[Backlog, dict[tuple, int]]:
+        """Everything admitted and not yet done (the engine publishes it for admission), and the
+        member-steps waiting to start under each settings key (round-robin serves keys in turn, so a
+        request waits for its own key's queue and for at most as much of every other key's)."""
         member_steps = members = waiting = 0
-        for queue in self._queues.values():
+        by_key: dict[tuple, int] = {}
+        for key, queue in self._queues.items():
+            queued = 0
             for group in queue.groups:
-                member_steps += group.size * group.steps
+                queued += group.size * group.steps
                 members += group.size
             waiting += len(queue.groups)
             if queue.pool:
                 first = queue.pool[0].job.request
                 pooled = math.ceil(len(queue.pool) / first.group_size) * first.group_size
-                member_steps += pooled * first.steps
+                queued += pooled * first.steps
                 members += pooled
                 waiting += pooled // first.group_size
+            by_key[key] = queued
+            member_steps += queued
         for group in self._running:
             member_steps += group.size * (group.steps - group.step)
             members += group.size
-        return Backlog(member_steps, members, waiting)
+        return Backlog(member_steps, members, waiting), by_key
 
     @property
     def idle(self) -> bool:

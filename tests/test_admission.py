@@ -28,22 +28,20 @@ def test_the_knee_is_the_smallest_call_near_the_best_throughput():
 
 
 def test_the_cost_model_interpolates_extrapolates_and_follows_real_calls():
-    cost = CostModel([CurvePoint(4, 0.010), CurvePoint(16, 0.030)], decode_seconds_per_member=0.001)
+    cost = CostModel([CurvePoint(4, 0.010), CurvePoint(16, 0.030)])
     assert cost.call_seconds(4) == 0.010 and cost.call_seconds(10) == pytest.approx(0.020)
     assert cost.call_seconds(32) == pytest.approx(0.060)  # beyond the table: proportional to its last point
     assert cost.call_seconds(1) == 0.010  # below it: a call costs at least the smallest measured one
     for _ in range(50):
         cost.observe_call(16, 0.060)  # the machine got slower
     assert cost.call_seconds(16) == pytest.approx(0.060, rel=1e-3)
-    cost.observe_decode(10, 0.1)
-    assert 0.001 < cost.decode_seconds_per_member < 0.01
 
 
 # ---- admission ------------------------------------------------------------------------------------------------
 
 def admission(budget: float | None = None, max_queue_groups: int = 1000) -> Admission:
     """A runtime doing one step over 16 members in 10 ms (1600 member-steps/s), no decode cost."""
-    return Admission(CostModel([CurvePoint(4, 0.005), CurvePoint(16, 0.010)], 0.0), call_members=16,
+    return Admission(CostModel([CurvePoint(4, 0.005), CurvePoint(16, 0.010)]), call_members=16,
                      max_queue_groups=max_queue_groups, latency_budget_s=budget)
 
 
@@ -139,7 +137,7 @@ def test_expired_and_dropped_requests_leave_the_queue_and_the_running_set():
     scheduler.drop(running)
     out = scheduler.schedule(6.0)
     assert out.expired == [waiting] and [g.request.class_id for g in out.dropped] == [0]
-    assert out.batches == [] and scheduler.idle and scheduler.backlog() == Backlog()
+    assert out.batches == [] and scheduler.idle and scheduler.backlog() == (Backlog(), {})
 
 
 def test_backlog_counts_queued_pooled_and_remaining_running_work():
@@ -147,7 +145,8 @@ def test_backlog_counts_queued_pooled_and_remaining_running_work():
     add(scheduler, resolved(class_id=0, num_images=8, steps=3))  # 2 groups of 4
     add(scheduler, resolved(class_id=1, num_images=1, steps=2, policy="shared"))  # a pool of one member
     scheduler.advance(scheduler.schedule(0.0).batches)  # one group runs a step
-    assert scheduler.backlog() == Backlog(member_steps=4 * 2 + 4 * 3 + 4 * 2, members=12, groups_waiting=2)
+    assert scheduler.backlog() == (Backlog(member_steps=4 * 2 + 4 * 3 + 4 * 2, members=12, groups_waiting=2),
+                                   {(0, 4, 3, 1.0): 4 * 3, (1, 4, 2, 1.0): 4 * 2})
 
 
 def test_refusing_everything_only_when_admit_would_refuse_any_request():
@@ -166,3 +165,33 @@ def test_refusing_everything_only_when_admit_would_refuse_any_request():
     no_budget = admission()
     no_budget.published = Published(backlog=Backlog(member_steps=1600 * 100, members=64, groups_waiting=10))
     assert no_budget.refusing_everything() is None  # 100 s: a request with timeout_s 300 may still wait
+
+
+def test_a_flood_of_one_class_does_not_make_a_rare_class_wait():
+    """Round-robin serves keys in turn, so a request waits for its own key's queue and at most as much of
+    each other key's: the flooded class is refused while a rare one is still admitted."""
+    gate = admission(budget=0.5)
+    flooded, rare = resolved(class_id=0), resolved(class_id=7)
+    gate.published = Published(backlog=Backlog(member_steps=1600 + 64, members=64, groups_waiting=26),
+                               queued_by_key={flooded.settings_key: 1600})  # 1 s of class 0 waiting
+    _, wait_flooded = gate.predict(flooded, gate.pending(), gate.published.queued_by_key)
+    _, wait_rare = gate.predict(rare, gate.pending(), gate.published.queued_by_key)
+    assert wait_flooded == pytest.approx(1.04)  # all of it: its own key's queue
+    assert wait_rare == pytest.approx((64 + 16) / 1600)  # the running work and one turn of class 0
+    with pytest.raises(RequestError):
+        gate.admit(flooded)
+    gate.admit(rare)
+    assert gate.refusing_everything() is None
+
+
+def test_a_cancelled_request_frees_its_places_at_once_and_is_counted_once():
+    gate = admission(max_queue_groups=4)
+    request = resolved(num_images=16)  # 4 groups: the whole queue
+    gate.admit(request)
+    gate.release(request)  # cancelled before the engine looked at it
+    assert gate.pending() == Backlog()
+    gate.admit(resolved(num_images=16))  # the places are free again
+    work = Backlog(member_steps=64, members=16, groups_waiting=4)
+    # the engine took both in, forgot the cancelled one and holds the other
+    gate.published = Published(backlog=work, drained=work + work, released=work)
+    assert gate.pending() == work

@@ -91,7 +91,7 @@ def register(subparsers) -> None:
                        help="runs per closed-loop level (interleaved with the peer) and per runtime call size")
     serve.add_argument("--num-images", type=int, default=4, help="images per request (k)")
     serve.add_argument("--latency-budget", type=float, metavar="SECONDS",
-                       help="the overloaded server's --latency-budget (default: the p99 at capacity)")
+                       help="the overloaded server's --latency-budget (default: the p50 at capacity)")
     serve.add_argument("--no-peer", dest="peer", action="store_false",
                        help="skip the diffusers + BentoML peer (it models the bundled student's architecture)")
     serve.add_argument("--seed", type=int, default=0)
