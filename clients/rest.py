@@ -197,10 +197,12 @@ class GroupDiffClient:
                         answer.read()
                         check(answer)
                     parser = EventParser()
-                    for line in [*answer.iter_lines(), ""]:  # "" ends an event the server left open
+                    for line in answer.iter_lines():  # each event as it arrives, not the stream as a whole
                         if (complete := parser.feed(line)) is not None:
                             streamed = True
                             yield stream_item(*complete, class_id, started)
+                    if (complete := parser.feed("")) is not None:  # an event the server left open
+                        yield stream_item(*complete, class_id, started)
                     return
             except httpx.TransportError as error:
                 failure = _transport_error(error)

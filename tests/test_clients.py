@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
@@ -195,36 +196,35 @@ def metric(url: str, sample: str) -> float:
 
 
 def test_queue_full_is_retried_after_the_servers_retry_after(servers):
-    """A long request holds the queue (4 groups of one, 2 running, 2 waiting); a client without retries gets
-    QueueFull with Retry-After, and a retrying client waits that long per refusal before it succeeds."""
+    """A long request holds the queue (4 groups of one, 2 running 250 steps, 2 waiting behind them); a client
+    without retries gets QueueFull with Retry-After, and a retrying client waits that long per refusal
+    before it succeeds. The blocker is streamed: its first progress event says its groups are running, so
+    the queue is known to be full without polling or retrying to hit a window."""
     url, refusals = servers.rest.url, 'groupdiff_rejections_total{reason="queue_full"}'
+    running = threading.Event()
+
+    def blocker(client):
+        items = []
+        for item in client.stream(0, 4, group_size=1, steps=250, seed=1, timeout_s=120):
+            running.set()  # at the first progress event: the SDK yields events as they arrive
+            items.append(item)
+        return items[-1]
+
     with (GroupDiffClient(url, retry=RetryPolicy(retries=0)) as hasty,
           GroupDiffClient(url, retry=RetryPolicy(retries=20, backoff_s=0.05)) as patient,
           ThreadPoolExecutor(1) as background):
-        # The tiny model runs 250 steps in under a second: on a busy machine the next requests can arrive
-        # after the first batch left the queue. That misses the window, it is not a wrong answer: try again.
-        for _ in range(5):
-            blocker = background.submit(hasty.generate, 0, 4, group_size=1, steps=250, seed=1, timeout_s=120)
-            deadline = time.monotonic() + 30
-            while metric(url, "groupdiff_queued_groups") < 1 and not blocker.done() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            refused_before = metric(url, refusals)
-            try:
-                hasty.generate(1, 4, group_size=1, steps=2)
-                refused = None
-            except QueueFull as error:
-                refused = error
-            started = time.perf_counter()
-            result = patient.generate(1, 4, group_size=1, steps=2)
-            waited = time.perf_counter() - started
-            patient_refusals = metric(url, refusals) - refused_before - (refused is not None)
-            assert len(result.images) == 4 and len(blocker.result(timeout=120).images) == 4
-            if refused is not None and patient_refusals > 0:
-                break
-        else:
-            pytest.fail("in five tries the queue never stayed full for both clients")
-    assert refused.status == 429 and refused.retry_after >= 1
-    assert waited >= 0.9 * patient_refusals  # Retry-After is at least 1 s
+        blocked = background.submit(blocker, GroupDiffClient(url, retry=RetryPolicy(retries=0)))
+        assert running.wait(60)
+        refused_before = metric(url, refusals)
+        with pytest.raises(QueueFull) as refused:
+            hasty.generate(1, 4, group_size=1, steps=2)
+        started = time.perf_counter()
+        result = patient.generate(1, 4, group_size=1, steps=2)
+        waited = time.perf_counter() - started
+        patient_refusals = metric(url, refusals) - refused_before - 1
+        assert len(result.images) == 4 and len(blocked.result(timeout=120).images) == 4
+    assert refused.value.status == 429 and refused.value.retry_after >= 1
+    assert patient_refusals >= 1 and waited >= 0.9 * patient_refusals  # Retry-After is at least 1 s
 
 
 def test_generate_command_writes_pngs_and_a_contact_sheet(servers, tmp_path):
