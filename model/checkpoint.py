@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import GroupDiTConfig
@@ -27,6 +27,7 @@ CHECKPOINT_FORMAT = "groupdiff-checkpoint"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = {"model": "model.safetensors", "ema": "ema.safetensors"}
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}  # `cached_file_sha256`: file identity -> sha256
 
 
 class CheckpointError(ValueError):
@@ -81,11 +82,44 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks so a multi-GB file never sits in memory."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def cached_file_sha256(path: Path) -> str:
+    """`file_sha256`, remembered in this process per (path, inode, size, mtime, ctime).
+
+    One server start verifies the same weights in several places (the CLI's check, the spec, the runtime,
+    the decoder); this reads a multi-GB file once. A file written since, even with its mtime put back,
+    has a new ctime and is hashed again.
+    """
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_sha256(path)
+    return _DIGESTS[key]
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a file that is not one complete safetensors file: missing, empty, truncated, padded, or in
+    another format such as a pickle (which is never loaded).
+
+    safetensors parses only the header and checks that it describes exactly the file's bytes, so this is
+    cheap, and it names what is wrong where a hash mismatch could only say that something is.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"weights file missing: {path}")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except SafetensorError as error:
+        reason = str(error).removeprefix("Error while deserializing header: ")
+        raise CheckpointError(f"{path} is not a safetensors file ({path.stat().st_size} bytes, {reason}): it is "
+                              "truncated, emptied or in another format; only safetensors weights are loaded") from None
 
 
 def _contiguous_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -155,21 +189,66 @@ def load_config(directory: str | os.PathLike) -> GroupDiTConfig:
         raise CheckpointError(f"{directory}: bad model config: {error}") from None
 
 
-def load_state(directory: str | os.PathLike, weights: str = "model") -> dict[str, torch.Tensor]:
-    """The verified tensors of one weight file (``"model"`` or ``"ema"``)."""
+def recorded_weights(directory: str | os.PathLike, weights: str = "model") -> tuple[Path, str]:
+    """The file of one weight entry (``"model"`` or ``"ema"``) and the sha256 ``config.json`` records for it,
+    taken on trust: `verify_weights` is what checks them."""
     info = read_checkpoint_info(directory)
     entry = info.get("weights", {}).get(weights)
     if entry is None:
         raise CheckpointError(f"{directory} has no {weights!r} weights (has: {sorted(info.get('weights', {}))})")
-    path = Path(directory) / entry["file"]
-    if not path.is_file():
-        raise CheckpointError(f"weights file missing: {path}")
-    if file_sha256(path) != entry["sha256"]:
-        raise CheckpointError(f"{path} does not match the hash in {CONFIG_FILE}: the file is corrupt or was replaced")
+    try:
+        return Path(directory) / entry["file"], str(entry["sha256"])
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{Path(directory) / CONFIG_FILE}: the {weights!r} weights entry needs a file and a "
+                              "sha256") from None
+
+
+def verify_weights(directory: str | os.PathLike, weights: str = "model") -> tuple[Path, str]:
+    """The path and sha256 of one weight file, once it is shown to be a complete safetensors file whose
+    bytes hash to the sha256 ``config.json`` records.
+
+    Loading weights and keying a cached engine by them (`groupdiff.serving.spec.weights_hash`) both go
+    through here, so a file corrupted or replaced after the checkpoint was written is refused before
+    anything uses it, and never matches an engine built from the original.
+    """
+    path, recorded = recorded_weights(directory, weights)
+    check_safetensors(path)
+    digest = cached_file_sha256(path)
+    if digest != recorded:
+        raise CheckpointError(f"{path} does not match the sha256 in {CONFIG_FILE} ({digest[:12]} on disk, "
+                              f"{recorded[:12]} recorded): the file is corrupt or was replaced")
+    return path, digest
+
+
+def load_state(directory: str | os.PathLike, weights: str = "model") -> dict[str, torch.Tensor]:
+    """The verified tensors of one weight file (``"model"`` or ``"ema"``)."""
+    path, _ = verify_weights(directory, weights)
     try:
         return load_file(str(path))
     except SafetensorError as error:
         raise CheckpointError(f"cannot read {path}: {error}") from None
+
+
+def check_loads(directory: str | os.PathLike, weights: str = "model") -> None:
+    """Refuse verified weights that would not load into the model ``config.json`` describes, without
+    reading a tensor: the model is built on the meta device and given tensors of the header's shapes.
+
+    A server runs this before it starts, so such a checkpoint is refused in one line at start-up instead
+    of when its model thread loads.
+    """
+    path, _ = verify_weights(directory, weights)
+    with torch.device("meta"):
+        model = GroupDiT(load_config(directory))
+    with safe_open(str(path), framework="pt") as handle:
+        state = {name: torch.empty(handle.get_slice(name).get_shape(), device="meta") for name in handle.keys()}
+    _load_into(model, state, directory)
+
+
+def _load_into(model: GroupDiT, state: dict[str, torch.Tensor], directory: str | os.PathLike) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # torch lists each missing, unexpected or misshapen tensor on its own line
+        raise CheckpointError(f"{directory}: weights do not match the config: {' '.join(str(error).split())}") from None
 
 
 def load_model(
@@ -177,9 +256,5 @@ def load_model(
 ) -> GroupDiT:
     """Rebuild the model from ``config.json`` and load the ``"model"`` or ``"ema"`` weights."""
     model = GroupDiT(load_config(directory))
-    state = load_state(directory, weights)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{directory}: weights do not match the config: {error}") from None
+    _load_into(model, load_state(directory, weights), directory)
     return model.to(device).eval()

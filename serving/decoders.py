@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from groupdiff.evaluation.grid import to_uint8
-from groupdiff.model.checkpoint import file_sha256, read_checkpoint_info
+from groupdiff.model.checkpoint import CheckpointError, cached_file_sha256, check_safetensors, read_checkpoint_info
+
+AUTOENCODER_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
 
 
 class PixelDecoder:
@@ -67,12 +69,23 @@ def autoencoder_folder(checkpoint: str | os.PathLike, autoencoder: str | os.Path
     return Path(data["root"]) / "autoencoder"
 
 
-def autoencoder_hash(folder: str | os.PathLike) -> str:
-    """SHA-256 over the autoencoder folder's files: keys its cached decoder exports."""
+def verify_autoencoder(folder: str | os.PathLike) -> str:
+    """The SHA-256 over the autoencoder folder's files, which keys its cached decoder exports, once its
+    weights are shown to be one complete safetensors file.
+
+    The check refuses a missing, truncated, emptied or pickled weights file before diffusers sees the
+    folder (diffusers would fall back to a ``.bin`` pickle when the safetensors file is missing). No
+    checkpoint records its autoencoder's hash, so a change that keeps the format is not refused; it changes
+    the key, though, so an export of the original autoencoder is never reused for it.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"no autoencoder in {folder}: its config.json is missing")
+    check_safetensors(folder / AUTOENCODER_WEIGHTS)
     digest = hashlib.sha256()
-    for path in sorted(Path(folder).iterdir()):
+    for path in sorted(folder.iterdir()):
         if path.is_file():
-            digest.update(path.name.encode() + bytes.fromhex(file_sha256(path)))
+            digest.update(path.name.encode() + bytes.fromhex(cached_file_sha256(path)))
     return digest.hexdigest()
 
 
@@ -83,5 +96,6 @@ def latent_decoder_module(checkpoint: str | os.PathLike, autoencoder: str | os.P
     folder = autoencoder_folder(checkpoint, autoencoder)
     if folder is None:
         return None
+    verify_autoencoder(folder)
     scale_factor = float(read_checkpoint_info(checkpoint)["metadata"]["data"]["scale_factor"])
     return LatentDecoderModule(load_pretrained(folder), scale_factor)

@@ -10,8 +10,8 @@ multi-threaded session. The velocities are bit-identical either way (checked in 
 so sharding never changes an image.
 
 Without a file, `OnnxRuntime.from_checkpoint` exports the checkpoint into the engine cache (keyed by
-model hash and export settings) and reuses it on the next start. A file that was exported from other
-weights, or that is corrupt, is refused with a clear error.
+the verified weights' hash and the export settings) and reuses it on the next start. A file that was
+exported from other weights, or that is corrupt, is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from groupdiff.evaluation.grid import to_uint8
 from groupdiff.model.checkpoint import preferred_weights
 
-from .decoders import autoencoder_folder, autoencoder_hash
+from .decoders import autoencoder_folder, verify_autoencoder
 from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, check_velocity_inputs, load_denoiser
 from .engine_cache import EngineCache, EngineKey
 from .export import DECODER_INPUT, OPSET, create_session, export_decoder, export_served_denoiser, read_onnx_metadata
@@ -171,7 +171,7 @@ class OnnxLatentDecoder:
             folder = autoencoder_folder(checkpoint, autoencoder)
             if folder is None:
                 raise ValueError(f"{checkpoint} is a pixel-space model: it needs no decoder")
-            key = EngineKey(model_hash, "onnx-decoder", {"autoencoder": autoencoder_hash(folder), "opset": OPSET})
+            key = EngineKey(model_hash, "onnx-decoder", {"autoencoder": verify_autoencoder(folder), "opset": OPSET})
             model_file = EngineCache(cache_dir).get_or_build(
                 key, "decoder.onnx", lambda path: export_decoder(checkpoint, path, autoencoder))
         return cls(model_file, model_hash, providers)

@@ -17,7 +17,9 @@ How the server calls it::
 Every keyword is optional and keyword-only. ``weights`` defaults to ``ema`` when present. The engine
 cache lives in ``cache_dir``, else ``$GROUPDIFF_CACHE/engines``, else ``~/.cache/groupdiff/engines``.
 Unknown names, missing packages and files that do not match the checkpoint are `ValueError`s with
-a one-line reason.
+a one-line reason. Weights are verified against the sha256 in the checkpoint's ``config.json`` before
+any runtime, decoder or cached engine uses them; a missing, corrupt or non-safetensors file is a
+`CheckpointError` (a `ValueError`) naming the file.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from groupdiff.model.checkpoint import preferred_weights
+from groupdiff.model.checkpoint import check_loads, preferred_weights
 
+from .decoders import autoencoder_folder, verify_autoencoder
 from .defaults import BUNDLED_STUDENT
 from .engine import Engine, EngineConfig
 from .metrics import ServingMetrics
@@ -56,15 +57,30 @@ class ServeConfig:
         return ServerLimits(max_images=self.max_images, max_queue_groups=self.max_queue)
 
 
-def check_checkpoint(path: str | os.PathLike) -> DenoiserSpec:
-    """The served spec, or a ValueError that says how to get the missing bundled student."""
+def check_checkpoint(path: str | os.PathLike, verify: bool = True) -> DenoiserSpec:
+    """The served spec, once everything serving reads is shown intact: the served weights (their bytes
+    against the sha256 in ``config.json``, their tensors against the model config) and, for a latent model,
+    the autoencoder. `groupdiff serve` calls this before it starts a server, so a corrupt checkpoint exits
+    with one line (`CheckpointError`) instead of starting.
+
+    ``verify=False`` reads ``config.json`` alone, for a Triton GPU repository's copy of the checkpoint,
+    which holds no weights (they are inside its TensorRT plans). A missing folder is a FileNotFoundError
+    that says how to get the bundled student.
+    """
     folder = Path(path)
     if not folder.is_dir():
         hint = ("the bundled student is made by `groupdiff distill --teacher <teacher checkpoint> --config "
                 "fmnist --export-to groupdiff/assets/fmnist-student` (docs/distill.md), or pass --checkpoint PATH"
                 if folder.resolve() == BUNDLED_STUDENT else "pass --checkpoint with a checkpoint folder")
         raise FileNotFoundError(f"checkpoint folder not found: {folder}; {hint}")
-    return spec_from_checkpoint(folder, preferred_weights(folder))
+    weights = preferred_weights(folder)
+    spec = spec_from_checkpoint(folder, weights, verify)
+    if verify:
+        check_loads(folder, weights)
+        autoencoder = autoencoder_folder(folder)
+        if autoencoder is not None:
+            verify_autoencoder(autoencoder)
+    return spec
 
 
 def build_engine(config: ServeConfig, metrics: ServingMetrics | None = None) -> Engine:

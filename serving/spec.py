@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from groupdiff.model.checkpoint import CheckpointError, read_checkpoint_info
+from groupdiff.model.checkpoint import CheckpointError, read_checkpoint_info, recorded_weights, verify_weights
 from groupdiff.model.guidance import GUIDANCE_MODES
 
 KINDS = ("teacher", "student")
@@ -51,7 +51,7 @@ class DenoiserSpec:
     guidance_mode: str
     guidance_interval: tuple[float, float]
     guidance_scale: float  # the default (teacher) or the baked-in scale (student)
-    model_hash: str  # identifies the weights: engine caches and responses carry it
+    model_hash: str  # identifies the verified weights (`weights_hash`): engine caches and responses carry it
     model_version: str  # human-readable: checkpoint folder name and hash prefix
 
     def __post_init__(self) -> None:
@@ -91,22 +91,28 @@ class DenoiserSpec:
         return cls(**data)
 
 
-def weights_hash(checkpoint: str | os.PathLike, weights: str) -> str:
-    """SHA-256 over the weight file's recorded hash and the model config: changes when either does."""
+def weights_hash(checkpoint: str | os.PathLike, weights: str, verify: bool = True) -> str:
+    """SHA-256 over the model config and the weight file's sha256: names the weights in engine caches,
+    exported files and responses, and changes when either does.
+
+    With ``verify`` that sha256 is the one of the file's bytes, checked against ``config.json`` first
+    (`verify_weights`), so a cache keyed by this hash only ever returns an engine built from the weights
+    on disk. ``verify=False`` takes the recorded sha256 on trust, for a copy that holds no weights (a
+    Triton GPU repository's: they are inside its TensorRT plans). Intact weights get the same hash either way.
+    """
     info = read_checkpoint_info(checkpoint)
-    entry = info.get("weights", {}).get(weights)
-    if entry is None:
-        raise CheckpointError(f"{checkpoint} has no {weights!r} weights (has: {sorted(info.get('weights', {}))})")
-    payload = json.dumps({"model": info["model"], "weights": entry["sha256"]}, sort_keys=True)
+    digest = (verify_weights if verify else recorded_weights)(checkpoint, weights)[1]
+    payload = json.dumps({"model": info["model"], "weights": digest}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def spec_from_checkpoint(checkpoint: str | os.PathLike, weights: str = "ema") -> DenoiserSpec:
-    """The serving contract of a teacher or student checkpoint, from its ``config.json`` alone."""
+def spec_from_checkpoint(checkpoint: str | os.PathLike, weights: str = "ema", verify: bool = True) -> DenoiserSpec:
+    """The serving contract of a teacher or student checkpoint: read from its ``config.json``, with the
+    weights verified first unless ``verify`` is off (see `weights_hash`)."""
     info = read_checkpoint_info(checkpoint)
     model, metadata = info["model"], info.get("metadata", {})
     data = metadata.get("data", {})
-    digest = weights_hash(checkpoint, weights)
+    digest = weights_hash(checkpoint, weights, verify)
     common = {
         "channels": int(model["in_channels"]),
         "size": int(model["input_size"]),

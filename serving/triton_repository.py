@@ -124,7 +124,7 @@ def write_triton_repository(checkpoint: str | os.PathLike, out: str | os.PathLik
     if min(max_groups, pipeline_instances, engine_instances, max_queue, max_images) < 1:
         raise ValueError("max_groups, instance counts, max_queue and max_images must be positive")
     checkpoint = Path(checkpoint)
-    spec = check_checkpoint(checkpoint)
+    spec = check_checkpoint(checkpoint, verify=variant == "cpu")  # the gpu variant serves TensorRT plans
     for plan in (denoiser_plan, decoder_plan):
         if plan is not None and not Path(plan).is_file():
             raise FileNotFoundError(f"TensorRT plan not found: {plan}")
