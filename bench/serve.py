@@ -64,6 +64,7 @@ class Settings:
     seed: int
     request_timeout_s: float
     peer: bool
+    serve_args: tuple[str, ...] = ()  # more `groupdiff serve` options, e.g. ("--cuda-graphs",)
 
 
 # ---- 1. runtime curves --------------------------------------------------------------------------------------------
@@ -176,6 +177,7 @@ def start_groupdiff(settings: Settings, folder: Path, name: str, budget_s: float
         command += ["--device", settings.device]
     if budget_s is not None:
         command += ["--latency-budget", f"{budget_s:.4f}"]
+    command += list(settings.serve_args)
     log = folder / f"{name}.log"
     process = server_process.start(command, log, {"BENTOML_HOME": str(folder / f"bentoml-{name}")})
     url = f"http://127.0.0.1:{port}"
@@ -364,10 +366,11 @@ def plot(curves: list[dict], summary: list[dict], path: Path) -> None:
 
 def run(checkpoint: str, runtime: str, out: str, invocation: str, duration_s: float, concurrencies: list[int],
         overload_factors: list[float], repeats: int, num_images: int, latency_budget_s: float | None,
-        device: str | None, seed: int, request_timeout_s: float, peer: bool) -> dict:
+        device: str | None, seed: int, request_timeout_s: float, peer: bool, serve_args: tuple[str, ...] = ()) -> dict:
     spec = check_checkpoint(checkpoint)
     settings = Settings(str(Path(checkpoint).resolve()), runtime, device, tuple(concurrencies), tuple(overload_factors),
-                        duration_s, repeats, num_images, latency_budget_s, seed, request_timeout_s, peer)
+                        duration_s, repeats, num_images, latency_budget_s, seed, request_timeout_s, peer,
+                        tuple(serve_args))
     group_size, steps = spec.default_group_size, spec.default_steps
     params = {"group_size": group_size, "steps": steps}
     curves = runtime_curve(settings, group_size, steps)

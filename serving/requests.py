@@ -8,13 +8,25 @@ wrong raises `RequestError`, which each frontend turns into its own error format
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    WithJsonSchema,
+    create_model,
+)
+from pydantic_core import PydanticCustomError
 
 from .spec import MAX_GUIDANCE_SCALE, TEACHER_MAX_STEPS, DenoiserSpec
 
@@ -107,23 +119,52 @@ class ResolvedRequest:
         return (self.seed + index) % SEED_SPACE
 
 
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def json_int(low: int, high: int) -> Any:
+    """An integer in ``[low, high]`` as JSON Schema (and so the OpenAPI document) means it: 4 and 4.0, never true,
+    "4" or 4.5 (pydantic's strict int would refuse 4.0, its lax int take "4" and true)."""
+    return Annotated[StrictInt, Field(ge=low, le=high), BeforeValidator(_whole)]  # bounds first: see the schema
+
+
+def int_among(values: tuple[int, ...]) -> Any:
+    """A `json_int` among ``values``: a range (``minimum``/``maximum`` in the JSON schema) when they are
+    consecutive, else an ``enum`` (pydantic's ``Literal`` would also take ``true``)."""
+    if values == tuple(range(values[0], values[-1] + 1)):
+        return json_int(values[0], values[-1])
+    expected = ", ".join(map(str, values))
+
+    def check(value: int) -> int:
+        if value not in values:
+            raise PydanticCustomError("enum", "Input should be one of {expected}", {"expected": expected})
+        return value
+
+    return Annotated[StrictInt, AfterValidator(check), BeforeValidator(_whole),
+                     WithJsonSchema({"type": "integer", "enum": list(values)})]
+
+
+@functools.lru_cache(maxsize=16)
 def request_model(served: ServedModel, limits: ServerLimits) -> type[BaseModel]:
-    """The JSON body model with this server's limits (unknown fields are refused)."""
+    """The JSON body model with this server's exact limits (unknown fields are refused); the OpenAPI document
+    shows the same bounds, and the Triton frontend validates with it too (hence the cache)."""
     spec = served.spec
+    steps = spec.steps or tuple(range(1, TEACHER_MAX_STEPS + 1))
     steps_doc = f"one of {spec.describe_steps()}" if spec.steps else f"1..{TEACHER_MAX_STEPS}"
     guidance_doc = (f"teacher: 0..20, default {spec.guidance_scale:g}" if spec.guidance_adjustable
                     else f"baked into the student ({spec.guidance_scale:g}); omit it or pass that value")
     fields = {
-        "class_id": (StrictInt, Field(ge=0, le=spec.num_classes - 1, description="the condition: a class id")),
-        "num_images": (StrictInt, Field(ge=1, le=limits.max_images, description="images to return (k)")),
-        "group_size": (StrictInt | None, Field(default=None, ge=1, le=spec.max_group_size,
-                                               description=f"members per group (default {served.default_group_size})")),
-        "steps": (StrictInt | None, Field(default=None, ge=1, le=TEACHER_MAX_STEPS,
-                                          description=f"sampling steps, {steps_doc} (default {spec.default_steps})")),
+        "class_id": (json_int(0, spec.num_classes - 1), Field(description="the condition: a class id")),
+        "num_images": (json_int(1, limits.max_images), Field(description="images to return (k)")),
+        "group_size": (int_among(served.group_sizes) | None, Field(
+            default=None, description=f"members per group (default {served.default_group_size})")),
+        "steps": (int_among(steps) | None, Field(
+            default=None, description=f"sampling steps, {steps_doc} (default {spec.default_steps})")),
         "guidance_scale": (float | None, Field(default=None, ge=0.0, le=MAX_GUIDANCE_SCALE, allow_inf_nan=False,
                                                strict=True, description=guidance_doc)),
-        "seed": (StrictInt | None, Field(default=None, ge=0, le=MAX_SEED,
-                                         description="image i uses seed + i (default: drawn by the server)")),
+        "seed": (json_int(0, MAX_SEED) | None, Field(
+            default=None, description="image i uses seed + i (default: drawn by the server)")),
         "group_policy": (Literal[GROUP_POLICIES], Field(default="isolated", description=(
             "isolated: padding members fill a partial group, so images never depend on other requests; "
             "shared: members of other requests with the same settings fill it"))),
@@ -156,8 +197,6 @@ def resolve(body: BaseModel | dict, served: ServedModel, limits: ServerLimits) -
         raise invalid(f"group_size: {group_size} is not served by the {served.runtime} runtime "
                       f"(allowed: {', '.join(map(str, served.group_sizes))})")
     steps = spec.default_steps if body.steps is None else body.steps
-    if not spec.allows_steps(steps):
-        raise invalid(f"steps: {steps} is not served by this {spec.kind} (allowed: {spec.describe_steps()})")
     if body.guidance_scale is None:
         guidance = spec.guidance_scale
     elif spec.guidance_adjustable:

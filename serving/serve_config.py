@@ -28,6 +28,9 @@ class ServeConfig:
     checkpoint: str = str(BUNDLED_STUDENT)
     runtime: str = "onnxruntime"
     device: str | None = None  # None: the runtime's default (cpu, or cuda for TensorRT)
+    precision: str = "fp32"  # torch and TensorRT: fp32, bf16 or fp16
+    compile: bool = False  # torch: torch.compile the denoiser
+    cuda_graphs: bool = False  # torch and TensorRT on a GPU: replay a captured graph per call shape
     max_queue: int = 256  # queued groups before 429
     max_images: int = 64  # num_images limit per request
     max_batch_groups: int | None = None  # groups per runtime call (None: the knee of the measured curve)
@@ -91,6 +94,8 @@ def build_engine(config: ServeConfig, metrics: ServingMetrics | None = None) -> 
         from .runtimes import load_decoder, load_runtime
 
         options = {"device": config.device, "cache_dir": config.cache_dir}
+        if config.precision != "fp32" or config.compile or config.cuda_graphs:  # onnxruntime refuses them
+            options.update(precision=config.precision, compile=config.compile, cuda_graphs=config.cuda_graphs)
         if config.max_batch_groups:
             options["max_groups"] = config.max_batch_groups
         runtime = load_runtime(config.runtime, config.checkpoint, **options)

@@ -1,31 +1,48 @@
-"""The REST frontend: a BentoML service whose routes are a small FastAPI app mounted at ``/v1``.
+"""The REST frontend: a BentoML service serving one FastAPI app.
 
-Mounting FastAPI gives the contract's exact JSON errors, ``Retry-After`` on 429 and server-sent
-events, while BentoML keeps ``/healthz``, ``/livez``, ``/readyz`` (ready once the model is loaded
-and warmed up), ``/metrics`` and the OpenAPI docs (``/docs``, ``/docs.json``, which include the
-mounted routes). `groupdiff serve` starts it; the worker reads its `ServeConfig` from the environment.
+BentoML runs the server (uvicorn under its process manager) and answers ``/healthz``, ``/livez``,
+``/readyz`` (ready once the model is loaded and warmed up, until shutdown begins) and ``/metrics``. The
+FastAPI app, mounted at the root, adds ``POST /v1/generate``, ``POST /v1/generate/stream`` (server-sent
+events), ``GET /v1/model``, the OpenAPI 3.1 document ``/docs.json`` (with the served model's exact limits) and
+its browsable page ``/docs``. Every error, BentoML's and uvicorn's included, is the contract's JSON body
+``{"error": {"code": ..., "message": ...}}``. `groupdiff serve` starts it; the worker reads its `ServeConfig`
+from the environment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import json
 import logging
 import os
+import signal
 import time
+from functools import partial
+from http import HTTPStatus
+from typing import Literal
 
 import bentoml
-from fastapi import Depends, FastAPI, Request
+import h11
+import uvicorn.config
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .defaults import ENV_TOKEN
-from .engine import Engine, Result
+from .engine import Engine, Result, shutdown_error
 from .metrics import ServingMetrics
 from .requests import (
+    GROUP_POLICIES,
+    MAX_SEED,
     MAX_TIMEOUT_S,
     RequestError,
     ResolvedRequest,
@@ -46,46 +63,338 @@ if not LOG.handlers:  # one line per request on the worker's stderr, whatever Be
     LOG.setLevel(logging.INFO)
     LOG.propagate = False
 
+API = "/v1/"  # the routes behind the bearer token and the drain
 CONFIG = ServeConfig.from_env()
 _SPEC = check_checkpoint(CONFIG.checkpoint)
-# The body model's bounds come from the checkpoint; the runtime's accepted group sizes are checked in resolve().
+# The body model's bounds come from the checkpoint; the runtime's accepted group sizes are checked in resolve()
+# (and shown in /docs.json once the runtime is loaded).
 _DOC_MODEL = ServedModel.for_runtime(_SPEC, tuple(range(1, _SPEC.max_group_size + 1)), CONFIG.runtime)
 GenerateRequest = request_model(_DOC_MODEL, CONFIG.limits)
-ERROR_RESPONSES = {status: {"description": text, "content": {"application/json": {"example": {
-    "error": {"code": code, "message": "..."}}}}} for status, code, text in (
-    (400, "invalid_request", "malformed JSON"), (401, "unauthorized", "missing or wrong bearer token"),
-    (413, "invalid_request", "body too large"), (422, "invalid_request", "a field is out of range or unknown"),
-    (429, "queue_full", "overloaded: the queue is full or the predicted wait exceeds the deadline or the "
-                        "latency budget; see Retry-After"),
-    (503, "not_ready", "model still loading (not_ready) or server draining (shutting_down)"),
-    (504, "deadline_exceeded", "timeout_s passed"))}
 
-app = FastAPI(title="GroupDiff", version="1", description=__doc__)
+
+# ---- response bodies (they are the 200 and error schemas of the OpenAPI document) ----------------------------
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GeneratedImage(_Body):
+    index: int = Field(ge=0, description="position in the request")
+    seed: int = Field(ge=0, le=MAX_SEED, description="the image's seed: the request's seed + index (mod 2^63)")
+    png_base64: str = Field(description="the image as a base64-encoded PNG")
+
+
+class StageTimings(_Body):
+    queue: float = Field(description="ms from arrival until its first group ran")
+    denoise: float = Field(description="ms of sampling, decode excluded")
+    decode: float = Field(description="ms of the decoder calls that held its groups")
+    encode: float = Field(description="ms of PNG encoding")
+    total: float = Field(description="ms from arrival to answer")
+
+
+class GenerateResponse(_Body):
+    request_id: str
+    model_version: str
+    width: int
+    height: int
+    group_size: int
+    steps: int
+    guidance_scale: float
+    group_policy: Literal[GROUP_POLICIES]
+    images: list[GeneratedImage]
+    timings_ms: StageTimings
+
+
+class StepRange(_Body):
+    min: int
+    max: int
+
+
+class ModelInfo(_Body):
+    model_version: str
+    kind: Literal["teacher", "student"]
+    num_classes: int
+    max_group_size: int
+    default_group_size: int
+    group_sizes: list[int]
+    steps: list[int] | StepRange = Field(description="a student's step counts, or a teacher's range")
+    default_steps: int
+    guidance_scale: float
+    guidance_adjustable: bool
+    width: int
+    height: int
+    runtime: str
+    max_images: int
+
+
+ErrorCode = Literal["invalid_request", "unauthorized", "not_found", "method_not_allowed", "queue_full", "not_ready",
+                    "shutting_down", "deadline_exceeded", "cancelled", "internal"]
+
+
+class ErrorDetail(_Body):
+    code: ErrorCode
+    message: str
+
+
+class ErrorBody(_Body):
+    error: ErrorDetail
+
+
+ERRORS = {
+    400: "malformed JSON or HTTP (invalid_request)", 401: "missing or wrong bearer token (unauthorized)",
+    413: "body too large (invalid_request)", 422: "a field is unknown, of the wrong type or out of range "
+    "(invalid_request)", 429: "overloaded: the queue is full or the predicted wait exceeds the deadline or the "
+    "latency budget (queue_full); see Retry-After", 503: "model still loading (not_ready) or server draining "
+    "(shutting_down)", 504: "timeout_s passed (deadline_exceeded)", 500: "a bug (internal)"}
+
+
+ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorBody"}  # put in the document by openapi_document()
+
+
+def error_responses(*statuses: int) -> dict:
+    """Documented error answers (always JSON, also on the event-stream route: so no FastAPI ``model`` here, which
+    would take the route's media type)."""
+    return {status: {"description": ERRORS[status], "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+            for status in statuses}
+
+
+# ---- errors ----------------------------------------------------------------------------------------------------
+
+STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                413: "invalid_request", 422: "invalid_request", 429: "queue_full", 503: "not_ready",
+                504: "deadline_exceeded"}
+
+
+def error_code(status: int) -> str:
+    """The contract code of an error that carries none of its own (a framework's 404, 405, 503, ...)."""
+    return STATUS_CODES.get(status, "internal" if status >= 500 else "invalid_request")
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
 
 
 def error_response(error: RequestError) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
+    """The JSON answer to a refusal, with the headers its status calls for."""
+    headers = {}
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(error.retry_after_s)
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if error.code == "shutting_down":
+        headers["Connection"] = "close"  # the client's next attempt opens a connection (to another replica)
     return JSONResponse(error.to_json(), status_code=error.status, headers=headers)
 
 
-@app.exception_handler(RequestError)
-async def _request_error(_: Request, error: RequestError) -> JSONResponse:
-    return error_response(error)
+# ---- HTTP plumbing: uvicorn's protocol and pure-ASGI middlewares -------------------------------------------------
+
+class ContractH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with two changes that BentoML offers no setting for.
+
+    - Slow clients: a connection must send a complete request head within uvicorn's ``timeout_keep_alive``
+      (``groupdiff serve --header-timeout``) of opening or of its previous response, else it is closed.
+      uvicorn only times out idle connections, so a client trickling header bytes could hold one forever.
+    - A request h11 cannot parse (a malformed ``Content-Length`` such as -5, a bad request line) gets the
+      contract's JSON 400 instead of uvicorn's plain text.
+    """
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._expect_head()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._expect_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _expect_head(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        if not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_overdue)
+
+    def _head_overdue(self) -> None:
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():  # no complete request head yet
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps(error_body("invalid_request", msg)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                      h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
 
-@app.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    malformed = any(item.get("type") == "json_invalid" for item in error.errors())
-    _metrics(request).reject("invalid")
-    if malformed:
-        return error_response(invalid("malformed JSON body", 400))
-    return error_response(invalid(describe_validation_error(error.errors())))
+# BentoML builds uvicorn's config without an `http` setting, so the worker uses the "auto" protocol: make it ours.
+uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:{ContractH11Protocol.__name__}"
 
 
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-    code = "internal" if error.status_code >= 500 else "invalid_request"
-    return JSONResponse({"error": {"code": code, "message": str(error.detail)}}, status_code=error.status_code)
+def _header(scope, name: bytes) -> str:
+    return dict(scope["headers"]).get(name, b"").decode("latin-1")
+
+
+def _is_api(scope) -> bool:
+    return scope["type"] == "http" and scope["path"].startswith(API)
+
+
+class JsonErrors:
+    """Pure ASGI middleware around the whole server: an error answered as anything but JSON (BentoML's 503 from
+    /readyz, Starlette's 404 for an unknown path and 405 for a wrong method, an uncaught exception's 500) is
+    rewritten as the contract's JSON body, keeping its status and other headers."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.inner(scope, receive, send)
+        start, text = None, b""
+
+        async def send_json(message) -> None:
+            nonlocal start, text
+            if message["type"] == "http.response.start" and message["status"] >= 400 and not dict(
+                    message["headers"]).get(b"content-type", b"").startswith(b"application/json"):
+                start = message  # held back until its body is known
+                return
+            if start is None or message["type"] != "http.response.body":
+                return await send(message)
+            text += message.get("body", b"")
+            if message.get("more_body", False):
+                return
+            status = start["status"]
+            message = text.decode(errors="replace").strip()[:500] or HTTPStatus(status).phrase
+            body = json.dumps(error_body(error_code(status), message)).encode()
+            headers = [(k, v) for k, v in start["headers"] if k.lower() not in (b"content-type", b"content-length")]
+            await send({**start, "headers": [*headers, (b"content-type", b"application/json"),
+                                             (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.inner(scope, receive, send_json)
+
+
+def token_ok(header: str) -> bool:
+    """Whether an ``Authorization`` header carries the server's bearer token (always, when none is set). The
+    scheme is case-insensitive (RFC 7235); the token is compared in constant time."""
+    token = os.environ.get(ENV_TOKEN)
+    if not token:
+        return True
+    scheme, _, credentials = header.strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token.encode())
+
+
+class Authorize:
+    """Pure ASGI middleware: a /v1 request without the bearer token gets 401 before anything else is done with
+    it, its body included, so a client without the token learns nothing about validation, load or shutdown."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send) -> None:
+        if _is_api(scope) and not token_ok(_header(scope, b"authorization")):
+            app.state.metrics.reject("unauthorized")
+            error = RequestError("unauthorized", "a valid bearer token is required (Authorization: Bearer ...)", 401)
+            return await error_response(error)(scope, receive, send)
+        await self.inner(scope, receive, send)
+
+
+class Drain:
+    """Graceful shutdown that keeps answering.
+
+    uvicorn's own SIGTERM handler closes the listening socket at once: a request arriving while in-flight work
+    finishes would wait in the backlog and then be reset. `Drain` takes SIGTERM and SIGINT first: from then on
+    /v1 requests get 503 ``shutting_down`` (with ``Connection: close``) and /readyz 503, the requests already in
+    flight finish (within the drain timeout), the engine closes, and only then uvicorn's handler starts its
+    shutdown. A second signal goes straight to uvicorn.
+    """
+
+    def __init__(self, engine: Engine, timeout_s: float):
+        self.engine = engine
+        self.timeout_s = timeout_s
+        self.draining = False
+        self.in_flight = 0
+        self._changed = asyncio.Condition()
+
+    def take_signals(self) -> None:
+        """Put the drain in front of uvicorn's handlers; call it on the event loop's (main) thread once uvicorn
+        has installed them (the service is built inside uvicorn's lifespan, after that)."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            then = signal.getsignal(signum)
+            if callable(then):
+                signal.signal(signum, partial(self._on_signal, loop, then))
+
+    def _on_signal(self, loop, then, signum, frame) -> None:
+        if self.draining:
+            then(signum, frame)
+            return
+        self.draining = True
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain(partial(then, signum, frame))))
+
+    async def _drain(self, then) -> None:
+        LOG.info("shutting down: finishing %d request(s) in flight (up to %g s)", self.in_flight, self.timeout_s)
+        began = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.in_flight == 0), self.timeout_s)
+        left = max(0.0, self.timeout_s - (time.monotonic() - began))
+        await asyncio.to_thread(self.engine.close, left)
+        then()
+
+    @contextlib.asynccontextmanager
+    async def request(self):
+        """Counts a request in flight while it runs."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.in_flight -= 1
+                self._changed.notify_all()
+
+
+class RefuseWhileDraining:
+    """Pure ASGI middleware: /v1 requests count as in flight for `Drain`, and get 503 ``shutting_down`` once it
+    has begun."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send) -> None:
+        drain: Drain | None = getattr(app.state, "drain", None)
+        if drain is None or not _is_api(scope):
+            return await self.inner(scope, receive, send)
+        if drain.draining:
+            app.state.metrics.reject("shutting_down")
+            return await error_response(shutdown_error())(scope, receive, send)
+        async with drain.request():
+            await self.inner(scope, receive, send)
+
+
+class ShedWhenOverloaded:
+    """Pure ASGI middleware: while every request would get 429 (`Admission.refusing_everything`), answer
+    POSTs with it before their body is read or validated, so that refusing costs the server as little as
+    possible under overload (half the CPU of a refusal after validation). `Authorize` runs first: a client
+    without the token learns nothing about the load."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send) -> None:
+        engine = app.state.engine if hasattr(app.state, "engine") else None
+        if scope["type"] == "http" and scope["method"] == "POST" and engine is not None and engine.ready:
+            refusal = engine.refusing_everything()
+            if refusal is not None:
+                engine.metrics.reject(refusal.reason)
+                return await error_response(refusal)(scope, receive, send)
+        await self.inner(scope, receive, send)
 
 
 class BodyLimit:
@@ -123,46 +432,88 @@ class BodyLimit:
         await self.inner(scope, replay, send)
 
 
-class ShedWhenOverloaded:
-    """Pure ASGI middleware: while every request would get 429 (`Admission.refusing_everything`), answer
-    POSTs with it before their body is read or validated, so that refusing costs the server as little as
-    possible under overload (half the CPU of a refusal after validation). The bearer token is checked
-    first: a client without it learns nothing about the load."""
+# ---- the FastAPI app ---------------------------------------------------------------------------------------------
 
-    def __init__(self, inner):
-        self.inner = inner
-
-    async def __call__(self, scope, receive, send) -> None:
-        engine = app.state.engine if hasattr(app.state, "engine") else None
-        if scope["type"] == "http" and scope["method"] == "POST" and engine is not None and engine.ready:
-            refusal = engine.refusing_everything()
-            if refusal is not None and token_ok(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")):
-                engine.metrics.reject(refusal.reason)
-                return await error_response(refusal)(scope, receive, send)
-        await self.inner(scope, receive, send)
-
-
+app = FastAPI(title="GroupDiff", version="1", description=__doc__, openapi_url="/docs.json", docs_url=None,
+              redoc_url=None)
 app.add_middleware(BodyLimit, limit=CONFIG.limits.max_body_bytes)
-app.add_middleware(ShedWhenOverloaded)  # outermost: before the body is read
+app.add_middleware(ShedWhenOverloaded)
+app.add_middleware(RefuseWhileDraining)
+app.add_middleware(Authorize)  # outermost: before anything else
 
 
-def _metrics(request: Request) -> ServingMetrics:
-    return request.app.state.metrics
+@app.exception_handler(RequestError)
+async def _request_error(_: Request, error: RequestError) -> JSONResponse:
+    return error_response(error)
 
 
-def token_ok(header: str) -> bool:
-    """Whether an ``Authorization`` header carries the server's bearer token (always, when none is set)."""
-    token = os.environ.get(ENV_TOKEN)
-    return not token or hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    app.state.metrics.reject("invalid")
+    if any(item.get("type") == "json_invalid" for item in error.errors()):
+        return error_response(invalid("malformed JSON body", 400))
+    return error_response(invalid(describe_validation_error(error.errors())))
 
 
-def check_token(request: Request) -> None:
-    if not token_ok(request.headers.get("authorization", "")):
-        _metrics(request).reject("unauthorized")
-        raise RequestError("unauthorized", "a valid bearer token is required (Authorization: Bearer ...)", 401)
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse(error_body(error_code(error.status_code), str(error.detail)), status_code=error.status_code,
+                        headers=error.headers)
+
+
+def _plain(description: str) -> dict:
+    return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+_NOT_READY = {"description": "not ready: still loading, failed to load, or draining",
+              "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+PROBES = {  # BentoML's routes, documented beside ours
+    "/livez": {"get": {"summary": "Liveness", "operationId": "livez", "tags": ["probes"],
+                       "responses": {"200": _plain("the server process is up")}}},
+    "/healthz": {"get": {"summary": "Liveness (alias of /livez)", "operationId": "healthz", "tags": ["probes"],
+                         "responses": {"200": _plain("the server process is up")}}},
+    "/readyz": {"get": {"summary": "Readiness", "operationId": "readyz", "tags": ["probes"],
+                        "responses": {"200": _plain("the model is loaded and warmed up"), "503": _NOT_READY}}},
+    "/metrics": {"get": {"summary": "Prometheus metrics (docs/metrics.md)", "operationId": "metrics",
+                         "tags": ["probes"], "responses": {"200": _plain("Prometheus text exposition")}}},
+}
+
+
+def openapi_document() -> dict:
+    """The OpenAPI 3.1 document at /docs.json: FastAPI's for our routes plus BentoML's probes, with the request
+    limits as served (the runtime's group sizes once it is loaded, the checkpoint's until then) and the bearer
+    scheme when the server requires a token."""
+    document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    engine: Engine | None = getattr(app.state, "engine", None)
+    if engine is not None and engine.served is not None:
+        document["components"]["schemas"]["GenerateRequest"] = request_model(engine.served, CONFIG.limits) \
+            .model_json_schema(ref_template="#/components/schemas/{model}")
+    _, errors = models_json_schema([(ErrorBody, "serialization")], ref_template="#/components/schemas/{model}")
+    document["components"]["schemas"].update(errors["$defs"])
+    document["paths"].update(PROBES)
+    if os.environ.get(ENV_TOKEN):
+        document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        for path, item in document["paths"].items():
+            for operation in item.values() if path.startswith(API) else ():
+                operation["security"] = [{"bearer": []}]
+                operation["responses"].update(error_responses(401))
+    return document
+
+
+app.openapi = openapi_document
+
+
+@app.get("/docs", include_in_schema=False)
+async def docs_page() -> HTMLResponse:
+    """Swagger UI for /docs.json, from the copy BentoML serves under /static_content (so it works offline)."""
+    return get_swagger_ui_html(openapi_url="/docs.json", title="GroupDiff API",
+                               swagger_js_url="/static_content/swagger-ui-bundle.js",
+                               swagger_css_url="/static_content/swagger-ui.css",
+                               swagger_favicon_url="/static_content/favicon-light-32x32.png")
 
 
 def response_body(result: Result) -> dict:
+    """The 200 body (`GenerateResponse`, whose schema the OpenAPI document shows; tests check the two agree)."""
     request = result.request
     height, width = result.images.shape[1:3]
     return {
@@ -175,6 +526,10 @@ def response_body(result: Result) -> dict:
     }
 
 
+class EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
 def sse(event: str, data: dict) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
@@ -185,23 +540,42 @@ async def wait_for_disconnect(request: Request) -> None:
         pass
 
 
+def _event(name: str, data_schema: dict) -> dict:
+    return {"properties": {"event": {"const": name}, "data": {"contentSchema": data_schema}}}
+
+
+# OpenAPI 3.1 has no item schema for event streams (3.2's itemSchema): by convention `schema` describes each event.
+STREAM_200 = {"description": "progress events, then one `result` event (the 200 body of POST /v1/generate) or one "
+                             "`error` event (an error body)",
+              "content": {"text/event-stream": {"schema": {
+                  "type": "object", "required": ["event", "data"],
+                  "properties": {"event": {"enum": ["progress", "result", "error"]},
+                                 "data": {"type": "string", "contentMediaType": "application/json"}},
+                  "oneOf": [_event("progress", {"type": "object", "required": ["step", "steps"], "properties": {
+                                "step": {"type": "integer"}, "steps": {"type": "integer"}}}),
+                            _event("result", {"$ref": "#/components/schemas/GenerateResponse"}),
+                            _event("error", {"$ref": "#/components/schemas/ErrorBody"})]}}}}
+
+
 @bentoml.service(name="groupdiff", workers=1,
                  traffic={"timeout": int(MAX_TIMEOUT_S) + 30, "max_concurrency": 4 * CONFIG.max_queue + 64})
-@bentoml.asgi_app(app, path="/v1")
+@bentoml.asgi_app(app, path="/")
 class GroupDiffService:
     def __init__(self) -> None:
         self.metrics = ServingMetrics()
         app.state.metrics = self.metrics
         self.engine: Engine = build_engine(CONFIG, self.metrics).start()
         app.state.engine = self.engine
+        self.drain = Drain(self.engine, CONFIG.drain_timeout_s)
+        self.drain.take_signals()
+        app.state.drain = self.drain
 
     def __is_ready__(self) -> bool:
-        return self.engine.ready
+        return self.engine.ready and not self.drain.draining
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
-        LOG.info("shutting down: finishing in-flight work (up to %g s)", CONFIG.drain_timeout_s)
-        self.engine.close(CONFIG.drain_timeout_s)
+        self.engine.close(CONFIG.drain_timeout_s)  # at once after a drain; else (no signal) the drain happens here
 
     def _resolve(self, body) -> ResolvedRequest:
         served = self.engine.served
@@ -218,8 +592,8 @@ class GroupDiffService:
                  request.class_id, request.num_images, request.group_size, request.steps, request.group_policy,
                  request.seed, status, (time.perf_counter() - started) * 1000)
 
-    @app.post("/generate", summary="Generate a set of images for a class", responses=ERROR_RESPONSES,
-              dependencies=[Depends(check_token)])
+    @app.post("/v1/generate", summary="Generate a set of images for a class", response_model=GenerateResponse,
+              responses=error_responses(400, 413, 422, 429, 503, 504, 500))
     async def generate(self, body: GenerateRequest, request: Request) -> JSONResponse:
         started = time.perf_counter()
         resolved = self._resolve(body)
@@ -234,7 +608,7 @@ class GroupDiffService:
                 future.cancel()  # the client left (or this handler was cancelled): free the request's places
         if not work.done() or work.cancelled():
             self._log(resolved, 499, started)
-            return JSONResponse({"error": {"code": "cancelled", "message": "client disconnected"}}, status_code=499)
+            return JSONResponse(error_body("cancelled", "client disconnected"), status_code=499)
         try:
             result = work.result()
         except RequestError as error:
@@ -243,9 +617,9 @@ class GroupDiffService:
         self._log(resolved, 200, started)
         return JSONResponse(response_body(result))
 
-    @app.post("/generate/stream", summary="Generate with progress events (text/event-stream)",
-              responses=ERROR_RESPONSES, dependencies=[Depends(check_token)])
-    async def generate_stream(self, body: GenerateRequest) -> StreamingResponse:
+    @app.post("/v1/generate/stream", summary="Generate with progress events (text/event-stream)",
+              response_class=EventStream, responses={200: STREAM_200, **error_responses(400, 413, 422, 429, 503, 500)})
+    async def generate_stream(self, body: GenerateRequest) -> EventStream:
         started = time.perf_counter()
         resolved = self._resolve(body)
         loop = asyncio.get_running_loop()
@@ -275,23 +649,24 @@ class GroupDiffService:
             finally:
                 future.cancel()  # no-op when answered; frees the places when the client left
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return EventStream(stream(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.get("/model", summary="The served model and the request limits it implies",
-             dependencies=[Depends(check_token)])
-    async def model(self) -> dict:
+    @app.get("/v1/model", summary="The served model and the request limits it implies", response_model=ModelInfo,
+             responses=error_responses(503))
+    async def model(self) -> ModelInfo:
         served = self.engine.served
         if served is None or self.engine.image_shape is None:
             raise self.engine.not_ready_error()
         spec = served.spec
         height, width, _ = self.engine.image_shape
-        return {
-            "model_version": spec.model_version, "kind": spec.kind, "num_classes": spec.num_classes,
-            "max_group_size": max(served.group_sizes), "default_group_size": served.default_group_size,
-            "group_sizes": list(served.group_sizes),
-            "steps": list(spec.steps) if spec.steps else {"min": 1, "max": TEACHER_MAX_STEPS},
-            "default_steps": spec.default_steps, "guidance_scale": spec.guidance_scale,
-            "guidance_adjustable": spec.guidance_adjustable, "width": width, "height": height,
-            "runtime": served.runtime, "max_images": CONFIG.limits.max_images,
-        }
+        return ModelInfo(
+            model_version=spec.model_version, kind=spec.kind, num_classes=spec.num_classes,
+            max_group_size=max(served.group_sizes), default_group_size=served.default_group_size,
+            group_sizes=list(served.group_sizes),
+            steps=list(spec.steps) if spec.steps else StepRange(min=1, max=TEACHER_MAX_STEPS),
+            default_steps=spec.default_steps, guidance_scale=spec.guidance_scale,
+            guidance_adjustable=spec.guidance_adjustable, width=width, height=height, runtime=served.runtime,
+            max_images=CONFIG.limits.max_images)
+
+
+GroupDiffService.add_asgi_middleware(JsonErrors)

@@ -3,14 +3,24 @@
 Triton does no batching here (``batching=False``): each inference is one request, handed to the same
 group scheduler the REST frontend uses, which batches groups itself. The inference callable is a
 coroutine, so many requests wait on the scheduler at once. Requests are validated exactly as over
-REST; a refused request becomes a Triton error whose message starts with the contract's error code
-(``invalid_request: ...``, ``queue_full: ...``).
+REST (`serving/requests.py`); a refused request becomes a Triton error whose message is the contract's
+``<code>: <message>`` and whose status follows the REST one: INVALID_ARGUMENT / HTTP 400 for bad input,
+UNAVAILABLE / 503 for overload, loading, shutdown and deadlines (Triton has no 429 or 504), INTERNAL / 500
+for a bug; never a traceback (`serving/pytriton_stub.py` does this inside Triton's stub processes). Wrong
+datatypes, shapes and unknown inputs are refused by Triton itself before the model runs, also with
+INVALID_ARGUMENT naming the input.
+
+Readiness: the model is loaded and warmed up before Triton starts, and Triton loads model ``groupdiff``
+from its model store at start-up, so ``/v2/health/ready`` (strict readiness) and the model's ready
+endpoint answer 200 only once it can serve (PyTriton's default instead loads models through the API once
+the server already reports ready).
 
 PyTriton notes (REFERENCES §6): the Python backend stub must load this interpreter's libpython, so
 ``LD_LIBRARY_PATH`` gets ``sysconfig``'s LIBDIR before the server starts (it inherits our
-environment); SIGTERM/SIGINT call ``triton.stop()``, which lets in-flight inferences finish. When
-tritonserver's exit timeout runs out while the model unloads, it exits and orphans its backend stubs;
-the frontend stops whatever of Triton's processes is still running before it exits.
+environment); SIGTERM/SIGINT, from before Triton starts, lead to ``triton.stop()``, which lets in-flight
+inferences finish. When tritonserver's exit timeout runs out while the model unloads, it exits and
+orphans its backend stubs; the frontend stops whatever of Triton's processes is still running before it
+exits.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import os
 import signal
 import sysconfig
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -29,12 +40,15 @@ import psutil
 
 from .engine import Engine
 from .metrics import ServingMetrics
-from .requests import RequestError, ServedModel, ServerLimits, resolve
+from .pytriton_stub import INTERNAL, Refusal, install_entry_point
+from .requests import RequestError, ServedModel, ServerLimits, invalid, resolve
 from .serve_config import ServeConfig, build_engine
 
 LOG = logging.getLogger("groupdiff.serving")
 MODEL_NAME = "groupdiff"
+MODEL_VERSION = 1
 START_ATTEMPTS = 3
+MONITOR_S = 1.0  # how often the frontend checks that Triton is still alive
 # input name -> (request field, numpy dtype, optional)
 INPUTS = {
     "CLASS_ID": ("class_id", np.int64, False),
@@ -47,31 +61,42 @@ INPUTS = {
 }
 
 
-class TritonRequestError(Exception):
-    """What a Triton client sees for a refused request: ``<code>: <message>``."""
-
-
 def body_from_inputs(inputs: dict[str, np.ndarray]) -> dict:
     """KServe v2 inputs (each of shape [1]) -> the JSON body a REST client would send."""
     unknown = sorted(set(inputs) - set(INPUTS))
     if unknown:
-        raise RequestError("invalid_request", f"unknown inputs {unknown}", 422)
+        raise invalid(f"unknown inputs {unknown}")
     body = {}
     for name, (field, _, _) in INPUTS.items():
         if name not in inputs:
             continue
         value = np.asarray(inputs[name])
         if value.size != 1:
-            raise RequestError("invalid_request", f"{name} must hold exactly one value, got shape {value.shape}", 422)
+            raise invalid(f"{field}: {name} must hold exactly one value, got shape {value.shape}")
         item = value.reshape(()).item()
         if field == "group_policy":
-            item = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+            try:
+                item = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+            except UnicodeDecodeError:
+                raise invalid(f"{field}: {name} is not valid UTF-8") from None
         elif field == "guidance_scale":
             item = float(item)
         else:
             item = int(item)
         body[field] = item
     return body
+
+
+def triton_code(status: int) -> str:
+    """Triton's error code for a contract status: bad input is INVALID_ARG (HTTP 400); overload, loading,
+    shutdown and deadlines are UNAVAILABLE (503; Triton has no 429 or 504); anything else is INTERNAL."""
+    if status in (429, 503, 504):
+        return "UNAVAILABLE"
+    return "INVALID_ARG" if 400 <= status < 500 else "INTERNAL"
+
+
+def refusal(error: RequestError) -> Refusal:
+    return Refusal(triton_code(error.status), f"{error.code}: {error.message}")
 
 
 def make_infer(engine: Engine, limits: ServerLimits):
@@ -93,7 +118,10 @@ def make_infer(engine: Engine, limits: ServerLimits):
                 result = await engine.submit(resolved, encode=False)
             except RequestError as error:
                 LOG.info("triton request -> %s in %.1f ms", error.code, (time.perf_counter() - started) * 1000)
-                raise TritonRequestError(f"{error.code}: {error.message}") from None
+                raise refusal(error) from None
+            except Exception:
+                LOG.exception("triton request failed")
+                raise Refusal(*INTERNAL) from None
             LOG.info("%s class=%d k=%d N=%d steps=%d policy=%s seed=%d -> ok in %.1f ms", resolved.request_id,
                      resolved.class_id, resolved.num_images, resolved.group_size, resolved.steps,
                      resolved.group_policy, resolved.seed, (time.perf_counter() - started) * 1000)
@@ -116,7 +144,8 @@ def serve_triton(config: ServeConfig, host: str, http_port: int, grpc_port: int,
     os.environ["LD_LIBRARY_PATH"] = python_library_path()
     from prometheus_client import start_http_server
     from pytriton.model_config import ModelConfig, Tensor
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
+    from pytriton.utils.workspace import Workspace
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics = ServingMetrics()
@@ -133,19 +162,34 @@ def serve_triton(config: ServeConfig, host: str, http_port: int, grpc_port: int,
                Tensor(name="SEEDS", dtype=np.int64, shape=(-1,))]
     # Triton runs one request at a time per model instance: `instances` stubs forward requests
     # concurrently to this process, where they wait on the one scheduler together.
-    bind = {"model_name": MODEL_NAME, "inputs": inputs, "outputs": outputs, "config": ModelConfig(batching=False),
-            "strict": True}
+    bind = {"model_name": MODEL_NAME, "model_version": MODEL_VERSION, "inputs": inputs, "outputs": outputs,
+            "config": ModelConfig(batching=False), "strict": True}
+    # The model goes into the model store before tritonserver starts, which then loads it at start-up (see the
+    # module's docstring on readiness), with our entry point in front of PyTriton's stub model.
+    load_at_start = TritonLifecyclePolicy(launch_triton_on_startup=True, local_model_store=True)
+    # Signals only set an event, from the start on: Triton reports ready (and a supervisor may stop the server)
+    # before PyTriton's run() returns, and a SIGTERM there must still stop Triton rather than orphan it.
+    stop_requested = threading.Event()
+
+    def request_stop(signum, _frame):
+        LOG.info("signal %d: stopping Triton (in-flight requests finish first)", signum)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     for attempt in range(1, START_ATTEMPTS + 1):
         # PyTriton's instances fetch their config from a handshake socket that instance 0 opens, with a
         # 1 s timeout; on a loaded machine an instance can miss it and the model fails to load. Retry.
-        triton = Triton(config=triton_config, workspace=workspace_dir / f"attempt-{attempt}")
+        workspace = Workspace(workspace_dir / f"attempt-{attempt}")
+        triton = Triton(config=triton_config, workspace=workspace, triton_lifecycle_policy=load_at_start)
         try:
             triton.bind(infer_func=[make_infer(engine, config.limits) for _ in range(instances)], **bind)
+            install_entry_point(workspace.model_store_path / MODEL_NAME / str(MODEL_VERSION))
             triton.run()
             break
         except Exception as error:
             triton.stop()
-            if attempt == START_ATTEMPTS:
+            if attempt == START_ATTEMPTS or stop_requested.is_set():
                 engine.close(0)
                 raise RuntimeError(f"Triton did not load model {MODEL_NAME}: {error}") from error
             LOG.warning("Triton start attempt %d failed (%s); retrying", attempt, error)
@@ -153,17 +197,11 @@ def serve_triton(config: ServeConfig, host: str, http_port: int, grpc_port: int,
     # tritonserver's exit timeout also bounds unloading the model: when it expires it exits at once and
     # leaves its Python backend stubs (and their multiprocessing helpers) running. Known now, stopped at exit.
     triton_processes = psutil.Process().children(recursive=True)
-
-    def stop(signum, _frame):
-        LOG.info("signal %d: stopping Triton (in-flight requests finish first)", signum)
-        triton.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     LOG.info("Triton model %s on http %s:%d, grpc %s:%d, metrics :%d; groupdiff metrics :%d/metrics",
              MODEL_NAME, host, http_port, host, grpc_port, metrics_port, scheduler_metrics_port)
     try:
-        triton.serve()
+        while not stop_requested.wait(MONITOR_S) and triton.is_alive():  # what PyTriton's serve() does
+            pass
     finally:
         triton.stop()
         stop_leftovers(triton_processes)

@@ -10,12 +10,15 @@ Usage (module-scoped, so one server serves a whole test module)::
 
     with triton_server(checkpoint) as server:   # server.http_port, .grpc_port, .metrics_port, .scheduler_metrics_url
         ...
+
+``env`` adds to or overrides the server's environment; a value of None removes the variable.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -105,6 +108,7 @@ def _popen(args: Sequence[str], env: dict | None, log_dir: Path) -> tuple[subpro
     log_path = log_dir / "server.log"
     full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": str(log_dir / "bentoml"),
                 "GROUPDIFF_CACHE": str(log_dir / "cache"), **(env or {})}
+    full_env = {name: value for name, value in full_env.items() if value is not None}
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "groupdiff", "serve", *args], stdout=log,
                                    stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
@@ -181,8 +185,9 @@ def rest_server(checkpoint: str | os.PathLike, runtime: str = "torch", args: Seq
 
 @contextlib.contextmanager
 def triton_server(checkpoint: str | os.PathLike, runtime: str = "torch", args: Sequence[str] = (),
-                  env: dict | None = None, timeout: float = 120.0) -> Iterator[Server]:
-    """`groupdiff serve --frontend triton` (PyTriton) on free ports; yields once model `groupdiff` is ready."""
+                  env: dict | None = None, timeout: float = 120.0, wait: bool = True) -> Iterator[Server]:
+    """`groupdiff serve --frontend triton` (PyTriton) on free ports; yields once model `groupdiff` is ready
+    (at once with ``wait=False``, to watch it start)."""
     ports = [free_port() for _ in range(4)]
     with tempfile.TemporaryDirectory(prefix="groupdiff-triton-") as tmp:
         argv = ["--checkpoint", str(checkpoint), "--runtime", runtime, "--frontend", "triton",
@@ -194,6 +199,18 @@ def triton_server(checkpoint: str | os.PathLike, runtime: str = "torch", args: S
         server = Server(process, log_path, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
                         scheduler_metrics_port=ports[3], env=env or {})
         try:
-            yield _start(argv, f"http://127.0.0.1:{ports[0]}/v2/models/groupdiff/ready", server, timeout, env)
+            yield _start(argv, f"http://127.0.0.1:{ports[0]}/v2/models/groupdiff/ready", server, timeout, env) \
+                if wait else server
         finally:
             stop(server)
+
+
+def metric_value(text: str, name: str, **labels) -> float:
+    """The value of one series in a Prometheus text exposition (labels not given may take any value)."""
+    for line in text.splitlines():
+        match = re.match(r"^(\w+)(\{[^}]*\})?\s+(\S+)$", line)
+        if match and match[1] == name:
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match[2] or ""))
+            if all(found.get(k) == str(v) for k, v in labels.items()):
+                return float(match[3])
+    raise AssertionError(f"metric {name}{labels} not in the exposition")

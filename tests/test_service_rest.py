@@ -2,7 +2,8 @@
 
 The served model is a tiny random student (Euler, steps 1/2/4, distilled group size 2). The server
 requires a bearer token, runs at most 2 groups per runtime call and queues at most 12 groups, so
-overload is reachable with a few dozen requests.
+overload is reachable with a few dozen requests; it closes a connection that has not sent a complete
+request head within 2 s (``--header-timeout``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import base64
 import io
 import json
 import re
+import signal
+import socket
 import time
 
 import httpx
@@ -19,9 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serving_servers import rest_server, stop, tiny_checkpoint
+from tests.serving_servers import metric_value, rest_server, stop, tiny_checkpoint
 
 TOKEN = "test-token"
+HEADER_TIMEOUT_S = 2
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CONTRACT_METRICS = ("groupdiff_queue_depth", "groupdiff_queued_groups", "groupdiff_running_groups",
                     "groupdiff_group_fill_ratio_bucket", "groupdiff_batch_groups_bucket",
@@ -33,29 +37,21 @@ CONTRACT_METRICS = ("groupdiff_queue_depth", "groupdiff_queued_groups", "groupdi
 def server(tmp_path_factory):
     checkpoint = tiny_checkpoint(tmp_path_factory.mktemp("rest") / "student", kind="student", group_size=2)
     args = ["--max-queue", "12", "--max-images", "12", "--max-batch-groups", "2", "--batch-wait-ms", "2",
-            "--drain-timeout", "10"]
+            "--drain-timeout", "10", "--header-timeout", str(HEADER_TIMEOUT_S)]
     with rest_server(checkpoint, args=args, env={"GROUPDIFF_API_TOKEN": TOKEN}) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as http:
+    # pooled connections expire before the server's idle timeout, so none is reused as the server closes it
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60,
+                      limits=httpx.Limits(keepalive_expiry=HEADER_TIMEOUT_S / 2)) as http:
         yield http
 
 
 def metric(client, name: str, **labels) -> float:
-    text = client.get("/metrics").text
-    label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        match = re.match(r"^(\w+)(\{[^}]*\})?\s+(\S+)$", line)
-        if match and match[1] == name:
-            found = dict(re.findall(r'(\w+)="([^"]*)"', match[2] or ""))
-            if all(found.get(k) == str(v) for k, v in labels.items()):
-                return float(match[3])
-    raise AssertionError(f"metric {name}{{{label_text}}} not on /metrics")
+    return metric_value(client.get("/metrics").text, name, **labels)
 
 
 def decode(body: dict) -> list[np.ndarray]:
@@ -211,19 +207,106 @@ def test_contract_metrics_exist(client):
     assert metric(client, "groupdiff_images_total") > 0
 
 
-def test_graceful_shutdown_finishes_in_flight_work(server):
-    """Runs last: SIGTERM while a request is in flight; it is answered, then the server exits."""
-    async def run():
-        async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=60) as http:
-            work = asyncio.ensure_future(http.post("/v1/generate", json={
-                "class_id": 7, "num_images": 12, "group_size": 1, "steps": 4}))
-            await asyncio.sleep(0.3)
-            began = time.monotonic()
-            stopper = asyncio.get_running_loop().run_in_executor(None, stop, server)
-            reply = await work
-            code = await stopper
-            return reply, code, time.monotonic() - began
+def raw_exchange(server, request: bytes) -> tuple[int, dict]:
+    """Send raw bytes, read until the server closes: (status, JSON body)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert re.search(rb"(?i)^content-type: application/json", head, re.M), answer
+    return int(head.split()[1]), json.loads(body)
 
-    reply, code, seconds = asyncio.run(run())
-    assert reply.status_code == 200 and len(reply.json()["images"]) == 12
-    assert code is not None and seconds < 30
+
+def test_errors_are_json_for_every_status(server, client):
+    for method, path, status, code in (("GET", "/nope", 404, "not_found"), ("GET", "/v1/nope", 404, "not_found"),
+                                       ("GET", "/v1/generate", 405, "method_not_allowed"),
+                                       ("POST", "/readyz", 405, "method_not_allowed")):
+        reply = client.request(method, path)
+        assert reply.status_code == status and reply.headers["content-type"] == "application/json", reply.text
+        assert reply.json()["error"]["code"] == code and reply.json()["error"]["message"]
+    # malformed HTTP is refused by the HTTP parser itself, before any route: still the contract's JSON
+    for bad in (b"Content-Length: -5\r\n", b"Content-Length: 5x\r\n", b"Content-Length: 3\r\nContent-Length: 4\r\n"):
+        status, body = raw_exchange(server, b"POST /v1/generate HTTP/1.1\r\nHost: x\r\n" + bad + b"\r\n{}")
+        assert status == 400 and body["error"]["code"] == "invalid_request", body
+
+
+def test_a_slow_request_head_is_cut_off(server):
+    """A client trickling header bytes (one whenever the server has been quiet for 0.2 s) is disconnected once
+    --header-timeout has passed since it connected, however steadily it sends."""
+    began = time.monotonic()
+    closed = False
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(0.2)
+        sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        while not closed and time.monotonic() - began < 10 * HEADER_TIMEOUT_S:
+            try:
+                closed = sock.recv(1024) == b""
+            except TimeoutError:
+                try:
+                    sock.sendall(b"x")  # the head never completes
+                except OSError:
+                    closed = True
+    assert closed and HEADER_TIMEOUT_S - 0.5 < time.monotonic() - began < 2 * HEADER_TIMEOUT_S + 1
+
+
+def test_bearer_scheme_is_case_insensitive(server):
+    for header in (f"bearer {TOKEN}", f"BEARER {TOKEN}", f"Bearer  {TOKEN}"):
+        assert httpx.get(f"{server.url}/v1/model", headers={"Authorization": header}).status_code == 200, header
+    for header in (f"Bearer {TOKEN.upper()}", f"Basic {TOKEN}", TOKEN, f"Bearer{TOKEN}"):
+        assert httpx.get(f"{server.url}/v1/model", headers={"Authorization": header}).status_code == 401, header
+
+
+def test_auth_comes_before_the_body(server):
+    """A client without the token learns nothing about its body: malformed JSON and a 2 MB body get 401 too."""
+    for body in (b'{"class_id": 1,', b"x" * 2_000_000):
+        reply = httpx.post(f"{server.url}/v1/generate", content=body, headers={"content-type": "application/json"})
+        assert reply.status_code == 401 and reply.headers["www-authenticate"] == "Bearer"
+        assert reply.json()["error"]["code"] == "unauthorized"
+
+
+async def eventually(check, timeout: float = 20.0) -> None:
+    """Poll an async condition until it holds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def test_sigterm_drains_answering_new_requests_with_503(server):
+    """Runs last. SIGTERM while a request is in flight (its body still arriving): /readyz turns 503, a new
+    request gets 503 shutting_down (not a reset connection), the in-flight one is answered, then the server
+    exits."""
+    async def run():
+        body_may_end = asyncio.Event()
+
+        async def slow_body():
+            yield b'{"class_id": 7, "num_images": 3, '
+            await body_may_end.wait()
+            yield b'"steps": 4}'
+
+        async def in_progress() -> bool:
+            text = (await http.get("/metrics")).text
+            return metric_value(text, "bentoml_service_request_in_progress", endpoint="/v1/generate") >= 1
+
+        async def draining() -> bool:
+            return (await http.get("/readyz")).status_code == 503
+
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=30) as http:
+            work = asyncio.ensure_future(http.post("/v1/generate", content=slow_body(),
+                                                   headers={"content-type": "application/json"}))
+            await eventually(in_progress)  # the server holds it, waiting for the rest of its body
+            server.process.send_signal(signal.SIGTERM)
+            await eventually(draining)
+            refused = await http.post("/v1/generate", json={"class_id": 1, "num_images": 1})
+            body_may_end.set()
+            reply = await work
+        code = await asyncio.get_running_loop().run_in_executor(None, stop, server)
+        return refused, reply, code
+
+    refused, reply, code = asyncio.run(run())
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
+    assert refused.headers["connection"] == "close"
+    assert reply.status_code == 200 and len(reply.json()["images"]) == 3
+    assert code is not None and not server.alive()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 
 def register(subparsers) -> None:
@@ -94,6 +95,8 @@ def register(subparsers) -> None:
                        help="the overloaded server's --latency-budget (default: the p50 at capacity)")
     serve.add_argument("--no-peer", dest="peer", action="store_false",
                        help="skip the diffusers + BentoML peer (it models the bundled student's architecture)")
+    serve.add_argument("--serve-args", default="", help="more `groupdiff serve` options for both served runs, "
+                                                          "e.g. --serve-args=\"--cuda-graphs\"")
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--request-timeout", type=float, default=30.0, help="client-side timeout per request")
     serve.add_argument("--out", default="docs/results/serve/cpu-student",
@@ -193,7 +196,8 @@ def run_bench_serve(args: argparse.Namespace) -> None:
     if min(args.concurrency) < 1 or min(args.overload) <= 0:
         raise ValueError("--concurrency and --overload take positive values")
     run(args.checkpoint, args.runtime, args.out, args.invocation, args.duration, args.concurrency, args.overload,
-        args.repeats, args.num_images, args.latency_budget, args.device, args.seed, args.request_timeout, args.peer)
+        args.repeats, args.num_images, args.latency_budget, args.device, args.seed, args.request_timeout, args.peer,
+        tuple(shlex.split(args.serve_args)))
 
 
 def quality_budget(args: argparse.Namespace):

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 RUNTIME_CHOICES = ("onnxruntime", "torch", "tensorrt", "torch-tensorrt")
@@ -21,9 +23,16 @@ def register(subparsers) -> None:
                    help="onnxruntime (CPU, exports into the engine cache on first use), torch, or the GPU "
                         "runtimes tensorrt / torch-tensorrt")
     p.add_argument("--device", help="cpu or cuda[:N] (default: the runtime's)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="torch and TensorRT")
+    p.add_argument("--compile", action="store_true", help="torch: torch.compile the denoiser")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="torch and TensorRT on a GPU: replay one captured graph per call shape")
     p.add_argument("--frontend", choices=["rest", "triton"], default="rest")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000, help="REST port")
+    p.add_argument("--header-timeout", type=int, default=10, metavar="SECONDS",
+                   help="REST: a connection must send a complete request head within this many seconds of opening "
+                        "or of its previous response, else it is closed (idle keep-alive connections too)")
     p.add_argument("--http-port", type=int, default=8000, help="Triton HTTP port")
     p.add_argument("--grpc-port", type=int, default=8001, help="Triton gRPC port")
     p.add_argument("--metrics-port", type=int, default=8002, help="Triton's own nv_* metrics port")
@@ -54,7 +63,8 @@ def register(subparsers) -> None:
 def serve_config(args: argparse.Namespace):
     from groupdiff.serving.serve_config import ServeConfig, check_checkpoint
 
-    for name in ("max_queue", "max_images", "port", "http_port", "grpc_port", "metrics_port", "triton_instances"):
+    for name in ("max_queue", "max_images", "port", "header_timeout", "http_port", "grpc_port", "metrics_port",
+                 "triton_instances"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if args.max_batch_groups is not None and args.max_batch_groups < 1:
@@ -63,13 +73,16 @@ def serve_config(args: argparse.Namespace):
         raise ValueError("--batch-wait-ms and --drain-timeout must not be negative")
     if args.latency_budget is not None and not args.latency_budget > 0:
         raise ValueError("--latency-budget must be positive")
+    if args.runtime == "onnxruntime" and (args.precision != "fp32" or args.compile or args.cuda_graphs):
+        raise ValueError("--precision, --compile and --cuda-graphs apply to the torch and TensorRT runtimes; "
+                         "onnxruntime serves the fp32 export")
     check_checkpoint(args.checkpoint)
     return ServeConfig(
         checkpoint=str(Path(args.checkpoint).resolve()), runtime=args.runtime, device=args.device,
-        max_queue=args.max_queue, max_images=args.max_images, max_batch_groups=args.max_batch_groups,
+        precision=args.precision, compile=args.compile, cuda_graphs=args.cuda_graphs, max_queue=args.max_queue,
+        max_images=args.max_images, max_batch_groups=args.max_batch_groups,
         batch_wait_ms=args.batch_wait_ms, latency_budget_s=args.latency_budget, naive=args.naive,
-        drain_timeout_s=args.drain_timeout,
-        cache_dir=args.cache_dir,
+        drain_timeout_s=args.drain_timeout, cache_dir=args.cache_dir,
     )
 
 
@@ -81,10 +94,10 @@ def run(args: argparse.Namespace) -> None:
         serve_triton(config, args.host, args.http_port, args.grpc_port, args.metrics_port,
                      args.scheduler_metrics_port, args.workspace, args.triton_instances)
     else:
-        serve_rest(config, args.host, args.port)
+        serve_rest(config, args.host, args.port, args.header_timeout)
 
 
-def serve_rest(config, host: str, port: int) -> None:
+def serve_rest(config, host: str, port: int, header_timeout_s: int = 10) -> None:
     """Run BentoML's production server (one worker process) until SIGTERM/SIGINT."""
     from groupdiff.serving.serve_config import ENV_CONFIG
 
@@ -97,4 +110,23 @@ def serve_rest(config, host: str, port: int) -> None:
     from groupdiff.serving.service import GroupDiffService
 
     GroupDiffService.inject_config()  # as `bentoml serve` does: applies the service's traffic settings
-    serve_http(GroupDiffService, host=host, port=port, timeout_graceful_shutdown=int(config.drain_timeout_s) + 5)
+    with own_metrics_directory():
+        # uvicorn's keep-alive timeout is also the request-head deadline (serving/service.py: ContractH11Protocol)
+        serve_http(GroupDiffService, host=host, port=port, timeout_keep_alive=header_timeout_s,
+                   timeout_graceful_shutdown=int(config.drain_timeout_s) + 5)
+
+
+@contextlib.contextmanager
+def own_metrics_directory():
+    """A Prometheus multiprocess directory for this server alone, removed when it exits.
+
+    BentoML keeps it at ``$BENTOML_HOME/prometheus_multiproc_dir`` and empties it when a server starts, so a
+    second server sharing the home (the default) would reset the first one's counters. The workers of this
+    server still share the one directory, which is what multiprocess mode needs."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    home = Path(os.environ["BENTOML_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="prometheus-", dir=home) as directory:
+        BentoMLContainer.prometheus_multiproc_dir.set(directory)
+        yield directory
