@@ -108,7 +108,7 @@ def test_resume_refuses_a_mismatched_or_corrupt_checkpoint(prepared, tmp_path, c
     weights_file = tmp_path / "run/checkpoints/step-0000003/model.safetensors"
     weights_file.write_bytes(weights_file.read_bytes()[:-64])
     assert train(prepared, tmp_path / "run", steps=6, resume=True) == 2
-    assert "corrupt" in capsys.readouterr().err
+    assert "model.safetensors is not a safetensors file" in capsys.readouterr().err  # a truncated file
 
 
 def test_sigterm_saves_a_checkpoint_that_resumes(prepared, tmp_path):
@@ -126,7 +126,7 @@ def test_torchrun_with_two_processes_shards_the_data(prepared, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # a free port
          "-m", "groupdiff", *command(prepared, out, 3, "record_indices=true")],
         capture_output=True, text=True, timeout=300, env=env,
     )
