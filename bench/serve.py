@@ -121,11 +121,12 @@ def engine_full_queue(settings: Settings, params: dict, num_classes: int, peak: 
             began = time.perf_counter()
             concurrent.futures.wait([engine.submit_future(r) for r in requests])
             rates.append(count * settings.num_images / (time.perf_counter() - began))
+        stats = engine.stats()  # the model thread's time outside runtime and decoder calls
     finally:
         engine.close()
     return {"requests": count, "repeats": settings.repeats, "images_per_s_median": statistics.median(rates),
             "images_per_s_min": min(rates), "images_per_s_max": max(rates),
-            "peak_fraction": statistics.median(rates) / peak}
+            "peak_fraction": statistics.median(rates) / peak, "overhead_fraction": stats["overhead_fraction"]}
 
 
 def peer_curve(sizes: list[int], repeats: int) -> list[dict]:
@@ -410,7 +411,8 @@ def run(checkpoint: str, runtime: str, out: str, invocation: str, duration_s: fl
              f"Engine alone in-process (no HTTP), a full queue of {engine['requests']} requests: "
              f"{engine['images_per_s_median']:.1f} images/s (median of {engine['repeats']}, "
              f"{engine['images_per_s_min']:.1f}-{engine['images_per_s_max']:.1f}), "
-             f"{engine['peak_fraction']:.2f} of the runtime's peak.\n",
+             f"{engine['peak_fraction']:.2f} of the runtime's peak; the model thread spent "
+             f"{engine['overhead_fraction']:.1%} of its busy time outside runtime and decoder calls.\n",
              "Served, closed loop (medians and spread over repeats) and open loop (one run per level; the server "
              f"started with --latency-budget {budget:.3f}; level = offered requests/s):\n\n```\n" + table
              + "\n```\n",
