@@ -22,7 +22,7 @@ import math
 import threading
 from dataclasses import dataclass, field
 
-from .requests import MAX_TIMEOUT_S, RequestError, ResolvedRequest
+from .requests import RequestError, ResolvedRequest
 from .scheduler import Backlog
 
 KNEE_TOLERANCE = 0.05  # the knee: the smallest call within this fraction of the best images/s
@@ -160,38 +160,27 @@ class Admission:
         return pending.member_steps * self.cost.call_seconds(self.call_members) / self.call_members
 
     def admit(self, request: ResolvedRequest) -> None:
-        """Count the request in, or raise 429 (``queue_full``) with the reason and a ``Retry-After``."""
-        own = request_work(request)
+        """Count the request in, or raise its 429 (see `refusal`)."""
         with self._lock:
-            pending = self.pending()
-            if pending.groups_waiting + own.groups_waiting > self.max_queue_groups:
-                raise RequestError("queue_full", f"the queue is full ({pending.groups_waiting} groups waiting)", 429,
-                                   retry_after_s=self._retry_after(request, pending), reason="queue_full")
-            alone, wait = self.predict(request, pending, self.published.queued_by_key)
-            if wait > self._allowed_wait(request, alone):
-                raise RequestError("queue_full", f"the server is overloaded: the request would wait {wait:.2f} s "
-                                   f"behind other work (allowed: {self._allowed_wait(request, alone):.2f} s)", 429,
-                                   retry_after_s=self._retry_after(request, pending), reason="overloaded")
-            self._admitted = self._admitted + own
+            error = self.refusal(request)
+            if error is not None:
+                raise error
+            self._admitted = self._admitted + request_work(request)
 
-    def refusing_everything(self) -> RequestError | None:
-        """The 429 every request would get now, or None: lets a frontend refuse before it reads and
-        validates a body, so that shedding load costs as little as possible. It never refuses a request
-        that `admit` would take: only when the queue has no room for one group, or the backlog alone is
-        longer than any request may wait (the latency budget, else the longest timeout) even for a settings
-        key with nothing queued."""
+    def refusal(self, request: ResolvedRequest) -> RequestError | None:
+        """The 429 (``queue_full``, with the reason and a ``Retry-After``) the request would get now, or
+        None. Counts nothing in: a frontend asks it first to refuse before routing costs anything."""
+        own = request_work(request)
         pending = self.pending()
-        if pending.groups_waiting + 1 > self.max_queue_groups:
+        if pending.groups_waiting + own.groups_waiting > self.max_queue_groups:
             return RequestError("queue_full", f"the queue is full ({pending.groups_waiting} groups waiting)", 429,
-                                retry_after_s=1, reason="queue_full")
-        published = self.published
-        queued = sum(published.queued_by_key.values())  # a request of a key with nothing queued skips it all
-        wait = self._wait(Backlog(pending.member_steps - queued, pending.members, pending.groups_waiting))
-        limit = self.latency_budget_s if self.latency_budget_s is not None else MAX_TIMEOUT_S
-        if wait > limit:
-            return RequestError("queue_full", f"the server is overloaded: requests would wait {wait:.2f} s behind "
-                                f"other work (allowed: {limit:.2f} s)", 429,
-                                retry_after_s=max(1, math.ceil(wait - limit)), reason="overloaded")
+                                retry_after_s=self._retry_after(request, pending), reason="queue_full")
+        alone, wait = self.predict(request, pending, self.published.queued_by_key)
+        allowed = self._allowed_wait(request, alone)
+        if wait > allowed:
+            return RequestError("queue_full", f"the server is overloaded: the request would wait {wait:.2f} s "
+                                f"behind other work (allowed: {allowed:.2f} s)", 429,
+                                retry_after_s=self._retry_after(request, pending), reason="overloaded")
         return None
 
     def _allowed_wait(self, request: ResolvedRequest, alone: float) -> float:

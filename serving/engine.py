@@ -208,9 +208,9 @@ class Engine:
         self._wake.set()
         return handle.future
 
-    def refusing_everything(self) -> RequestError | None:
-        """The 429 any request would get now (see `Admission.refusing_everything`), or None."""
-        return self.admission.refusing_everything() if self.admission is not None else None
+    def refusal(self, request: ResolvedRequest) -> RequestError | None:
+        """The 429 the request would get now, counting nothing in (see `Admission.refusal`), or None."""
+        return self.admission.refusal(request) if self.admission is not None else None
 
     async def submit(self, request: ResolvedRequest, encode: bool = True,
                      on_progress: ProgressFn | None = None) -> Result:

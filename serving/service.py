@@ -379,22 +379,48 @@ class RefuseWhileDraining:
 
 
 class ShedWhenOverloaded:
-    """Pure ASGI middleware: while every request would get 429 (`Admission.refusing_everything`), answer
-    POSTs with it before their body is read or validated, so that refusing costs the server as little as
-    possible under overload (half the CPU of a refusal after validation). `Authorize` runs first: a client
-    without the token learns nothing about the load."""
+    """Pure ASGI middleware, inside `BodyLimit` (so the body is read and bounded): resolve a generation
+    request from its body and answer its 429 at once when admission would refuse it, before routing,
+    dependencies and the response model cost anything: under overload most requests are refused, and
+    every refusal takes CPU from the model. Anything it cannot resolve goes on to the route, which
+    answers it exactly as before (the same `resolve`); an accepted request is resolved and admitted
+    there. `Authorize` runs first: a client without the token learns nothing about the load."""
 
     def __init__(self, inner):
         self.inner = inner
 
     async def __call__(self, scope, receive, send) -> None:
-        engine = app.state.engine if hasattr(app.state, "engine") else None
-        if scope["type"] == "http" and scope["method"] == "POST" and engine is not None and engine.ready:
-            refusal = engine.refusing_everything()
-            if refusal is not None:
-                engine.metrics.reject(refusal.reason)
-                return await error_response(refusal)(scope, receive, send)
-        await self.inner(scope, receive, send)
+        engine = getattr(app.state, "engine", None)
+        if (scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in GENERATE_PATHS
+                or engine is None or engine.served is None):
+            return await self.inner(scope, receive, send)
+        message = await receive()  # the whole body: BodyLimit replays it in one message
+        refusal = _refusal(engine, message.get("body", b""))
+        if refusal is not None:
+            engine.metrics.reject(refusal.reason)
+            return await error_response(refusal)(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return message
+
+        await self.inner(scope, replay, send)
+
+
+def _refusal(engine: Engine, body: bytes) -> RequestError | None:
+    try:
+        fields = json.loads(body)
+        request = resolve(fields, engine.served, CONFIG.limits) if isinstance(fields, dict) else None
+    except (ValueError, RecursionError, RequestError):  # malformed or invalid: the route answers it
+        return None
+    return engine.refusal(request) if request is not None else None
+
+
+GENERATE_PATHS = ("/v1/generate", "/v1/generate/stream")
 
 
 class BodyLimit:
@@ -436,8 +462,8 @@ class BodyLimit:
 
 app = FastAPI(title="GroupDiff", version="1", description=__doc__, openapi_url="/docs.json", docs_url=None,
               redoc_url=None)
-app.add_middleware(BodyLimit, limit=CONFIG.limits.max_body_bytes)
 app.add_middleware(ShedWhenOverloaded)
+app.add_middleware(BodyLimit, limit=CONFIG.limits.max_body_bytes)
 app.add_middleware(RefuseWhileDraining)
 app.add_middleware(Authorize)  # outermost: before anything else
 

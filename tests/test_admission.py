@@ -149,22 +149,17 @@ def test_backlog_counts_queued_pooled_and_remaining_running_work():
                                    {(0, 4, 3, 1.0): 4 * 3, (1, 4, 2, 1.0): 4 * 2})
 
 
-def test_refusing_everything_only_when_admit_would_refuse_any_request():
+def test_refusal_is_admits_answer_without_counting_the_request_in():
     gate = admission(budget=0.5, max_queue_groups=20)
-    assert gate.refusing_everything() is None
-    gate.published = Published(backlog=Backlog(member_steps=400, members=16, groups_waiting=4))  # 0.25 s of work
-    assert gate.refusing_everything() is None
-    gate.admit(resolved(num_images=1, steps=1))  # and admit agrees: the smallest request fits
+    assert gate.refusal(resolved()) is None and gate.pending() == Backlog()  # nothing counted in
     gate.published = Published(backlog=Backlog(member_steps=1600, members=64, groups_waiting=10))  # 1 s
-    refusal = gate.refusing_everything()
+    refusal = gate.refusal(resolved())
     assert (refusal.status, refusal.reason, refusal.retry_after_s) == (429, "overloaded", 1)
-    with pytest.raises(RequestError):
-        gate.admit(resolved(num_images=1, steps=1))  # no request would have been admitted
+    with pytest.raises(RequestError) as refused:
+        gate.admit(resolved())
+    assert refused.value.message == refusal.message
     gate.published = Published(backlog=Backlog(member_steps=16, members=4, groups_waiting=20))
-    assert gate.refusing_everything().reason == "queue_full"
-    no_budget = admission()
-    no_budget.published = Published(backlog=Backlog(member_steps=1600 * 100, members=64, groups_waiting=10))
-    assert no_budget.refusing_everything() is None  # 100 s: a request with timeout_s 300 may still wait
+    assert gate.refusal(resolved()).reason == "queue_full"
 
 
 def test_a_flood_of_one_class_does_not_make_a_rare_class_wait():
@@ -181,7 +176,6 @@ def test_a_flood_of_one_class_does_not_make_a_rare_class_wait():
     with pytest.raises(RequestError):
         gate.admit(flooded)
     gate.admit(rare)
-    assert gate.refusing_everything() is None
 
 
 def test_a_cancelled_request_frees_its_places_at_once_and_is_counted_once():
