@@ -378,6 +378,21 @@ class RefuseWhileDraining:
             await self.inner(scope, receive, send)
 
 
+def replaying(message: dict, receive):
+    """An ASGI ``receive`` that gives the already-read body ``message`` first, then the real ``receive``
+    (which still reports a client's disconnect)."""
+    replayed = False
+
+    async def replay():
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return message
+
+    return replay
+
+
 class ShedWhenOverloaded:
     """Pure ASGI middleware, inside `BodyLimit` (so the body is read and bounded): resolve a generation
     request from its body and answer its 429 at once when admission would refuse it, before routing,
@@ -399,16 +414,7 @@ class ShedWhenOverloaded:
         if refusal is not None:
             engine.metrics.reject(refusal.reason)
             return await error_response(refusal)(scope, receive, send)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return message
-
-        await self.inner(scope, replay, send)
+        await self.inner(scope, replaying(message, receive), send)
 
 
 def _refusal(engine: Engine, body: bytes) -> RequestError | None:
@@ -446,16 +452,7 @@ class BodyLimit:
             app.state.metrics.reject("invalid")
             response = error_response(invalid(f"the body exceeds {self.limit} bytes", 413))
             return await response(scope, receive, send)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.inner(scope, replay, send)
+        await self.inner(scope, replaying({"type": "http.request", "body": body, "more_body": False}, receive), send)
 
 
 # ---- the FastAPI app ---------------------------------------------------------------------------------------------
