@@ -123,10 +123,10 @@ class Admission:
         self._admitted = Backlog()  # totals of every request admitted so far
         self._cancelled = Backlog()  # totals of every admitted request cancelled so far
 
-    def pending(self) -> Backlog:
+    def pending(self, published: Published | None = None) -> Backlog:
         """Admitted work not yet done: the engine's backlog plus what still waits in its inbox, less the
         cancelled requests it has not forgotten yet (a cancellation frees its places at once)."""
-        published = self.published
+        published = published or self.published
         return (published.backlog + (self._admitted - published.drained)
                 - (self._cancelled - published.released))
 
@@ -170,17 +170,18 @@ class Admission:
     def refusal(self, request: ResolvedRequest) -> RequestError | None:
         """The 429 (``queue_full``, with the reason and a ``Retry-After``) the request would get now, or
         None. Counts nothing in: a frontend asks it first to refuse before routing costs anything."""
-        own = request_work(request)
-        pending = self.pending()
-        if pending.groups_waiting + own.groups_waiting > self.max_queue_groups:
-            return RequestError("queue_full", f"the queue is full ({pending.groups_waiting} groups waiting)", 429,
-                                retry_after_s=self._retry_after(request, pending), reason="queue_full")
-        alone, wait = self.predict(request, pending, self.published.queued_by_key)
+        published = self.published  # one snapshot for the whole decision
+        pending = self.pending(published)
+        alone, wait = self.predict(request, pending, published.queued_by_key)
         allowed = self._allowed_wait(request, alone)
+        retry_after_s = max(1, math.ceil(wait - min(allowed, wait)))  # until enough backlog has drained
+        if pending.groups_waiting + request_work(request).groups_waiting > self.max_queue_groups:
+            return RequestError("queue_full", f"the queue is full ({pending.groups_waiting} groups waiting)", 429,
+                                retry_after_s=retry_after_s, reason="queue_full")
         if wait > allowed:
             return RequestError("queue_full", f"the server is overloaded: the request would wait {wait:.2f} s "
                                 f"behind other work (allowed: {allowed:.2f} s)", 429,
-                                retry_after_s=self._retry_after(request, pending), reason="overloaded")
+                                retry_after_s=retry_after_s, reason="overloaded")
         return None
 
     def _allowed_wait(self, request: ResolvedRequest, alone: float) -> float:
@@ -190,9 +191,3 @@ class Admission:
         if self.latency_budget_s is not None:
             allowed = min(allowed, self.latency_budget_s)
         return allowed
-
-    def _retry_after(self, request: ResolvedRequest, pending: Backlog) -> int:
-        """Whole seconds until enough of the backlog has drained for the request to fit (at least 1)."""
-        alone, wait = self.predict(request, pending, self.published.queued_by_key)
-        allowed = self._allowed_wait(request, alone)
-        return max(1, math.ceil(wait - min(allowed, wait)))

@@ -3,7 +3,7 @@ and TensorRT providers where the installed build has them.
 
 On the CPU a call of several groups is split into shards of whole groups, each run concurrently on
 its own core by a single-threaded session (ONNX Runtime sessions take concurrent ``run`` calls). On a
-2-core machine two shards gave 12 % more images/s than one two-threaded call of the same batch, and,
+2-core machine two shards were faster than one two-threaded call of the same batch (docs/results/serve), and,
 more important for a server, a thread descheduled by other work (HTTP, PNG encoding) then delays only
 its own shard instead of stalling every operator at the thread barrier. Calls of one group use a
 multi-threaded session. The velocities are bit-identical either way (checked in tests/test_runtimes.py),
