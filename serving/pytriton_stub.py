@@ -9,6 +9,10 @@ and the contract message alone, and any other failure with a plain INTERNAL erro
 server log. `install_entry_point` puts the wrapper in front of PyTriton's model in a model store, before Triton
 loads it.
 
+The entry point also lengthens PyTriton's handshake: every instance but the first fetches its config from a socket
+that instance 0 opens, and PyTriton gives it 1 s from the start of its own load. Triton loads the instances in
+parallel, so on a loaded machine instance 0 can take longer than that and the model fails to load.
+
 The stubs import this module, so it imports nothing heavy.
 """
 
@@ -23,12 +27,17 @@ TRITON_CODES = ("INVALID_ARG", "UNAVAILABLE", "INTERNAL")
 _REFUSAL = re.compile(rf"{MARKER} ({'|'.join(TRITON_CODES)}) ([^\n]*)")
 INTERNAL = ("INTERNAL", "internal: the groupdiff model failed; see the server log")
 PYTRITON_MODEL = "pytriton_model.py"
+HANDSHAKE_TIMEOUT_S = 120.0
 ENTRY_POINT = f'''"""Model groupdiff: PyTriton's stub model answering refusals with Triton's error codes."""
-from groupdiff.serving.pytriton_stub import with_contract_errors
+import functools
 
-from .{Path(PYTRITON_MODEL).stem} import TritonPythonModel as PyTritonModel
+from groupdiff.serving.pytriton_stub import HANDSHAKE_TIMEOUT_S, with_contract_errors
 
-TritonPythonModel = with_contract_errors(PyTritonModel)
+from . import {Path(PYTRITON_MODEL).stem} as pytriton_model
+
+pytriton_model.get_config_from_handshake_server = functools.partial(
+    pytriton_model.get_config_from_handshake_server, timeout_s=HANDSHAKE_TIMEOUT_S)
+TritonPythonModel = with_contract_errors(pytriton_model.TritonPythonModel)
 '''
 LOG = logging.getLogger("groupdiff.serving.pytriton_stub")
 

@@ -47,7 +47,6 @@ from .serve_config import ServeConfig, build_engine
 LOG = logging.getLogger("groupdiff.serving")
 MODEL_NAME = "groupdiff"
 MODEL_VERSION = 1
-START_ATTEMPTS = 3
 MONITOR_S = 1.0  # how often the frontend checks that Triton is still alive
 # input name -> (request field, numpy dtype, optional)
 INPUTS = {
@@ -177,22 +176,16 @@ def serve_triton(config: ServeConfig, host: str, http_port: int, grpc_port: int,
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    for attempt in range(1, START_ATTEMPTS + 1):
-        # PyTriton's instances fetch their config from a handshake socket that instance 0 opens, with a
-        # 1 s timeout; on a loaded machine an instance can miss it and the model fails to load. Retry.
-        workspace = Workspace(workspace_dir / f"attempt-{attempt}")
-        triton = Triton(config=triton_config, workspace=workspace, triton_lifecycle_policy=load_at_start)
-        try:
-            triton.bind(infer_func=[make_infer(engine, config.limits) for _ in range(instances)], **bind)
-            install_entry_point(workspace.model_store_path / MODEL_NAME / str(MODEL_VERSION))
-            triton.run()
-            break
-        except Exception as error:
-            triton.stop()
-            if attempt == START_ATTEMPTS or stop_requested.is_set():
-                engine.close(0)
-                raise RuntimeError(f"Triton did not load model {MODEL_NAME}: {error}") from error
-            LOG.warning("Triton start attempt %d failed (%s); retrying", attempt, error)
+    workspace = Workspace(workspace_dir)
+    triton = Triton(config=triton_config, workspace=workspace, triton_lifecycle_policy=load_at_start)
+    try:
+        triton.bind(infer_func=[make_infer(engine, config.limits) for _ in range(instances)], **bind)
+        install_entry_point(workspace.model_store_path / MODEL_NAME / str(MODEL_VERSION))
+        triton.run()
+    except Exception as error:
+        triton.stop()
+        engine.close(0)
+        raise RuntimeError(f"Triton did not load model {MODEL_NAME}: {error}") from error
 
     # tritonserver's exit timeout also bounds unloading the model: when it expires it exits at once and
     # leaves its Python backend stubs (and their multiprocessing helpers) running. Known now, stopped at exit.
