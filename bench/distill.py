@@ -29,20 +29,20 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from groupdiff.clients.reporting import format_table, json_ready, new_figure, save_figure, write_report
 from groupdiff.distill.student import student_velocity
 from groupdiff.distill.teacher import Teacher, load_teacher
-from groupdiff.evaluation import EvalSettings, SampleSet, evaluate, save_group_grid
+from groupdiff.evaluation import EvalSettings, SampleSet, evaluate
 from groupdiff.evaluation.cache import cache_dir, cached_tensors
 from groupdiff.evaluation.generation import chunk_seed
-from groupdiff.evaluation.grid import to_uint8
 from groupdiff.model import load_model
+from groupdiff.model.autoencoder import sample_decoder
 from groupdiff.model.checkpoint import preferred_weights, read_checkpoint_info
+from groupdiff.model.images import save_group_grid, to_uint8
 from groupdiff.model.samplers import VelocityFn, sample
-from groupdiff.training.autoencoder import sample_decoder
 from groupdiff.training.data import FASHION_MNIST_DIR
 
 from .distill_report import markdown_tables, paired_differences, summarize
-from .report import format_table, json_ready, new_figure, save_figure, write_report
 
 FAST_METRICS = ["accuracy", "fd_classifier", "diversity"]
 # chunk c's fresh noise between consistency steps is seeded chunk_seed(seed, c) + offset, a stream apart

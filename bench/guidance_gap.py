@@ -33,15 +33,15 @@ from pathlib import Path
 
 import torch
 
+from groupdiff.clients.reporting import format_table, write_report
 from groupdiff.evaluation.classifier import SmallCNN, classify
 from groupdiff.evaluation.evaluate import EvalSettings, project_classifier
-from groupdiff.evaluation.grid import to_uint8
 from groupdiff.model import GroupDiT, Guidance, interpolate
 from groupdiff.model.checkpoint import load_model
+from groupdiff.model.images import to_uint8
 from groupdiff.training.prepared import PreparedData, load_prepared
 
 from .distill_gap import training_groups
-from .report import format_table, write_report
 
 COLUMNS = ["t", "group_size", "strength", "alignment", "uncond_accuracy", "cond_accuracy", "pull"]
 

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
+from groupdiff.clients.reporting import format_table, write_report
 from groupdiff.evaluation import EvalSettings, SampleSet, evaluate
-from groupdiff.evaluation.grid import to_uint8
 from groupdiff.model.checkpoint import read_checkpoint_info
+from groupdiff.model.images import to_uint8
 from groupdiff.training.data import FASHION_MNIST_DIR
 
 from .distill import checkpoint_decoder, distill_metadata, draw, noise_and_labels, student_contenders
-from .report import format_table, write_report
 
 
 def member(images, labels, group_size: int, k: int):

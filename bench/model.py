@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from groupdiff.clients.reporting import format_table, write_report
 from groupdiff.model import GroupDiT, model_config
-
-from .report import format_table, write_report
 
 
 @dataclass(frozen=True)

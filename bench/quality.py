@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from groupdiff.clients.reporting import json_ready, machine
 from groupdiff.config import find_config, load_config, to_dict
 from groupdiff.errors import RunStopped
 from groupdiff.evaluation.generation import load_generator
@@ -33,7 +34,6 @@ from .quality_claims import claims, claims_markdown
 from .quality_eval import Sampling, ablations, sweep_and_fid
 from .quality_report import markdown_table, plot
 from .quality_rows import ABLATION_ROW, ROWS, WINDOWS, Budget, check_rows, layer_ranges
-from .report import json_ready, machine
 
 EVAL_SEED = 0  # the same sampling noise for every row and training seed: rows are compared pairwise
 

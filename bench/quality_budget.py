@@ -20,6 +20,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from groupdiff.clients.reporting import new_figure, save_figure
 from groupdiff.evaluation import EvalSettings, evaluate
 from groupdiff.evaluation.images import SampleSet
 from groupdiff.evaluation.reference import load_reference
@@ -29,7 +30,6 @@ from groupdiff.training.data import FASHION_MNIST_DIR
 from .quality import EVAL_SEED, ema_generator, load_report, row_config, save_report, train_row
 from .quality_eval import Sampling, score
 from .quality_rows import ROWS, Budget
-from .report import new_figure, save_figure
 
 METRICS = ["fid", "pr", "accuracy", "fd_classifier"]
 KEEP_EVERY_CHECKPOINT = "keep_checkpoints=100000"  # each point's weights stay for the quality rows

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from groupdiff.clients.reporting import new_figure, save_figure
+
 from .quality_rows import row_settings
-from .report import new_figure, save_figure
 
 # (column title, section of a run record, metric key)
 COLUMNS = [

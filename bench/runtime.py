@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .report import format_table, write_report
+from groupdiff.clients.reporting import format_table, write_report
 
 STUDENT_ASSET = Path(__file__).resolve().parents[1] / "groupdiff" / "assets" / "fmnist-student"
 STUDENT_CONFIG = {"input_size": 28, "in_channels": 1, "num_classes": 10, "max_group_size": 4}
@@ -130,7 +130,7 @@ def run(
     run always ends with its table."""
     started = time.monotonic()
     from groupdiff.model.checkpoint import preferred_weights
-    from groupdiff.serving.spec import spec_from_checkpoint
+    from groupdiff.model.spec import spec_from_checkpoint
 
     torch.set_num_threads(threads)
     bad = [b for b in batches for n in group_sizes if b % n]

@@ -37,8 +37,8 @@ from pathlib import Path
 import httpx
 
 from groupdiff.bench import serve_peer, server_process
-from groupdiff.bench.report import format_table, json_ready, new_figure, save_figure, write_report
 from groupdiff.clients.loadgen import Workload, closed_loop, open_loop
+from groupdiff.clients.reporting import format_table, json_ready, new_figure, save_figure, write_report
 from groupdiff.serving.serve_config import check_checkpoint
 
 ROW_COLUMNS = ["server", "mode", "level", "repeat", "offered_rate", "requests", "ok", "rejected", "deadline", "error",

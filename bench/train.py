@@ -11,13 +11,12 @@ import time
 
 import torch
 
+from groupdiff.clients.reporting import format_table, write_report
 from groupdiff.config import find_config, load_config
 from groupdiff.training import distributed
 from groupdiff.training.config import TrainConfig
 from groupdiff.training.prepared import load_prepared
 from groupdiff.training.trainer import Trainer
-
-from .report import format_table, write_report
 
 VARIANTS = {
     "baseline (N=1)": ["plan.mode=groupdiff-l", "plan.group_size=1", "plan.group_share=0.1"],

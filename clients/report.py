@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from groupdiff.bench.report import format_table, json_ready, new_figure, save_figure, write_report
-
 from .loadgen import LoadRun
+from .reporting import format_table, json_ready, new_figure, save_figure, write_report
 
 COLUMNS = ["level", "offered_rate", "requests", "ok", "rejected", "deadline", "error", "images_per_s",
            "requests_per_s", "latency_p50_s", "latency_p95_s", "latency_p99_s", "host_load_1m"]

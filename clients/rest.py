@@ -21,16 +21,17 @@ from typing import Any
 
 import httpx
 
+from groupdiff.protocol.auth import TOKEN_ENV, authorization_header
+from groupdiff.protocol.generate import OPTIONAL_FIELDS, ModelInfo
+from groupdiff.protocol.limits import DEFAULT_TIMEOUT_S
+
 from .errors import DeadlineExceeded, GroupDiffError, ServerUnavailable, error_for
-from .results import GenerationResult, ModelInfo, Progress
+from .results import GenerationResult, Progress
 
 DEFAULT_URL = "http://127.0.0.1:3000"
-TOKEN_ENV = "GROUPDIFF_API_TOKEN"
 RETRY_STATUSES = frozenset({429, 503})
-SERVER_DEFAULT_DEADLINE_S = 60.0  # the server's default timeout_s (contract)
 READ_MARGIN_S = 10.0  # the client waits this much longer than the server's deadline
 CONNECT_TIMEOUT_S = 5.0
-GENERATE_FIELDS = ("group_size", "steps", "guidance_scale", "seed", "group_policy", "timeout_s")
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,9 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def generate_body(class_id: int, num_images: int, **options: Any) -> dict[str, Any]:
     """The JSON body of `/v1/generate`; unset options are left to the server's defaults."""
-    unknown = set(options) - set(GENERATE_FIELDS)
+    unknown = set(options) - set(OPTIONAL_FIELDS)
     if unknown:
-        raise TypeError(f"unknown generate options {sorted(unknown)}; known: {', '.join(GENERATE_FIELDS)}")
+        raise TypeError(f"unknown generate options {sorted(unknown)}; known: {', '.join(OPTIONAL_FIELDS)}")
     body = {"class_id": int(class_id), "num_images": int(num_images)}
     body.update({k: v for k, v in options.items() if v is not None})
     return body
@@ -77,7 +78,7 @@ def generate_body(class_id: int, num_images: int, **options: Any) -> dict[str, A
 
 def read_timeout(body: dict[str, Any]) -> httpx.Timeout:
     """Wait for the server's own deadline plus a margin, so its 504 arrives before our timeout."""
-    deadline = float(body.get("timeout_s") or SERVER_DEFAULT_DEADLINE_S)
+    deadline = float(body.get("timeout_s") or DEFAULT_TIMEOUT_S)
     return httpx.Timeout(deadline + READ_MARGIN_S, connect=CONNECT_TIMEOUT_S)
 
 
@@ -106,7 +107,7 @@ def retry_delay(policy: RetryPolicy, attempt: int, failure: GroupDiffError) -> f
 
 def headers(token: str | None) -> dict[str, str]:
     token = token if token is not None else os.environ.get(TOKEN_ENV)
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    return authorization_header(token) if token else {}
 
 
 class EventParser:
@@ -215,7 +216,7 @@ class GroupDiffClient:
             attempt += 1
 
     def model_info(self) -> ModelInfo:
-        return ModelInfo.from_dict(self._request("GET", "/v1/model").json())
+        return ModelInfo.model_validate(self._request("GET", "/v1/model").json())
 
     def ready(self) -> bool:
         try:
@@ -305,7 +306,7 @@ class AsyncGroupDiffClient:
             attempt += 1
 
     async def model_info(self) -> ModelInfo:
-        return ModelInfo.from_dict((await self._request("GET", "/v1/model")).json())
+        return ModelInfo.model_validate((await self._request("GET", "/v1/model")).json())
 
     async def ready(self) -> bool:
         try:

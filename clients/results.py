@@ -9,10 +9,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image, ImageDraw
+
+from groupdiff.protocol.generate import GenerateResponse
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CAPTION_HEIGHT = 12  # pixels under each contact-sheet tile for its index
 
@@ -67,21 +71,22 @@ class GenerationResult:
 
     @classmethod
     def from_rest(cls, body: dict[str, Any], class_id: int, latency_s: float | None = None) -> GenerationResult:
-        images = [GeneratedImage(int(item["index"]), int(item["seed"]), decode_png(item["png_base64"]))
-                  for item in body["images"]]
-        return cls(images=images, class_id=class_id, model_version=body.get("model_version"),
-                   request_id=body.get("request_id"), width=body.get("width"), height=body.get("height"),
-                   group_size=body.get("group_size"), steps=body.get("steps"),
-                   guidance_scale=body.get("guidance_scale"), group_policy=body.get("group_policy"),
-                   timings_ms=dict(body.get("timings_ms") or {}), latency_s=latency_s, protocol="rest")
+        """From a `/v1/generate` answer (checked against the protocol's `GenerateResponse`)."""
+        answer = GenerateResponse.model_validate(body)
+        images = [GeneratedImage(item.index, item.seed, decode_png(item.png_base64)) for item in answer.images]
+        return cls(images=images, class_id=class_id, model_version=answer.model_version,
+                   request_id=answer.request_id, width=answer.width, height=answer.height,
+                   group_size=answer.group_size, steps=answer.steps, guidance_scale=answer.guidance_scale,
+                   group_policy=answer.group_policy, timings_ms=answer.timings_ms.model_dump(), latency_s=latency_s,
+                   protocol="rest")
 
     @classmethod
     def from_arrays(cls, images: np.ndarray, seeds: np.ndarray, class_id: int, settings: dict[str, Any],
                     latency_s: float | None = None, protocol: str = "grpc") -> GenerationResult:
         """From Triton's outputs: ``IMAGES`` uint8 (k, H, W, C) and ``SEEDS`` int64 (k,)."""
-        if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(seeds):
+        if str(images.dtype) != "uint8" or images.ndim != 4 or len(images) != len(seeds):
             raise ValueError(f"expected IMAGES uint8 (k, H, W, C) and k SEEDS, got {images.dtype} {images.shape} "
-                             f"and {np.shape(seeds)}")
+                             f"and {len(seeds)} seeds")
         generated = [GeneratedImage(i, int(seed), array_to_image(image))
                      for i, (image, seed) in enumerate(zip(images, seeds, strict=True))]
         return cls(images=generated, class_id=class_id, width=images.shape[2], height=images.shape[1],
@@ -94,30 +99,6 @@ class Progress:
 
     step: int
     steps: int
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """``GET /v1/model``: what the served model accepts."""
-
-    model_version: str
-    kind: str
-    num_classes: int
-    max_group_size: int
-    default_group_size: int
-    steps: list[int] | dict[str, int]  # a student's list, or a teacher's {"min", "max"}
-    default_steps: int
-    guidance_scale: float
-    guidance_adjustable: bool
-    width: int
-    height: int
-    runtime: str
-    class_names: list[str] | None = None
-
-    @classmethod
-    def from_dict(cls, body: dict[str, Any]) -> ModelInfo:
-        known = {name: body[name] for name in cls.__dataclass_fields__ if name in body}
-        return cls(**known)
 
 
 def decode_png(data: str) -> Image.Image:

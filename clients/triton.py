@@ -18,25 +18,16 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import numpy as np
+from groupdiff.protocol.auth import TOKEN_ENV
+from groupdiff.protocol.generate import REQUIRED_FIELDS
+from groupdiff.protocol.triton import CODE_FOR_TRITON_STATUS, INPUT_BY_FIELD, MODEL_NAME, OUTPUTS
 
 from .errors import ERRORS_BY_CODE, DeadlineExceeded, GroupDiffError, QueueFull, ServerUnavailable, error_for
-from .rest import DEFAULT_RETRY, TOKEN_ENV, RetryPolicy, retry_delay
+from .rest import DEFAULT_RETRY, RetryPolicy, retry_delay
 from .results import GenerationResult
 
-MODEL = "groupdiff"
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
-# name, Triton datatype, numpy dtype; the first two are required
-INPUTS = {"class_id": ("CLASS_ID", "INT64", np.int64), "num_images": ("NUM_IMAGES", "INT32", np.int32),
-          "group_size": ("GROUP_SIZE", "INT32", np.int32), "steps": ("STEPS", "INT32", np.int32),
-          "guidance_scale": ("GUIDANCE_SCALE", "FP32", np.float32), "seed": ("SEED", "INT64", np.int64),
-          "group_policy": ("GROUP_POLICY", "BYTES", np.object_)}
-OUTPUTS = ("IMAGES", "SEEDS")
-# gRPC status names and HTTP statuses (as tritonclient reports them) to contract codes
-STATUS_CODES = {"RESOURCE_EXHAUSTED": "queue_full", "UNAVAILABLE": "shutting_down", "INVALID_ARGUMENT":
-                "invalid_request", "DEADLINE_EXCEEDED": "deadline_exceeded", "UNAUTHENTICATED": "unauthorized",
-                "429": "queue_full", "503": "shutting_down", "400": "invalid_request", "422": "invalid_request",
-                "504": "deadline_exceeded", "401": "unauthorized"}
+OUTPUT_NAMES = tuple(tensor.name for tensor in OUTPUTS)
 CODE_IN_MESSAGE = re.compile(r"\b(" + "|".join(ERRORS_BY_CODE) + r")\b")
 
 
@@ -53,17 +44,23 @@ def protocol_module(protocol: str, asynchronous: bool = False):
 
 
 def build_inputs(module, class_id: int, num_images: int, **options: Any) -> list:
-    unknown = set(options) - set(INPUTS)
+    """The request's tensors, each of shape [1]; unset options are left to the server's defaults."""
+    import numpy as np
+    from tritonclient.utils import triton_to_np_dtype
+
+    optional = [field for field in INPUT_BY_FIELD if field not in REQUIRED_FIELDS]
+    unknown = set(options) - set(optional)
     if unknown:
-        raise TypeError(f"unknown generate options {sorted(unknown)}; known: {', '.join(list(INPUTS)[2:])}")
+        raise TypeError(f"unknown generate options {sorted(unknown)}; known: {', '.join(optional)}")
     values = {"class_id": class_id, "num_images": num_images, **{k: v for k, v in options.items() if v is not None}}
     inputs = []
-    for key, value in values.items():
-        name, datatype, dtype = INPUTS[key]
-        tensor = module.InferInput(name, [1], datatype)
-        data = np.array([value.encode() if isinstance(value, str) else value], dtype=dtype)
-        tensor.set_data_from_numpy(data)
-        inputs.append(tensor)
+    for field, value in values.items():
+        tensor = INPUT_BY_FIELD[field]
+        infer_input = module.InferInput(tensor.name, [1], tensor.datatype)
+        value = value.encode() if isinstance(value, str) else value
+        data = np.array([value], dtype=triton_to_np_dtype(tensor.datatype))
+        infer_input.set_data_from_numpy(data)
+        inputs.append(infer_input)
     return inputs
 
 
@@ -78,7 +75,7 @@ def translate(error: Exception) -> GroupDiffError:
         return ServerUnavailable(f"cannot reach the Triton server: {error}")
     message, status = error.message() or str(error), str(error.status() or "")
     found = CODE_IN_MESSAGE.search(message)
-    code = found.group(1) if found else STATUS_CODES.get(status.removeprefix("StatusCode."))
+    code = found.group(1) if found else CODE_FOR_TRITON_STATUS.get(status.removeprefix("StatusCode."))
     if code is None and "unavailable" in message.lower():
         return ServerUnavailable(message)
     http_status = int(status) if status.isdigit() else None
@@ -105,8 +102,8 @@ def to_result(response, class_id: int, options: dict[str, Any], started: float, 
 class TritonClient:
     """Blocking KServe v2 client; ``protocol`` "grpc" (default, port 8001) or "http" (8000)."""
 
-    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = MODEL, token: str | None = None,
-                 retry: RetryPolicy = DEFAULT_RETRY, timeout_s: float = 70.0):
+    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = MODEL_NAME,
+                 token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY, timeout_s: float = 70.0):
         _, self._module = protocol_module(protocol)
         self.protocol, self.model, self.retry, self.timeout_s = protocol, model, retry, timeout_s
         url = url or DEFAULT_URLS[protocol]
@@ -127,7 +124,7 @@ class TritonClient:
         self._client.close()
 
     def _infer(self, inputs: list, request_id: str = ""):
-        outputs = [self._module.InferRequestedOutput(name) for name in OUTPUTS]
+        outputs = [self._module.InferRequestedOutput(name) for name in OUTPUT_NAMES]
         extra = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         return self._client.infer(self.model, inputs, outputs=outputs, request_id=request_id, headers=self._headers,
                                   **extra)
@@ -161,7 +158,7 @@ class TritonClient:
                 class_id, num_images = request.pop("class_id"), request.pop("num_images", 1)
                 inputs = build_inputs(self._module, class_id, num_images, **request)
                 sent[str(index)] = (class_id, request, time.perf_counter())
-                outputs = [self._module.InferRequestedOutput(name) for name in OUTPUTS]
+                outputs = [self._module.InferRequestedOutput(name) for name in OUTPUT_NAMES]
                 self._client.async_stream_infer(self.model, inputs, outputs=outputs, request_id=str(index))
             for _ in range(len(sent)):
                 try:
@@ -193,8 +190,8 @@ class TritonClient:
 class AsyncTritonClient:
     """The asyncio twin of `TritonClient.generate` (tritonclient's grpc.aio / http.aio clients)."""
 
-    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = MODEL, token: str | None = None,
-                 retry: RetryPolicy = DEFAULT_RETRY, timeout_s: float = 70.0):
+    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = MODEL_NAME,
+                 token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY, timeout_s: float = 70.0):
         aio, self._module = protocol_module(protocol, asynchronous=True)
         self.protocol, self.model, self.retry, self.timeout_s = protocol, model, retry, timeout_s
         url = url or DEFAULT_URLS[protocol]
@@ -216,7 +213,7 @@ class AsyncTritonClient:
 
     async def generate(self, class_id: int, num_images: int = 1, **options: Any) -> GenerationResult:
         inputs = build_inputs(self._module, class_id, num_images, **options)
-        outputs = [self._module.InferRequestedOutput(name) for name in OUTPUTS]
+        outputs = [self._module.InferRequestedOutput(name) for name in OUTPUT_NAMES]
         extra = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         started, attempt = time.perf_counter(), 0
         while True:

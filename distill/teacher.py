@@ -17,7 +17,7 @@ import torch
 
 from groupdiff.model import GroupDiT, Guidance, fixed_sample_ids, load_model, velocity_function
 from groupdiff.model.samplers import VelocityFn, sample
-from groupdiff.serving.spec import spec_from_checkpoint
+from groupdiff.model.spec import spec_from_checkpoint
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Teacher:
     sampler: str  # the teacher's full recipe: step rule and step count
     steps: int
     path: str
-    model_hash: str  # the weights and config (`serving.spec.weights_hash`): keys cached teacher samples
+    model_hash: str  # the weights and config (`model.spec.weights_hash`): keys cached teacher samples
 
     def velocity(self, y: torch.Tensor, group_size: int) -> VelocityFn:
         """The guided ``v(x, t)`` the teacher samples with, for group-major labels ``y`` (G·N,)."""

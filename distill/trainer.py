@@ -17,10 +17,10 @@ import torch
 import torch.distributed
 
 from groupdiff.config import to_dict
-from groupdiff.evaluation import save_group_grid
 from groupdiff.model import GroupDiT, fixed_sample_ids, interpolate, load_model, model_config, save_model
 from groupdiff.model.checkpoint import CheckpointError, preferred_weights, read_checkpoint_info
 from groupdiff.model.config import GroupDiTConfig
+from groupdiff.model.images import save_group_grid
 from groupdiff.training.distributed import Distributed
 from groupdiff.training.loop import RunLoop
 from groupdiff.training.optim import EMA, autocast_dtype, build_optimizer
@@ -61,7 +61,7 @@ def build_student(config: DistillConfig, teacher: Teacher, group_size: int) -> A
 
 
 def student_metadata(config: DistillConfig, teacher: Teacher, group_size: int) -> dict:
-    """``metadata["distill"]``: how the student is served (serving/spec.py), and where it came from."""
+    """``metadata["distill"]``: how the student is served (model/spec.py), and where it came from."""
     guidance = teacher.guidance
     return {
         "sampler": STUDENT_SAMPLER,

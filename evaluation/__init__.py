@@ -2,7 +2,6 @@
 Inception, the project's classifier (accuracy, fd_classifier), group diversity and S_cross."""
 
 from .evaluate import METRICS, EvalSettings, evaluate
-from .grid import group_grid, save_group_grid
 from .images import SampleSet, load_npz, load_png_folder, load_samples, save_npz
 
 __all__ = [
@@ -10,10 +9,8 @@ __all__ = [
     "EvalSettings",
     "SampleSet",
     "evaluate",
-    "group_grid",
     "load_npz",
     "load_png_folder",
     "load_samples",
-    "save_group_grid",
     "save_npz",
 ]

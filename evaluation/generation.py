@@ -17,11 +17,10 @@ import torch
 from tqdm import tqdm
 
 from groupdiff.model import GroupAttentionSchedule, GroupDiT, Guidance, load_model
+from groupdiff.model.autoencoder import sample_decoder
 from groupdiff.model.checkpoint import read_checkpoint_info
 from groupdiff.model.generate import generate
-from groupdiff.training.autoencoder import sample_decoder
-
-from .grid import to_uint8
+from groupdiff.model.images import to_uint8
 
 
 @dataclass

@@ -207,7 +207,7 @@ def verify_weights(directory: str | os.PathLike, weights: str = "model") -> tupl
     """The path and sha256 of one weight file, once it is shown to be a complete safetensors file whose
     bytes hash to the sha256 ``config.json`` records.
 
-    Loading weights and keying a cached engine by them (`groupdiff.serving.spec.weights_hash`) both go
+    Loading weights and keying a cached engine by them (`groupdiff.model.spec.weights_hash`) both go
     through here, so a file corrupted or replaced after the checkpoint was written is refused before
     anything uses it, and never matches an engine built from the original.
     """

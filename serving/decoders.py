@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from groupdiff.evaluation.grid import to_uint8
 from groupdiff.model.checkpoint import CheckpointError, cached_file_sha256, check_safetensors, read_checkpoint_info
+from groupdiff.model.images import to_uint8
 
 AUTOENCODER_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
 
@@ -91,7 +91,7 @@ def verify_autoencoder(folder: str | os.PathLike) -> str:
 
 def latent_decoder_module(checkpoint: str | os.PathLike, autoencoder: str | os.PathLike | None = None):
     """The decoder module of a latent checkpoint (scale factor folded in), or ``None`` for a pixel one."""
-    from groupdiff.training.autoencoder import load_pretrained
+    from groupdiff.model.autoencoder import load_pretrained
 
     folder = autoencoder_folder(checkpoint, autoencoder)
     if folder is None:

@@ -6,5 +6,6 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from groupdiff.protocol.auth import TOKEN_ENV as ENV_TOKEN  # noqa: F401  (the CLI shows it)
+
 BUNDLED_STUDENT = Path(str(resources.files("groupdiff"))) / "assets" / "fmnist-student"
-ENV_TOKEN = "GROUPDIFF_API_TOKEN"  # bearer token of the REST API; unset = no authentication

@@ -18,9 +18,9 @@ from torch import nn
 from groupdiff.model.checkpoint import load_model, preferred_weights
 from groupdiff.model.dit import GroupDiT, fixed_sample_ids
 from groupdiff.model.guidance import Guidance, guided_velocity_per_sample
+from groupdiff.model.spec import DenoiserSpec, spec_from_checkpoint
 
 from .runtime import RuntimeShapeError
-from .spec import DenoiserSpec, spec_from_checkpoint
 
 INPUT_NAMES = ("x", "t", "y", "guidance_scale")
 OUTPUT_NAME = "velocity"

@@ -4,7 +4,7 @@ An artefact's key is the model hash plus everything the artefact depends on: for
 settings, for a TensorRT engine also the GPU's compute capability, the TensorRT version, the precision
 and the optimisation profiles (plans are tied to all of these, REFERENCES §5). The model hash comes from
 the weights' bytes, verified against the checkpoint's record before any lookup
-(`groupdiff.serving.spec.weights_hash`), so a corrupted or replaced weights file never finds the engine
+(`groupdiff.model.spec.weights_hash`), so a corrupted or replaced weights file never finds the engine
 built from the original. Each entry is a folder named after the key, holding the artefact and a JSON
 sidecar with the full key; a lookup reads the sidecar back and rebuilds on any difference, and
 `check_sidecar` refuses a file given by hand that was built for another GPU or version. Entries are

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from groupdiff.model.checkpoint import preferred_weights
+from groupdiff.model.spec import DenoiserSpec
 
 from .decoders import latent_decoder_module
 from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, OUTPUT_NAME, ServedDenoiser, load_denoiser
-from .spec import DenoiserSpec
 
 ONNX_FORMAT = "groupdiff-onnx"
 ONNX_FORMAT_VERSION = 1
@@ -115,7 +115,7 @@ def export_decoder(
     """Export the autoencoder decoder of a latent checkpoint, scale factor folded in, dynamic batch."""
     from torch.export import Dim
 
-    from .spec import spec_from_checkpoint
+    from groupdiff.model.spec import spec_from_checkpoint
 
     module = latent_decoder_module(checkpoint, autoencoder)
     if module is None:

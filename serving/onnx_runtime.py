@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from groupdiff.evaluation.grid import to_uint8
 from groupdiff.model.checkpoint import preferred_weights
+from groupdiff.model.images import to_uint8
+from groupdiff.model.spec import DenoiserSpec, spec_from_checkpoint
 
 from .decoders import autoencoder_folder, verify_autoencoder
 from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, check_velocity_inputs, load_denoiser
 from .engine_cache import EngineCache, EngineKey
 from .export import DECODER_INPUT, OPSET, create_session, export_decoder, export_served_denoiser, read_onnx_metadata
-from .spec import DenoiserSpec, spec_from_checkpoint
 
 DEVICE_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],

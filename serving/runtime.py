@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .spec import DenoiserSpec
+from groupdiff.model.spec import DenoiserSpec
 
 
 class RuntimeShapeError(ValueError):

@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from groupdiff.model.checkpoint import check_loads, preferred_weights
+from groupdiff.model.spec import DenoiserSpec, spec_from_checkpoint
 
 from .decoders import autoencoder_folder, verify_autoencoder
 from .defaults import BUNDLED_STUDENT
 from .engine import Engine, EngineConfig
 from .metrics import ServingMetrics
 from .requests import ServerLimits
-from .spec import DenoiserSpec, spec_from_checkpoint
 
 ENV_CONFIG = "GROUPDIFF_SERVE_CONFIG"
 

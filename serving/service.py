@@ -22,7 +22,6 @@ import signal
 import time
 from functools import partial
 from http import HTTPStatus
-from typing import Literal
 
 import bentoml
 import h11
@@ -32,28 +31,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .defaults import ENV_TOKEN
+from groupdiff.protocol.auth import TOKEN_ENV
+from groupdiff.protocol.errors import ErrorBody, code_for_status, error_body
+from groupdiff.protocol.generate import GenerateResponse, ModelInfo, StepRange, describe_validation_error, request_model
+from groupdiff.protocol.limits import MAX_TIMEOUT_S, TEACHER_MAX_STEPS
+
 from .engine import Engine, Result, shutdown_error
 from .metrics import ServingMetrics
-from .requests import (
-    GROUP_POLICIES,
-    MAX_SEED,
-    MAX_TIMEOUT_S,
-    RequestError,
-    ResolvedRequest,
-    ServedModel,
-    describe_validation_error,
-    invalid,
-    request_model,
-    resolve,
-)
+from .requests import RequestError, ResolvedRequest, ServedModel, invalid, resolve
 from .serve_config import ServeConfig, build_engine, check_checkpoint
-from .spec import TEACHER_MAX_STEPS
 
 LOG = logging.getLogger("groupdiff.serving")
 if not LOG.handlers:  # one line per request on the worker's stderr, whatever BentoML does with the root logger
@@ -69,75 +59,7 @@ _SPEC = check_checkpoint(CONFIG.checkpoint)
 # The body model's bounds come from the checkpoint; the runtime's accepted group sizes are checked in resolve()
 # (and shown in /docs.json once the runtime is loaded).
 _DOC_MODEL = ServedModel.for_runtime(_SPEC, tuple(range(1, _SPEC.max_group_size + 1)), CONFIG.runtime)
-GenerateRequest = request_model(_DOC_MODEL, CONFIG.limits)
-
-
-# ---- response bodies (they are the 200 and error schemas of the OpenAPI document) ----------------------------
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GeneratedImage(_Body):
-    index: int = Field(ge=0, description="position in the request")
-    seed: int = Field(ge=0, le=MAX_SEED, description="the image's seed: the request's seed + index (mod 2^63)")
-    png_base64: str = Field(description="the image as a base64-encoded PNG")
-
-
-class StageTimings(_Body):
-    queue: float = Field(description="ms from arrival until its first group ran")
-    denoise: float = Field(description="ms of sampling, decode excluded")
-    decode: float = Field(description="ms of the decoder calls that held its groups")
-    encode: float = Field(description="ms of PNG encoding")
-    total: float = Field(description="ms from arrival to answer")
-
-
-class GenerateResponse(_Body):
-    request_id: str
-    model_version: str
-    width: int
-    height: int
-    group_size: int
-    steps: int
-    guidance_scale: float
-    group_policy: Literal[GROUP_POLICIES]
-    images: list[GeneratedImage]
-    timings_ms: StageTimings
-
-
-class StepRange(_Body):
-    min: int
-    max: int
-
-
-class ModelInfo(_Body):
-    model_version: str
-    kind: Literal["teacher", "student"]
-    num_classes: int
-    max_group_size: int
-    default_group_size: int
-    group_sizes: list[int]
-    steps: list[int] | StepRange = Field(description="a student's step counts, or a teacher's range")
-    default_steps: int
-    guidance_scale: float
-    guidance_adjustable: bool
-    width: int
-    height: int
-    runtime: str
-    max_images: int
-
-
-ErrorCode = Literal["invalid_request", "unauthorized", "not_found", "method_not_allowed", "queue_full", "not_ready",
-                    "shutting_down", "deadline_exceeded", "cancelled", "internal"]
-
-
-class ErrorDetail(_Body):
-    code: ErrorCode
-    message: str
-
-
-class ErrorBody(_Body):
-    error: ErrorDetail
+GenerateRequest = request_model(_DOC_MODEL.request_limits(CONFIG.limits))
 
 
 ERRORS = {
@@ -159,20 +81,6 @@ def error_responses(*statuses: int) -> dict:
 
 
 # ---- errors ----------------------------------------------------------------------------------------------------
-
-STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                413: "invalid_request", 422: "invalid_request", 429: "queue_full", 503: "not_ready",
-                504: "deadline_exceeded"}
-
-
-def error_code(status: int) -> str:
-    """The contract code of an error that carries none of its own (a framework's 404, 405, 503, ...)."""
-    return STATUS_CODES.get(status, "internal" if status >= 500 else "invalid_request")
-
-
-def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
-
 
 def error_response(error: RequestError) -> JSONResponse:
     """The JSON answer to a refusal, with the headers its status calls for."""
@@ -271,7 +179,7 @@ class JsonErrors:
                 return
             status = start["status"]
             message = text.decode(errors="replace").strip()[:500] or HTTPStatus(status).phrase
-            body = json.dumps(error_body(error_code(status), message)).encode()
+            body = json.dumps(error_body(code_for_status(status), message)).encode()
             headers = [(k, v) for k, v in start["headers"] if k.lower() not in (b"content-type", b"content-length")]
             await send({**start, "headers": [*headers, (b"content-type", b"application/json"),
                                              (b"content-length", str(len(body)).encode())]})
@@ -283,7 +191,7 @@ class JsonErrors:
 def token_ok(header: str) -> bool:
     """Whether an ``Authorization`` header carries the server's bearer token (always, when none is set). The
     scheme is case-insensitive (RFC 7235); the token is compared in constant time."""
-    token = os.environ.get(ENV_TOKEN)
+    token = os.environ.get(TOKEN_ENV)
     if not token:
         return True
     scheme, _, credentials = header.strip().partition(" ")
@@ -480,7 +388,8 @@ async def _validation_error(_: Request, error: RequestValidationError) -> JSONRe
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse(error_body(error_code(error.status_code), str(error.detail)), status_code=error.status_code,
+    status = error.status_code
+    return JSONResponse(error_body(code_for_status(status), str(error.detail)), status_code=status,
                         headers=error.headers)
 
 
@@ -509,12 +418,13 @@ def openapi_document() -> dict:
     document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     engine: Engine | None = getattr(app.state, "engine", None)
     if engine is not None and engine.served is not None:
-        document["components"]["schemas"]["GenerateRequest"] = request_model(engine.served, CONFIG.limits) \
-            .model_json_schema(ref_template="#/components/schemas/{model}")
+        served_body = request_model(engine.served.request_limits(CONFIG.limits))
+        document["components"]["schemas"]["GenerateRequest"] = served_body.model_json_schema(
+            ref_template="#/components/schemas/{model}")
     _, errors = models_json_schema([(ErrorBody, "serialization")], ref_template="#/components/schemas/{model}")
     document["components"]["schemas"].update(errors["$defs"])
     document["paths"].update(PROBES)
-    if os.environ.get(ENV_TOKEN):
+    if os.environ.get(TOKEN_ENV):
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         for path, item in document["paths"].items():
             for operation in item.values() if path.startswith(API) else ():

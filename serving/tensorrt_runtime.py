@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from groupdiff.model.checkpoint import preferred_weights
+from groupdiff.model.spec import DenoiserSpec, spec_from_checkpoint
 
 from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, OUTPUT_NAME, check_velocity_inputs
 from .engine_cache import EngineCache, EngineKey, EngineMismatchError, check_sidecar, read_sidecar
 from .export import OPSET
 from .runtime import RuntimeShapeError
-from .spec import DenoiserSpec, spec_from_checkpoint
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 ENGINE_FILE = "denoiser.plan"

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from groupdiff.protocol.triton import INPUTS, MODEL_NAME, MODEL_VERSION, OUTPUTS, triton_error_code
+
 from .engine import Engine
 from .metrics import ServingMetrics
 from .pytriton_stub import INTERNAL, Refusal, install_entry_point
@@ -45,28 +47,19 @@ from .requests import RequestError, ServedModel, ServerLimits, invalid, resolve
 from .serve_config import ServeConfig, build_engine
 
 LOG = logging.getLogger("groupdiff.serving")
-MODEL_NAME = "groupdiff"
-MODEL_VERSION = 1
 MONITOR_S = 1.0  # how often the frontend checks that Triton is still alive
-# input name -> (request field, numpy dtype, optional)
-INPUTS = {
-    "CLASS_ID": ("class_id", np.int64, False),
-    "NUM_IMAGES": ("num_images", np.int32, False),
-    "GROUP_SIZE": ("group_size", np.int32, True),
-    "STEPS": ("steps", np.int32, True),
-    "GUIDANCE_SCALE": ("guidance_scale", np.float32, True),
-    "SEED": ("seed", np.int64, True),
-    "GROUP_POLICY": ("group_policy", np.bytes_, True),
-}
+# PyTriton declares tensors with numpy dtypes (BYTES as np.bytes_)
+NUMPY_DTYPES = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "UINT8": np.uint8, "BYTES": np.bytes_}
+INPUT_NAMES = frozenset(tensor.name for tensor in INPUTS)
 
 
 def body_from_inputs(inputs: dict[str, np.ndarray]) -> dict:
     """KServe v2 inputs (each of shape [1]) -> the JSON body a REST client would send."""
-    unknown = sorted(set(inputs) - set(INPUTS))
+    unknown = sorted(set(inputs) - INPUT_NAMES)
     if unknown:
         raise invalid(f"unknown inputs {unknown}")
     body = {}
-    for name, (field, _, _) in INPUTS.items():
+    for name, field in ((tensor.name, tensor.field) for tensor in INPUTS):
         if name not in inputs:
             continue
         value = np.asarray(inputs[name])
@@ -86,16 +79,8 @@ def body_from_inputs(inputs: dict[str, np.ndarray]) -> dict:
     return body
 
 
-def triton_code(status: int) -> str:
-    """Triton's error code for a contract status: bad input is INVALID_ARG (HTTP 400); overload, loading,
-    shutdown and deadlines are UNAVAILABLE (503; Triton has no 429 or 504); anything else is INTERNAL."""
-    if status in (429, 503, 504):
-        return "UNAVAILABLE"
-    return "INVALID_ARG" if 400 <= status < 500 else "INTERNAL"
-
-
 def refusal(error: RequestError) -> Refusal:
-    return Refusal(triton_code(error.status), f"{error.code}: {error.message}")
+    return Refusal(triton_error_code(error.status), f"{error.code}: {error.message}")
 
 
 def make_infer(engine: Engine, limits: ServerLimits):
@@ -155,10 +140,10 @@ def serve_triton(config: ServeConfig, host: str, http_port: int, grpc_port: int,
     triton_config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
                                  metrics_address=host, metrics_port=metrics_port,
                                  exit_timeout_secs=int(config.drain_timeout_s) + 1)
-    inputs = [Tensor(name=name, dtype=dtype, shape=(1,), optional=optional)
-              for name, (_, dtype, optional) in INPUTS.items()]
-    outputs = [Tensor(name="IMAGES", dtype=np.uint8, shape=(-1, -1, -1, -1)),
-               Tensor(name="SEEDS", dtype=np.int64, shape=(-1,))]
+    inputs = [Tensor(name=tensor.name, dtype=NUMPY_DTYPES[tensor.datatype], shape=(1,), optional=tensor.optional)
+              for tensor in INPUTS]
+    outputs = [Tensor(name=tensor.name, dtype=NUMPY_DTYPES[tensor.datatype], shape=tensor.shape)
+               for tensor in OUTPUTS]
     # Triton runs one request at a time per model instance: `instances` stubs forward requests
     # concurrently to this process, where they wait on the one scheduler together.
     bind = {"model_name": MODEL_NAME, "model_version": MODEL_VERSION, "inputs": inputs, "outputs": outputs,

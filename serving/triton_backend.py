@@ -23,13 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from groupdiff.model.spec import DenoiserSpec
+from groupdiff.protocol.triton import INPUTS, triton_error_code
+
 from .decoders import PixelDecoder
 from .engine import Engine, EngineConfig
 from .metrics import ServingMetrics
 from .requests import RequestError, resolve
 from .serve_config import ServeConfig, build_engine, check_checkpoint
-from .spec import DenoiserSpec
-from .triton import INPUTS, body_from_inputs
+from .triton import body_from_inputs
 
 SETTINGS_FILE = "serve.json"
 CHECKPOINT_DIR = "checkpoint"
@@ -113,7 +115,7 @@ class TritonPythonModel:
         pending = []
         for request in requests:  # submit all first, so they share the engine's batches
             inputs = {}
-            for name in INPUTS:
+            for name in (tensor.name for tensor in INPUTS):
                 tensor = pb_utils.get_input_tensor_by_name(request, name)
                 if tensor is not None:
                     inputs[name] = tensor.as_numpy()
@@ -137,8 +139,9 @@ class TritonPythonModel:
                     pb_utils.Tensor("IMAGES", result.images),
                     pb_utils.Tensor("SEEDS", np.asarray(result.seeds, dtype=np.int64))]))
             except RequestError as error:
+                code = getattr(pb_utils.TritonError, triton_error_code(error.status))  # as the PyTriton frontend
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                    f"{error.code}: {error.message}")))
+                    f"{error.code}: {error.message}", code)))
         return responses
 
     def finalize(self) -> None:

@@ -44,7 +44,8 @@ def save_student(folder: Path) -> Path:
 
 def save_latent_teacher(folder: Path) -> tuple[Path, Path]:
     """A latent-space teacher (2x4x4 latents) and its tiny AutoencoderKL (8x8x1 images): (checkpoint, autoencoder)."""
-    from groupdiff.training.autoencoder import AutoencoderConfig, build_autoencoder, save_autoencoder
+    from groupdiff.model.autoencoder import save_autoencoder
+    from groupdiff.training.autoencoder import AutoencoderConfig, build_autoencoder
 
     config = AutoencoderConfig(latent_channels=2, block_out_channels=(8, 8), norm_num_groups=4)
     vae = randomize(build_autoencoder(config, in_channels=1, image_size=8), seed=3, std=0.2)

@@ -88,7 +88,7 @@ def test_rest_result_saves_pngs_contact_sheet_and_metadata(tmp_path):
     body = {"request_id": "r1", "model_version": "m-123", "width": 28, "height": 28, "group_size": 2, "steps": 4,
             "guidance_scale": 1.0, "group_policy": "isolated",
             "images": [{"index": i, "seed": 10 + i, "png_base64": png_base64(40 * i)} for i in range(3)],
-            "timings_ms": {"queue": 1.0, "total": 9.0}}
+            "timings_ms": {"queue": 1.0, "denoise": 6.0, "decode": 1.0, "encode": 1.0, "total": 9.0}}
     result = GenerationResult.from_rest(body, class_id=7, latency_s=0.5)
     assert [g.seed for g in result.images] == [10, 11, 12] and result.pil_images[2].getpixel((0, 0)) == 80
     paths = result.save(tmp_path)

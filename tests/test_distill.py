@@ -17,7 +17,7 @@ from groupdiff.distill.student import AnchoredStudent, generate_student
 from groupdiff.distill.teacher import load_teacher
 from groupdiff.model import GroupDiT, fixed_sample_ids, load_model, model_config, save_model, velocity_function
 from groupdiff.model.samplers import euler_step, heun_step
-from groupdiff.serving.spec import spec_from_checkpoint
+from groupdiff.model.spec import spec_from_checkpoint
 
 from .conftest import randomize
 

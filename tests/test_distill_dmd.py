@@ -16,7 +16,7 @@ from groupdiff.distill.dmd_trainer import DMDDistiller
 from groupdiff.distill.student import generate_student
 from groupdiff.distill.teacher import Teacher
 from groupdiff.model import load_model
-from groupdiff.serving.spec import spec_from_checkpoint
+from groupdiff.model.spec import spec_from_checkpoint
 
 from .test_distill import distill, distill_setup, save_teacher
 

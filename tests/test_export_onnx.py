@@ -153,7 +153,7 @@ def test_cli_bad_input_exits_2(tmp_path, teacher, capsys):
 
 def test_latent_decoder_folds_the_scale_factor_in_torch_and_onnx(tmp_path):
     pytest.importorskip("diffusers")
-    from groupdiff.training.autoencoder import load_pretrained
+    from groupdiff.model.autoencoder import load_pretrained
 
     checkpoint, autoencoder = save_latent_teacher(tmp_path)
     latents = torch.randn(5, 2, 4, 4, generator=torch.Generator().manual_seed(0))

@@ -103,8 +103,8 @@ def test_engine_cache_builds_once_and_rebuilds_on_a_stale_sidecar(tmp_path, stud
 
 
 def test_an_engine_for_another_gpu_or_tensorrt_version_is_refused(tmp_path, student):
+    from groupdiff.model.spec import spec_from_checkpoint
     from groupdiff.serving.engine_cache import EngineMismatchError, write_sidecar
-    from groupdiff.serving.spec import spec_from_checkpoint
     from groupdiff.serving.tensorrt_runtime import check_engine_target, engine_key, engine_profiles
 
     spec = spec_from_checkpoint(student, "model")
@@ -125,7 +125,7 @@ def test_an_engine_for_another_gpu_or_tensorrt_version_is_refused(tmp_path, stud
 
 
 def test_engine_profiles_select_by_group_size(student):
-    from groupdiff.serving.spec import spec_from_checkpoint
+    from groupdiff.model.spec import spec_from_checkpoint
     from groupdiff.serving.tensorrt_runtime import engine_profiles, profile_index
 
     spec = spec_from_checkpoint(student, "model")

@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from groupdiff.cli import main
-from groupdiff.serving.triton import INPUTS
+from groupdiff.protocol.triton import INPUTS
 from groupdiff.serving.triton_repository import bundled_tritonserver, missing_plans, write_triton_repository
 from tests.serving_servers import free_port, tiny_checkpoint
 
@@ -40,8 +40,8 @@ def test_gpu_repository_configs_parse_and_follow_the_contract(checkpoint, tmp_pa
     assert set(configs) == {"groupdiff", "denoiser"}  # pixel model: no decoder network
     pipeline = configs["groupdiff"]
     assert pipeline.backend == "python" and pipeline.max_batch_size == 0
-    assert [i.name for i in pipeline.input] == list(INPUTS)
-    assert {i.name for i in pipeline.input if i.optional} == {n for n, (_, _, opt) in INPUTS.items() if opt}
+    assert [i.name for i in pipeline.input] == [tensor.name for tensor in INPUTS]
+    assert {i.name for i in pipeline.input if i.optional} == {tensor.name for tensor in INPUTS if tensor.optional}
     assert [(o.name, o.data_type) for o in pipeline.output] == [("IMAGES", pb.TYPE_UINT8), ("SEEDS", pb.TYPE_INT64)]
     assert pipeline.instance_group[0].count == 2 and pipeline.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
     denoiser = configs["denoiser"]
@@ -132,6 +132,7 @@ def test_bundled_tritonserver_serves_the_cpu_repository(bundled_server):
     assert reply.as_numpy("IMAGES").shape == (5, 8, 8, 1) and reply.as_numpy("SEEDS").tolist() == [8, 9, 10, 11, 12]
     again = bundled_server.infer("groupdiff", infer_inputs(CLASS_ID=2, NUM_IMAGES=5, SEED=8))
     np.testing.assert_array_equal(reply.as_numpy("IMAGES"), again.as_numpy("IMAGES"))
-    with pytest.raises(InferenceServerException, match=r"invalid_request: num_images"):
+    with pytest.raises(InferenceServerException, match=r"invalid_request: num_images") as refused:
         bundled_server.infer("groupdiff", infer_inputs(CLASS_ID=2, NUM_IMAGES=9))
+    assert refused.value.status() == "400"  # INVALID_ARG, as the PyTriton frontend answers
     assert bundled_server.is_server_ready()

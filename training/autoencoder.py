@@ -1,4 +1,5 @@
-"""The autoencoder between pixels and the latent space the GroupDiT trains in.
+"""Training the autoencoder between pixels and the latent space the GroupDiT trains in (loading and decoding
+one is the model's: groupdiff.model.autoencoder).
 
 No autoencoder weights install offline, so for Fashion-MNIST we train a small
 `diffusers.AutoencoderKL` ourselves (MSE + a light KL term; no LPIPS/GAN, which need weights or
@@ -10,11 +11,9 @@ same idea, measured once on its own data).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -22,8 +21,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from .data import batches, to_model_range
-
-MARKER = "groupdiff_autoencoder.json"  # written beside the diffusers files: what trained them
 
 
 @dataclass
@@ -65,16 +62,6 @@ def build_autoencoder(config: AutoencoderConfig, in_channels: int, image_size: i
         norm_num_groups=config.norm_num_groups, mid_block_add_attention=config.mid_block_attention,
         sample_size=image_size,
     )
-
-
-def load_pretrained(path: str | Path):
-    """AutoencoderKL from a local diffusers folder (``config.json`` + weights); never downloads."""
-    from diffusers import AutoencoderKL
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no diffusers autoencoder (config.json) in {path}")
-    return AutoencoderKL.from_pretrained(path, local_files_only=True, low_cpu_mem_usage=False).eval()
 
 
 def _split(n: int, holdout: int) -> tuple[range, range]:
@@ -160,34 +147,3 @@ def encode_latents(vae, dataset: Dataset, batch_size: int = 256, device: str = "
 def latent_scale_factor(latents: torch.Tensor) -> float:
     """1 / std over all latent elements, so the model's inputs have unit variance."""
     return float(1.0 / latents.float().std())
-
-
-@torch.no_grad()
-def decode_latents(vae, latents: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Unscaled latents (N, c, h, w) -> images (N, C, H, W) clamped to [-1, 1]."""
-    device = next(vae.parameters()).device
-    parts = [vae.decode(chunk.to(device)).sample.clamp(-1, 1).cpu() for chunk in latents.split(batch_size)]
-    return torch.cat(parts)
-
-
-def save_autoencoder(vae, folder: str | Path, record: dict) -> Path:
-    """diffusers folder (safetensors) plus a marker with the config and data it was trained on."""
-    folder = Path(folder)
-    vae.save_pretrained(folder, safe_serialization=True)
-    (folder / MARKER).write_text(json.dumps(record, indent=2))
-    return folder
-
-
-def read_marker(folder: str | Path) -> dict | None:
-    path = Path(folder) / MARKER
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def sample_decoder(space: str, scale_factor: float, autoencoder: str | Path | None):
-    """Model-space samples -> images in [-1, 1]: identity in pixel space, AE decode of ``x / scale`` in latents."""
-    if space == "pixel":
-        return lambda samples: samples.clamp(-1, 1)
-    if autoencoder is None:
-        raise ValueError("latent-space samples need the autoencoder folder that made the latents")
-    vae = load_pretrained(autoencoder)
-    return lambda samples: decode_latents(vae, samples.float() / scale_factor)

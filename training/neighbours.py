@@ -196,7 +196,7 @@ def neighbour_figure(path: str | Path, dataset: Dataset, neighbours: Neighbours,
                      columns: int = 8, seed: int = 0) -> Path:
     """The paper's Fig. 4 for one encoder: each row a random query image, then its top ``columns``
     neighbours; neighbours below tau are faded towards white (they would not join a group)."""
-    from groupdiff.evaluation import group_grid
+    from groupdiff.model.images import group_grid
 
     from .data import to_model_range
 

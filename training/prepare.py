@@ -24,17 +24,9 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Subset
 
 from groupdiff.config import dump_config, to_dict
+from groupdiff.model.autoencoder import load_pretrained, read_marker, save_autoencoder
 
-from .autoencoder import (
-    AutoencoderConfig,
-    encode_latents,
-    latent_scale_factor,
-    load_pretrained,
-    read_marker,
-    reconstruction_error,
-    save_autoencoder,
-    train_autoencoder,
-)
+from .autoencoder import AutoencoderConfig, encode_latents, latent_scale_factor, reconstruction_error, train_autoencoder
 from .data import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,

@@ -66,7 +66,7 @@ class PreparedData:
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
         """Model-space samples (B, C, H, W) -> images (B, C', H', W') in [-1, 1]."""
         if self._decoder is None:
-            from .autoencoder import sample_decoder
+            from groupdiff.model.autoencoder import sample_decoder
 
             autoencoder = self.root / "autoencoder" if self.space == "latent" else None
             self._decoder = sample_decoder(self.space, self.scale_factor, autoencoder)

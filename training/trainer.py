@@ -20,9 +20,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from groupdiff.config import to_dict
-from groupdiff.evaluation import save_group_grid
 from groupdiff.model import GroupDiT, Guidance, flow_matching_loss, model_config, random_sample_ids
 from groupdiff.model.generate import generate
+from groupdiff.model.images import save_group_grid
 from groupdiff.model.pretrained import init_from_pretrained
 
 from .config import TRAJECTORY_FIELDS, TrainConfig

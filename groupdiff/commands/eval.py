@@ -50,10 +50,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from groupdiff.bench.report import format_table, json_ready, machine
-    from groupdiff.evaluation import EvalSettings, evaluate, load_samples, save_group_grid, save_npz
+    from groupdiff.clients.reporting import format_table, json_ready, machine
+    from groupdiff.evaluation import EvalSettings, evaluate, load_samples, save_npz
     from groupdiff.evaluation.evaluate import METRICS
     from groupdiff.evaluation.generation import generate_set, load_generator
+    from groupdiff.model.images import save_group_grid
 
     if not args.checkpoint and not args.samples:
         raise ValueError("give --checkpoint (to sample an evaluation set) or --samples (.npz or PNG folder)")

@@ -48,11 +48,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from groupdiff.evaluation import save_group_grid
     from groupdiff.evaluation.generation import load_generator
     from groupdiff.model import GroupDiT, model_config
+    from groupdiff.model.autoencoder import sample_decoder
     from groupdiff.model.generate import generate
-    from groupdiff.training.autoencoder import sample_decoder
+    from groupdiff.model.images import save_group_grid
 
     if args.checkpoint:
         loaded = load_generator(args.checkpoint, args.weights, args.autoencoder)

@@ -25,15 +25,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from groupdiff.model.checkpoint import CheckpointError, read_checkpoint_info, recorded_weights, verify_weights
-from groupdiff.model.guidance import GUIDANCE_MODES
+from groupdiff.protocol.limits import TEACHER_DEFAULT_STEPS, TEACHER_MAX_STEPS
+
+from .checkpoint import CheckpointError, read_checkpoint_info, recorded_weights, verify_weights
+from .guidance import GUIDANCE_MODES
 
 KINDS = ("teacher", "student")
 TEACHER_SAMPLERS = ("heun", "euler")
 STUDENT_SAMPLERS = ("euler", "consistency")
-TEACHER_DEFAULT_STEPS = 25
-TEACHER_MAX_STEPS = 250
-MAX_GUIDANCE_SCALE = 20.0
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""Shared output of benchmarks: a plain-text table on stdout and a JSON file with the environment."""
+"""Shared output of benchmarks and load tests: a plain-text table on stdout and a JSON file with the environment.
+
+It lives with the clients (the lowest layer that writes reports) so that `groupdiff loadtest` writes the same
+report as `groupdiff bench` without torch or numpy: the machine record names torch only when the caller
+already imported it.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,10 @@ import json
 import math
 import os
 import platform
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 
 def machine() -> dict[str, Any]:
@@ -23,14 +26,12 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
+    record = {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version()}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        record.update(torch_threads=torch.get_num_threads(), torch=torch.__version__,
+                      gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+    return record
 
 
 def json_ready(value: Any) -> Any:
@@ -39,7 +40,7 @@ def json_ready(value: Any) -> Any:
         return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_ready(v) for v in value]
-    if isinstance(value, np.generic):
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):  # a numpy scalar, without importing numpy
         value = value.item()
     return None if isinstance(value, float) and math.isnan(value) else value
 

@@ -1,0 +1,167 @@
+"""`POST /v1/generate`: the request body (with a served model's exact bounds), the response and `/v1/model`.
+
+`request_model` builds the body's Pydantic model from `RequestLimits`, what one server accepts (its model's
+classes, group sizes and steps, its image limit), so the OpenAPI document shows the real bounds and both
+frontends validate with the same model. Clients send `OPTIONAL_FIELDS` only when set, leaving the defaults to
+the server.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    WithJsonSchema,
+    create_model,
+)
+from pydantic_core import PydanticCustomError
+
+from .limits import GROUP_POLICIES, MAX_GUIDANCE_SCALE, MAX_SEED, MAX_TIMEOUT_S, TEACHER_MAX_STEPS
+
+REQUIRED_FIELDS = ("class_id", "num_images")
+OPTIONAL_FIELDS = ("group_size", "steps", "guidance_scale", "seed", "group_policy", "timeout_s")
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one server accepts: the bounds of its request body."""
+
+    num_classes: int  # class ids 0 .. num_classes - 1
+    max_images: int
+    group_sizes: tuple[int, ...]  # ascending
+    default_group_size: int
+    steps: tuple[int, ...]  # a student's step counts; () for a teacher: any count in 1..TEACHER_MAX_STEPS
+    default_steps: int
+    guidance_scale: float  # the default (teacher) or the baked-in scale (student)
+    guidance_adjustable: bool
+    default_timeout_s: float
+
+    def describe_steps(self) -> str:
+        return ", ".join(map(str, self.steps)) if self.steps else f"1..{TEACHER_MAX_STEPS}"
+
+
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def json_int(low: int, high: int) -> Any:
+    """An integer in ``[low, high]`` as JSON Schema (and so the OpenAPI document) means it: 4 and 4.0, never true,
+    "4" or 4.5 (pydantic's strict int would refuse 4.0, its lax int take "4" and true)."""
+    return Annotated[StrictInt, Field(ge=low, le=high), BeforeValidator(_whole)]  # bounds first: see the schema
+
+
+def int_among(values: tuple[int, ...]) -> Any:
+    """A `json_int` among ``values``: a range (``minimum``/``maximum`` in the JSON schema) when they are
+    consecutive, else an ``enum`` (pydantic's ``Literal`` would also take ``true``)."""
+    if values == tuple(range(values[0], values[-1] + 1)):
+        return json_int(values[0], values[-1])
+    expected = ", ".join(map(str, values))
+
+    def check(value: int) -> int:
+        if value not in values:
+            raise PydanticCustomError("enum", "Input should be one of {expected}", {"expected": expected})
+        return value
+
+    return Annotated[StrictInt, AfterValidator(check), BeforeValidator(_whole),
+                     WithJsonSchema({"type": "integer", "enum": list(values)})]
+
+
+@functools.lru_cache(maxsize=16)
+def request_model(limits: RequestLimits) -> type[BaseModel]:
+    """The JSON body model with these exact limits (unknown fields are refused)."""
+    steps = limits.steps or tuple(range(1, TEACHER_MAX_STEPS + 1))
+    guidance_doc = (f"teacher: 0..{MAX_GUIDANCE_SCALE:g}, default {limits.guidance_scale:g}"
+                    if limits.guidance_adjustable
+                    else f"baked into the student ({limits.guidance_scale:g}); omit it or pass that value")
+    fields = {
+        "class_id": (json_int(0, limits.num_classes - 1), Field(description="the condition: a class id")),
+        "num_images": (json_int(1, limits.max_images), Field(description="images to return (k)")),
+        "group_size": (int_among(limits.group_sizes) | None, Field(
+            default=None, description=f"members per group (default {limits.default_group_size})")),
+        "steps": (int_among(steps) | None, Field(default=None, description=(
+            f"sampling steps, {'one of ' if limits.steps else ''}{limits.describe_steps()} "
+            f"(default {limits.default_steps})"))),
+        "guidance_scale": (float | None, Field(default=None, ge=0.0, le=MAX_GUIDANCE_SCALE, allow_inf_nan=False,
+                                               strict=True, description=guidance_doc)),
+        "seed": (json_int(0, MAX_SEED) | None, Field(
+            default=None, description="image i uses seed + i (default: drawn by the server)")),
+        "group_policy": (Literal[GROUP_POLICIES], Field(default=GROUP_POLICIES[0], description=(
+            "isolated: padding members fill a partial group, so images never depend on other requests; "
+            "shared: members of other requests with the same settings fill it"))),
+        "timeout_s": (float, Field(default=limits.default_timeout_s, gt=0.0, le=MAX_TIMEOUT_S, allow_inf_nan=False,
+                                   strict=True, description="deadline in seconds; expired work is dropped (504)")),
+    }
+    return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def describe_validation_error(error: ValidationError | list) -> str:
+    """One line per bad field, e.g. ``num_images: Input should be less than or equal to 64``."""
+    errors = error.errors() if isinstance(error, ValidationError) else error
+    parts = []
+    for item in errors:
+        loc = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+# ---- responses (the 200 schemas of the OpenAPI document); unknown fields are ignored, so an SDK reads the
+# answers of a newer server -----------------------------------------------------------------------------------
+
+class GeneratedImage(BaseModel):
+    index: int = Field(ge=0, description="position in the request")
+    seed: int = Field(ge=0, le=MAX_SEED, description="the image's seed: the request's seed + index (mod 2^63)")
+    png_base64: str = Field(description="the image as a base64-encoded PNG")
+
+
+class StageTimings(BaseModel):
+    queue: float = Field(description="ms from arrival until its first group ran")
+    denoise: float = Field(description="ms of sampling, decode excluded")
+    decode: float = Field(description="ms of the decoder calls that held its groups")
+    encode: float = Field(description="ms of PNG encoding")
+    total: float = Field(description="ms from arrival to answer")
+
+
+class GenerateResponse(BaseModel):
+    request_id: str
+    model_version: str
+    width: int
+    height: int
+    group_size: int
+    steps: int
+    guidance_scale: float
+    group_policy: Literal[GROUP_POLICIES]
+    images: list[GeneratedImage]
+    timings_ms: StageTimings
+
+
+class StepRange(BaseModel):
+    min: int
+    max: int
+
+
+class ModelInfo(BaseModel):
+    """``GET /v1/model``: the served model and the request limits it implies."""
+
+    model_version: str
+    kind: Literal["teacher", "student"]
+    num_classes: int
+    max_group_size: int
+    default_group_size: int
+    group_sizes: list[int]
+    steps: list[int] | StepRange = Field(description="a student's step counts, or a teacher's range")
+    default_steps: int
+    guidance_scale: float
+    guidance_adjustable: bool
+    width: int
+    height: int
+    runtime: str
+    max_images: int

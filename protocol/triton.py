@@ -1,0 +1,61 @@
+"""The Triton (KServe v2) model ``groupdiff``: tensor names, datatypes and how its errors map to contract codes.
+
+One request per call: every input has shape [1] and carries one `/v1/generate` field; the outputs are the
+request's images and their seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODEL_NAME = "groupdiff"
+MODEL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TritonInput:
+    name: str  # the tensor name
+    datatype: str  # KServe v2 datatype
+    field: str  # the /v1/generate field it carries
+    optional: bool = True
+
+
+@dataclass(frozen=True)
+class TritonOutput:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+INPUTS = (
+    TritonInput("CLASS_ID", "INT64", "class_id", optional=False),
+    TritonInput("NUM_IMAGES", "INT32", "num_images", optional=False),
+    TritonInput("GROUP_SIZE", "INT32", "group_size"),
+    TritonInput("STEPS", "INT32", "steps"),
+    TritonInput("GUIDANCE_SCALE", "FP32", "guidance_scale"),
+    TritonInput("SEED", "INT64", "seed"),
+    TritonInput("GROUP_POLICY", "BYTES", "group_policy"),
+)
+OUTPUTS = (
+    TritonOutput("IMAGES", "UINT8", (-1, -1, -1, -1)),  # (k, H, W, C)
+    TritonOutput("SEEDS", "INT64", (-1,)),  # (k,)
+)
+INPUT_BY_FIELD = {tensor.field: tensor for tensor in INPUTS}
+
+
+def triton_error_code(status: int) -> str:
+    """Triton's error code for a contract status: bad input is INVALID_ARG (HTTP 400); overload, loading,
+    shutdown and deadlines are UNAVAILABLE (503; Triton has no 429 or 504); anything else is INTERNAL.
+    The message starts with the contract code, which is how clients tell these apart."""
+    if status in (429, 503, 504):
+        return "UNAVAILABLE"
+    return "INVALID_ARG" if 400 <= status < 500 else "INTERNAL"
+
+
+# gRPC status names and HTTP statuses (as tritonclient reports them) to contract codes, for answers whose
+# message carries no contract code (Triton's own errors)
+CODE_FOR_TRITON_STATUS = {
+    "RESOURCE_EXHAUSTED": "queue_full", "UNAVAILABLE": "shutting_down", "INVALID_ARGUMENT": "invalid_request",
+    "DEADLINE_EXCEEDED": "deadline_exceeded", "UNAUTHENTICATED": "unauthorized", "429": "queue_full",
+    "503": "shutting_down", "400": "invalid_request", "422": "invalid_request", "504": "deadline_exceeded",
+    "401": "unauthorized"}
