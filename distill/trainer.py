@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 import torch.distributed
 
-from groupdiff.config import to_dict
 from groupdiff.model import GroupDiT, fixed_sample_ids, interpolate, load_model, model_config, save_model
 from groupdiff.model.checkpoint import CheckpointError, preferred_weights, read_checkpoint_info
 from groupdiff.model.config import GroupDiTConfig
 from groupdiff.model.images import save_group_grid
+from groupdiff.training.config_files import to_dict
 from groupdiff.training.distributed import Distributed
 from groupdiff.training.loop import RunLoop
 from groupdiff.training.optim import EMA, autocast_dtype, build_optimizer

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from groupdiff.bench.quality_claims import claims, claims_markdown
-from groupdiff.bench.quality_report import pearson, spread
-from groupdiff.bench.quality_rows import PRESETS, ROWS, check_rows, layer_ranges
 from groupdiff.cli import build_parser, main
 from groupdiff.commands.bench import quality_budget
 from groupdiff.evaluation.classifier import ClassifierConfig, save_classifier, train_classifier
 from groupdiff.evaluation.generation import Generator, chunk_seed, generate_set
+from groupdiff.experiments.quality_claims import claims, claims_markdown
+from groupdiff.experiments.quality_report import pearson, spread
+from groupdiff.experiments.quality_rows import PRESETS, ROWS, check_rows, layer_ranges
 from groupdiff.model import GroupAttentionSchedule, GroupDiT, Guidance, model_config
 from groupdiff.training.data import FASHION_MNIST_DIR, load_fashion_mnist
 

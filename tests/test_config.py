@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from groupdiff.config import ConfigError, dump_config, load_config
+from groupdiff.training.config_files import ConfigError, dump_config, load_config
 
 
 @dataclass
@@ -60,7 +60,7 @@ def test_missing_file(tmp_path):
 
 
 def test_recipes_are_found_by_short_and_full_name(tmp_path):
-    from groupdiff.config import find_config
+    from groupdiff.training.config_files import find_config
 
     assert find_config("fmnist-tiny", "train").name == "train-fmnist-tiny.yaml"
     assert find_config("train-fmnist-tiny", "train") == find_config("fmnist-tiny", "train")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from groupdiff.bench.device_kit import main, pack, unpack
+from groupdiff.experiments.device_kit import main, pack, unpack
 from groupdiff.training.data import FASHION_MNIST_DIR
 from groupdiff.training.plan import GroupBatchPlan, PlanConfig
 from groupdiff.training.prepared import load_prepared

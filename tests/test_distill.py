@@ -333,7 +333,7 @@ def test_bench_distill_pairs_every_group_student_with_the_size_1_student(setup, 
 
 
 def test_paired_differences_call_a_sign_only_when_every_seed_agrees():
-    from groupdiff.bench.distill_report import paired_differences
+    from groupdiff.experiments.distill_report import paired_differences
 
     def row(model, seed, fid, accuracy, fd):
         return {"model": model, "seed": seed, "fid": fid, "accuracy": accuracy, "fd_classifier": fd}
@@ -349,7 +349,7 @@ def test_paired_differences_call_a_sign_only_when_every_seed_agrees():
 
 
 def test_the_start_gap_is_zero_where_the_student_starts_at_its_target(setup):
-    from groupdiff.bench.distill_gap import relative_gaps
+    from groupdiff.experiments.distill_gap import relative_gaps
 
     data, teacher = setup
     unguided = relative_gaps(str(teacher), str(data), [1, 4], [0.5], groups=2, guidance_scale=0.0)
@@ -361,7 +361,7 @@ def test_the_start_gap_is_zero_where_the_student_starts_at_its_target(setup):
 
 
 def test_the_group_term_share_is_the_projection_coefficient():
-    from groupdiff.bench.distill_gap import captured_share
+    from groupdiff.experiments.distill_gap import captured_share
 
     generator = torch.Generator().manual_seed(0)
     alone, group_term = torch.randn(8, 1, 4, 4, generator=generator), torch.randn(8, 1, 4, 4, generator=generator)
@@ -374,7 +374,7 @@ def test_the_group_term_share_is_the_projection_coefficient():
 
 
 def test_a_students_errors_are_split_by_the_parts_of_its_target(setup, tmp_path):
-    from groupdiff.bench.distill_gap import student_errors
+    from groupdiff.experiments.distill_gap import student_errors
 
     assert distill(setup, tmp_path / "guided", 1) == 0
     assert distill(setup, tmp_path / "unguided", 1, "--set", "guidance_scale=0") == 0
@@ -391,8 +391,8 @@ def test_a_students_errors_are_split_by_the_parts_of_its_target(setup, tmp_path)
 
 
 def test_member_fid_scores_each_member_of_every_group_on_the_bench_noise(setup, tmp_path):
-    from groupdiff.bench.member_fid import main as member_fid
-    from groupdiff.bench.member_fid import member
+    from groupdiff.experiments.member_fid import main as member_fid
+    from groupdiff.experiments.member_fid import member
 
     images, labels = torch.arange(12).reshape(12, 1), torch.arange(12) // 4
     first, first_labels = member(images, labels, 4, 0)

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from groupdiff.bench.guidance_gap import GapSettings, guidance_gaps, others_mean
-from groupdiff.bench.guidance_gap import main as guidance_gap_main
 from groupdiff.cli import main
 from groupdiff.evaluation.classifier import ClassifierConfig, SmallCNN, save_classifier
+from groupdiff.experiments.guidance_gap import GapSettings, guidance_gaps, others_mean
+from groupdiff.experiments.guidance_gap import main as guidance_gap_main
 from groupdiff.model import GroupDiT, model_config, save_model
 from groupdiff.training.prepared import load_prepared
 

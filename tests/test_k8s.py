@@ -249,8 +249,8 @@ def test_training_jobs_torchrun_and_pytorchjob(rendered):
 
 
 def test_training_configs_in_the_config_map_load(rendered):
-    from groupdiff.config import load_config
     from groupdiff.training.config import TrainConfig
+    from groupdiff.training.config_files import load_config
 
     (config_map,) = of_kind(rendered["training"], "ConfigMap")
     assert set(config_map["data"]) == {"train.yaml", "distill.yaml"}

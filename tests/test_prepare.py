@@ -10,8 +10,8 @@ import yaml
 from PIL import Image
 
 from groupdiff.cli import main
-from groupdiff.config import load_config
 from groupdiff.training.autoencoder import AutoencoderConfig, build_autoencoder
+from groupdiff.training.config_files import load_config
 from groupdiff.training.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, to_model_range
 from groupdiff.training.neighbours import GroupNeighbours, Neighbours
 from groupdiff.training.prepare import PrepareConfig, load_dataset, run_prepare

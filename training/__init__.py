@@ -1,4 +1,2 @@
-"""Data, latent cache, image encoders and neighbour index, group batch plan, trainer and recipes.
-
-Not built yet: see the open issues.
-"""
+"""Data, latent cache, image encoders and neighbour index, group batch plan, run configs and the trainer
+(single process and `torchrun` DDP)."""

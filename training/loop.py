@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from groupdiff.config import dump_config, to_dict
 from groupdiff.model import save_model
 from groupdiff.model.checkpoint import CheckpointError, load_state
+from groupdiff.training.config_files import dump_config, to_dict
 
 from .distributed import Distributed
 from .optim import EMA, learning_rate
@@ -34,6 +34,13 @@ from .run_folder import (
     truncate_log,
 )
 from .train_state import read_train_state, write_train_state
+
+
+class RunStopped(InterruptedError):
+    """A run stopped by SIGTERM before its last step, with its checkpoint saved: a rerun resumes it.
+
+    Raised by commands that go on to use the finished run (benchmarks), so they exit without a result. The
+    command line turns any `InterruptedError` into exit code 143 (so it need not import training, or torch)."""
 
 
 class RunLoop(ABC):

@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Subset
 
-from groupdiff.config import dump_config, to_dict
 from groupdiff.model.autoencoder import load_pretrained, read_marker, save_autoencoder
+from groupdiff.training.config_files import dump_config, to_dict
 
 from .autoencoder import AutoencoderConfig, encode_latents, latent_scale_factor, reconstruction_error, train_autoencoder
 from .data import (

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from groupdiff.config import to_dict
 from groupdiff.model import GroupDiT, Guidance, flow_matching_loss, model_config, random_sample_ids
 from groupdiff.model.generate import generate
 from groupdiff.model.images import save_group_grid
 from groupdiff.model.pretrained import init_from_pretrained
+from groupdiff.training.config_files import to_dict
 
 from .config import TRAJECTORY_FIELDS, TrainConfig
 from .distributed import Distributed

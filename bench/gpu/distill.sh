@@ -5,7 +5,7 @@
 # here, where the Inception network for FID is.
 #
 # Carry the teacher (config.json + ema.safetensors of runs/fmnist-tiny/checkpoints/step-0001500, copied
-# to .gpucarry/teacher) and the data kit (bench/device_kit.py):
+# to .gpucarry/teacher) and the data kit (experiments/device_kit.py):
 #   run(carry=[".gpucarry/fmnist-pixel.npz", ".gpucarry/teacher"], command="STEPS=5000 OUT=$OUT bash bench/gpu/distill.sh")
 # Back here:
 #   tar -xf group.tar -C outputs/distill-gpu && tar -xf n1.tar -C outputs/distill-gpu

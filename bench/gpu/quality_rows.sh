@@ -6,8 +6,8 @@
 # kernel launches (docs/results/bench_train_gpu.json), so one process leaves the GPU mostly idle.
 # GPU rows train under bf16 autocast (precision auto): compare them with each other, not with CPU rows.
 #
-# Data: the prepared folder travels as a device kit (bench/device_kit.py, 37 MiB for Fashion-MNIST):
-#   python -m groupdiff.bench.device_kit pack data/fmnist-pixel .gpucarry/fmnist-pixel.npz   # here, once
+# Data: the prepared folder travels as a device kit (experiments/device_kit.py, 37 MiB for Fashion-MNIST):
+#   python -m groupdiff.experiments.device_kit pack data/fmnist-pixel .gpucarry/fmnist-pixel.npz   # here, once
 #   run(carry=[".gpucarry/fmnist-pixel.npz"], command="STEPS=5000 OUT=$OUT bash bench/gpu/quality_rows.sh")
 # Back here, for each returned tar:
 #   tar -xf <row>.tar -C outputs/quality-gpu

@@ -161,7 +161,7 @@ def run_bench_train(args: argparse.Namespace) -> None:
 
 
 def run_bench_quality(args: argparse.Namespace) -> None:
-    from groupdiff.bench.quality import run
+    from groupdiff.experiments.quality import run
 
     run(quality_budget(args), args.recipe, args.data, args.out, args.invocation, args.device, args.reference,
         args.reference_count, args.cache, args.classifier, train_only=args.train_only)
@@ -170,8 +170,8 @@ def run_bench_quality(args: argparse.Namespace) -> None:
 def run_bench_quality_budget(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from groupdiff.bench.quality_budget import run
-    from groupdiff.bench.quality_rows import FULL
+    from groupdiff.experiments.quality_budget import run
+    from groupdiff.experiments.quality_rows import FULL
 
     flags = {"batch_size": args.batch_size, "fid_samples": args.fid_samples, "sample_steps": args.sample_steps}
     budget = replace(FULL, **{k: v for k, v in flags.items() if v is not None}, extra=tuple(args.overrides))
@@ -180,7 +180,7 @@ def run_bench_quality_budget(args: argparse.Namespace) -> None:
 
 
 def run_bench_distill(args: argparse.Namespace) -> None:
-    from groupdiff.bench.distill import run
+    from groupdiff.experiments.distill import run
 
     run(args.teacher, args.student, args.baseline, args.num_samples, args.fid_samples, args.seeds, args.repeats,
         args.out, args.invocation, args.reference, args.reference_count, args.cache, args.classifier,
@@ -204,7 +204,7 @@ def quality_budget(args: argparse.Namespace):
     """The preset named by --preset / --quick with the single-field flags applied."""
     from dataclasses import replace
 
-    from groupdiff.bench.quality_rows import PRESETS
+    from groupdiff.experiments.quality_rows import PRESETS
 
     flags = {"rows": args.rows, "seeds": args.seeds, "steps": args.steps, "batch_size": args.batch_size,
              "num_samples": args.num_samples, "fid_samples": args.fid_samples, "scales": args.scales,

@@ -23,11 +23,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from groupdiff.config import find_config, load_config
     from groupdiff.distill.config import DistillConfig
     from groupdiff.distill.dmd_trainer import DMDDistiller
     from groupdiff.distill.trainer import Distiller, export_student
     from groupdiff.training import distributed
+    from groupdiff.training.config_files import find_config, load_config
     from groupdiff.training.prepared import load_prepared
     from groupdiff.training.run_folder import latest_checkpoint
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from groupdiff.protocol.limits import GROUP_POLICIES
+
 
 def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     """The optional request fields, shared by generate and loadtest (unset: the server's defaults)."""
     parser.add_argument("--group-size", type=int, help="images generated jointly per group")
     parser.add_argument("--steps", type=int, help="sampling steps (a student serves only its distilled counts)")
     parser.add_argument("--guidance-scale", type=float, help="teacher only: v_c + s (v_c - v_u)")
-    parser.add_argument("--group-policy", choices=["isolated", "shared"],
+    parser.add_argument("--group-policy", choices=GROUP_POLICIES,
                         help="isolated: groups hold this request's images only; shared: may join other requests'")
 
 

@@ -35,7 +35,7 @@ def overrides_from_flags(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from groupdiff.config import find_config, load_config
+    from groupdiff.training.config_files import find_config, load_config
     from groupdiff.training.prepare import PrepareConfig, run_prepare
 
     path = find_config(args.config, "prepare") if args.config else None

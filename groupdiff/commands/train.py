@@ -33,9 +33,9 @@ def config_overrides(args: argparse.Namespace, flags: tuple[str, ...] = ("data",
 
 
 def run(args: argparse.Namespace) -> None:
-    from groupdiff.config import find_config, load_config
     from groupdiff.training import distributed
     from groupdiff.training.config import TrainConfig
+    from groupdiff.training.config_files import find_config, load_config
     from groupdiff.training.prepared import load_prepared
     from groupdiff.training.trainer import Trainer
 

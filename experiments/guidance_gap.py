@@ -19,7 +19,7 @@ groups:
   largest group (their clean images), over the same at group size 1 — below 1 the unconditional
   branch copies from the group, so guidance pushes each image away from its group.
 
-    python -m groupdiff.bench.guidance_gap --checkpoint outputs/quality/l-uc8/seed-0/checkpoints/step-0010000 \\
+    python -m groupdiff.experiments.guidance_gap --checkpoint outputs/quality/l-uc8/seed-0/checkpoints/step-0010000 \\
         --group-sizes 1 4 8 --out docs/results/quality/guidance-gap/l-uc8.json
 """
 
@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"guidance_gap: {error}")
     print(format_table(rows, COLUMNS))
     if args.out:
-        command = "python -m groupdiff.bench.guidance_gap " + shlex.join(argv if argv is not None else sys.argv[1:])
+        arguments = argv if argv is not None else sys.argv[1:]
+        command = "python -m groupdiff.experiments.guidance_gap " + shlex.join(arguments)
         path = write_report(Path(args.out), "guidance_gap", command, rows,
                             {**asdict(settings), "checkpoint": args.checkpoint, "weights": args.weights,
                              "data": args.data})

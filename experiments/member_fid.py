@@ -8,7 +8,7 @@ size-1 student's while its whole-group FID does not, the gap is the likeness of 
 per-member gap is as large, each image is worse. A size-1 student's "groups" are independent draws, so
 its per-member and whole-group FIDs measure the same thing. Same noise and labels as the distill bench.
 
-    python -m groupdiff.bench.member_fid --student runs/distill-class-dmd-g/checkpoints/step-0000300 \\
+    python -m groupdiff.experiments.member_fid --student runs/distill-class-dmd-g/checkpoints/step-0000300 \\
         --baseline runs/distill-class-dmd-n1/checkpoints/step-0000300 --groups 500 --seeds 0 --out DIR
 """
 
@@ -80,7 +80,8 @@ def run(student: str, baseline: str | None, groups: int, seeds: list[int], out: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m groupdiff.bench.member_fid", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m groupdiff.experiments.member_fid",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--student", required=True, help="group student checkpoint (groupdiff distill)")
     parser.add_argument("--baseline", help="size-1 student distilled the same way, scored on the same noise")
     parser.add_argument("--groups", type=int, default=500, help="groups drawn; each member's set has this many images")
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", help="cache folder (default $GROUPDIFF_CACHE or ~/.cache/groupdiff)")
     parser.add_argument("--out", default="outputs/member-fid", help="folder for results.json")
     args = parser.parse_args(argv)
-    command = shlex.join(["python", "-m", "groupdiff.bench.member_fid", *(sys.argv[1:] if argv is None else argv)])
+    arguments = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "-m", "groupdiff.experiments.member_fid", *arguments])
     try:
         print(run(args.student, args.baseline, args.groups, args.seeds, args.out, command, tuple(args.metrics),
                   args.reference, args.reference_count, args.cache, args.classifier))

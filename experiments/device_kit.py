@@ -9,8 +9,8 @@ similarities are 1.0 or 0.0 with the same tau, so every item keeps exactly its c
 (`Neighbours.candidates`) and the plan draws the same groups (tests/test_device_kit.py). Embeddings,
 figures and an autoencoder do not travel: latent-space folders are refused.
 
-    python -m groupdiff.bench.device_kit pack data/fmnist-pixel .gpucarry/fmnist-pixel.npz
-    python -m groupdiff.bench.device_kit unpack .gpucarry/fmnist-pixel.npz data/fmnist-pixel   # on the GPU
+    python -m groupdiff.experiments.device_kit pack data/fmnist-pixel .gpucarry/fmnist-pixel.npz
+    python -m groupdiff.experiments.device_kit unpack .gpucarry/fmnist-pixel.npz data/fmnist-pixel   # on the GPU
 """
 
 from __future__ import annotations

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from groupdiff.clients.reporting import json_ready, machine
-from groupdiff.config import find_config, load_config, to_dict
-from groupdiff.errors import RunStopped
 from groupdiff.evaluation.generation import load_generator
 from groupdiff.training import distributed
 from groupdiff.training.config import TRAJECTORY_FIELDS, TrainConfig
+from groupdiff.training.config_files import find_config, load_config, to_dict
 from groupdiff.training.data import FASHION_MNIST_DIR
+from groupdiff.training.loop import RunStopped
 from groupdiff.training.prepared import PreparedData, load_prepared
 from groupdiff.training.run_folder import check_same_setup, checkpoint_folder
 from groupdiff.training.trainer import Trainer

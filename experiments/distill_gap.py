@@ -14,8 +14,8 @@ group, 1 has all of it); ``error alone`` runs the same student with every image 
 ``v_target(1)``, so a student that is worse everywhere shows up apart from one that misses the group.
 ``--baseline`` adds a size-1 student's error against ``v_target(1)`` for scale.
 
-    python -m groupdiff.bench.distill_gap --teacher runs/fmnist-tiny/checkpoints/step-0001500
-    python -m groupdiff.bench.distill_gap --student runs/distill-luc4/checkpoints/step-0001800 \\
+    python -m groupdiff.experiments.distill_gap --teacher runs/fmnist-tiny/checkpoints/step-0001500
+    python -m groupdiff.experiments.distill_gap --student runs/distill-luc4/checkpoints/step-0001800 \\
         --baseline runs/distill-luc4-n1/checkpoints/step-0001800
 """
 
