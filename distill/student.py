@@ -4,8 +4,8 @@ A student ``F(x_t, t)`` predicts the *average* velocity from ``t`` to 0, so ``xâ
 with the ``consistency`` rule of `model.samplers` on the uniform grid: jump to ``xâ‚€``, then re-noise to
 the next time with fresh noise (FACM's and sCM's multi-step sampler). Re-noising with the noise implied
 by ``x_t`` would be an Euler step with ``F``, which is wrong for a flow map unless the paths are straight
-(tests/test_samplers.py shows it doubling a Gaussian's covariance in 2 steps); on the Fashion-MNIST size-1
-student it raised the 4-step FID from 100.2 to 135.1 (docs/results/README.md). Students exported before
+(tests/model/test_samplers.py shows it doubling a Gaussian's covariance in 2 steps); on the Fashion-MNIST size-1
+student it raised the 4-step FID from 100.2 to 135.1 (experiments/notes/distill.md). Students exported before
 this rule record ``euler`` and keep it. The guidance is baked in: one forward per step, at the group
 size it serves, with fixed sample ids, which is guidance-free GroupDiff-f in `model.guidance` terms.
 """

@@ -6,7 +6,7 @@ Pixel samples are uint8 images mapped to [-1, 1] (`training.data.to_model_range`
 uint8 and come back bit-identical. Of a neighbour index only what a batch plan reads travels: the
 neighbour ids (uint16 below 65,536 items) and whether each similarity clears tau, as bits; the rebuilt
 similarities are 1.0 or 0.0 with the same tau, so every item keeps exactly its candidates
-(`Neighbours.candidates`) and the plan draws the same groups (tests/test_device_kit.py). Embeddings,
+(`Neighbours.candidates`) and the plan draws the same groups (tests/experiments/test_device_kit.py). Embeddings,
 figures and an autoencoder do not travel: latent-space folders are refused.
 
     python -m groupdiff.experiments.device_kit pack data/fmnist-pixel .gpucarry/fmnist-pixel.npz

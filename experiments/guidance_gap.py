@@ -2,7 +2,7 @@
 
 GroupDiff-l guides with ``v = v_c + s·(v_c − v_u(N))``: the conditional branch sees each image alone,
 the unconditional branch the whole group. In the quality benchmark groups of 8 helped less than groups
-of 4 and guidance *lowered* their class accuracy. The guess (docs/results) is that a group of
+of 4 and guidance *lowered* their class accuracy. The guess (experiments/notes/quality.md) is that a group of
 same-class images tells the unconditional branch the class, so the guidance direction
 ``d(N) = v_c − v_u(N)`` shrinks and what is left of it no longer points at the class. This measures
 that on noised training groups of one class (a generated group shares one class label too), with the
@@ -20,7 +20,7 @@ groups:
   branch copies from the group, so guidance pushes each image away from its group.
 
     python -m groupdiff.experiments.guidance_gap --checkpoint outputs/quality/l-uc8/seed-0/checkpoints/step-0010000 \\
-        --group-sizes 1 4 8 --out docs/results/quality/guidance-gap/l-uc8.json
+        --group-sizes 1 4 8 --out experiments/results/quality/guidance-gap/l-uc8.json
 """
 
 from __future__ import annotations

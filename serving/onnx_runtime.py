@@ -6,7 +6,7 @@ its own core by a single-threaded session (ONNX Runtime sessions take concurrent
 2-core machine two shards were faster than one two-threaded call of the same batch (docs/results/serve), and,
 more important for a server, a thread descheduled by other work (HTTP, PNG encoding) then delays only
 its own shard instead of stalling every operator at the thread barrier. Calls of one group use a
-multi-threaded session. The velocities are bit-identical either way (checked in tests/test_runtimes.py),
+multi-threaded session. The velocities are bit-identical either way (checked in tests/serving/test_runtimes.py),
 so sharding never changes an image.
 
 Without a file, `OnnxRuntime.from_checkpoint` exports the checkpoint into the engine cache (keyed by

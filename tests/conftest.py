@@ -1,36 +1,11 @@
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
+"""Fixtures for every test: deterministic torch on two threads, a tiny GroupDiT. Helpers live in tests/support."""
 
 import pytest
 import torch
 
 from groupdiff.model import GroupDiT, model_config
 
-
-def sigterm_once_logging(arguments: list[str], log: Path, timeout: float = 120) -> tuple[int, str]:
-    """Run ``python -m groupdiff <arguments>``, send SIGTERM once ``log`` exists (training has taken a
-    step), and return its exit code and combined output."""
-    process = subprocess.Popen([sys.executable, "-m", "groupdiff", *arguments], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + timeout
-    while not log.is_file() and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=timeout)
-    return process.returncode, output
-
-
-def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
-    """Overwrite every parameter with noise: DiT's zero-initialised adaLN and output layers would
-    otherwise make the network output 0 and hide any bug in attention."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
-    return model
+from .support.models import randomize
 
 
 @pytest.fixture(autouse=True)
@@ -47,11 +22,3 @@ def tiny_config():
 @pytest.fixture
 def tiny_model(tiny_config):
     return randomize(GroupDiT(tiny_config)).eval()
-
-
-def inputs(config, batch: int, seed: int = 1):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, config.in_channels, config.input_size, config.input_size, generator=generator)
-    t = torch.rand(batch, generator=generator)
-    y = torch.randint(0, config.num_classes, (batch,), generator=generator)
-    return x, t, y

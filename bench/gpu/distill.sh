@@ -10,7 +10,7 @@
 # Back here:
 #   tar -xf group.tar -C outputs/distill-gpu && tar -xf n1.tar -C outputs/distill-gpu
 #   groupdiff bench distill --teacher runs/fmnist-tiny/checkpoints/step-0001500 \
-#       --student outputs/distill-gpu/group --baseline outputs/distill-gpu/n1 --out docs/results/distill-gpu
+#       --student outputs/distill-gpu/group --baseline outputs/distill-gpu/n1 --out experiments/results/distill-gpu
 # DMD_STEPS=K then fine-tunes the group student for one step by distribution matching (the
 # distill-fmnist-dmd recipe) and brings it back as dmd.tar; score it with --student outputs/distill-gpu/dmd.
 # GUIDANCE_SCALE=s distils (and fine-tunes) at scale s instead of the teacher's recorded one; STUDENT_INIT=<ckpt>

@@ -41,7 +41,7 @@ print("onnxruntime providers:", onnxruntime.get_available_providers())
 PY
 
 echo "== 2. parity tests"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -rs tests/test_runtimes.py tests/test_export_onnx.py \
+timeout 150 python3 -m pytest -q -p no:cacheprovider -rs tests/serving/test_runtimes.py tests/serving/test_export_onnx.py \
   2>&1 | tail -15 | tee "$OUT/runtime_parity_tests.txt" || echo "parity tests failed or timed out (see above)"
 
 echo "== 3. bench runtime on the GPU"

@@ -23,7 +23,7 @@ timeout 120 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv | tee "$OUT/gpu.txt"
 
 echo "== 1. torch runtimes on the GPU: eager / torch.compile / CUDA graphs"
-timeout 240 python3 -m pytest -q tests/test_runtimes.py 2>&1 | tee "$OUT/runtime_tests.log"
+timeout 240 python3 -m pytest -q tests/serving/test_runtimes.py 2>&1 | tee "$OUT/runtime_tests.log"
 timeout 240 python3 -m groupdiff bench runtime --checkpoint "$CHECKPOINT" --device cuda --out "$OUT/bench_runtime.json" 2>&1 \
     | tee "$OUT/bench_runtime_gpu.log" || echo "bench runtime failed or timed out"
 

@@ -53,7 +53,8 @@ def register(subparsers) -> None:
     quality.add_argument("--train-only", action="store_true",
                          help="train the rows' checkpoints and stop; a later run without it scores them (e.g. "
                               "rows trained on a GPU, scored where the Inception network is)")
-    quality.add_argument("--out", default="outputs/quality", help="folder for row runs, results.json, table, plot")
+    quality.add_argument("--out", default="experiments/results/quality",
+                         help="folder for row runs, results.json, table, plot")
     quality.set_defaults(run=run_bench_quality)
 
     curve = benches.add_parser("quality-budget", help="the baseline's FID (N = 2000) against training steps, to choose "
@@ -71,7 +72,7 @@ def register(subparsers) -> None:
     curve.add_argument("--sample-steps", type=int, help="sampler steps (default: the full preset's)")
     add_training_args(curve)
     add_scoring_args(curve)
-    curve.add_argument("--out", default="outputs/quality",
+    curve.add_argument("--out", default="experiments/results/quality",
                        help="the quality benchmark's folder: the run goes to <out>/<row>/seed-<s>, the curve to "
                             "budget.json/.md/.png")
     curve.set_defaults(run=run_bench_quality_budget)
@@ -122,7 +123,8 @@ def register(subparsers) -> None:
                          help="evaluation seeds, 0..32767 (several give the spread and paired differences)")
     distill.add_argument("--repeats", type=int, default=5, help="timed runs of one group per row (median)")
     add_scoring_args(distill)
-    distill.add_argument("--out", default="docs/results/distill", help="folder for results.json, table.md, samples.png")
+    distill.add_argument("--out", default="experiments/results/distill",
+                         help="folder for results.json, table.md, samples.png")
     distill.set_defaults(run=run_bench_distill)
 
 

@@ -1,0 +1,106 @@
+"""Loading DiT / SiT / REPA / GroupDiff-format weights, using files written in those layouts."""
+
+import pytest
+import torch
+
+from groupdiff.model import GroupDiT, model_config
+from groupdiff.model.embeddings import TimestepEmbedder
+from groupdiff.model.pretrained import init_from_pretrained, reversed_time_matrix
+from tests.support.models import randomize
+
+
+def foreign_state(config, learn_sigma: bool, prefix: str = "", extra: dict | None = None):
+    """A DiT-layout state dict written independently of our module tree (random values, DiT shapes)."""
+    generator = torch.Generator().manual_seed(3)
+    d, p, c = config.hidden_size, config.patch_size, config.in_channels
+    out_channels = 2 * c if learn_sigma else c
+    shapes = {
+        "x_embedder.proj.weight": (d, c, p, p), "x_embedder.proj.bias": (d,),
+        "t_embedder.mlp.0.weight": (d, 256), "t_embedder.mlp.0.bias": (d,),
+        "t_embedder.mlp.2.weight": (d, d), "t_embedder.mlp.2.bias": (d,),
+        "y_embedder.embedding_table.weight": (config.num_classes + 1, d),
+        "pos_embed": (1, config.tokens_per_image, d),
+        "final_layer.linear.weight": (p * p * out_channels, d), "final_layer.linear.bias": (p * p * out_channels,),
+        "final_layer.adaLN_modulation.1.weight": (2 * d, d), "final_layer.adaLN_modulation.1.bias": (2 * d,),
+    }
+    for i in range(config.depth):
+        shapes |= {
+            f"blocks.{i}.attn.qkv.weight": (3 * d, d), f"blocks.{i}.attn.qkv.bias": (3 * d,),
+            f"blocks.{i}.attn.proj.weight": (d, d), f"blocks.{i}.attn.proj.bias": (d,),
+            f"blocks.{i}.mlp.fc1.weight": (4 * d, d), f"blocks.{i}.mlp.fc1.bias": (4 * d,),
+            f"blocks.{i}.mlp.fc2.weight": (d, 4 * d), f"blocks.{i}.mlp.fc2.bias": (d,),
+            f"blocks.{i}.adaLN_modulation.1.weight": (6 * d, d), f"blocks.{i}.adaLN_modulation.1.bias": (6 * d,),
+        }
+    state = {prefix + k: torch.randn(shape, generator=generator) for k, shape in shapes.items()}
+    return state | (extra or {})
+
+
+@pytest.fixture
+def dit_config():
+    return model_config("DiT-T/2", input_size=8, in_channels=4, depth=2, num_classes=10)
+
+
+def test_dit_checkpoint_with_learned_sigma_loads(tmp_path, dit_config):
+    state = foreign_state(dit_config, learn_sigma=True, prefix="module.")
+    torch.save({"model": state, "ema": state, "opt": {"step": torch.tensor(5)}}, tmp_path / "dit.pt")
+    model = GroupDiT(dit_config)
+    left = init_from_pretrained(model, tmp_path / "dit.pt", "dit")
+    assert left == ["sample_embedder.embedding_table.weight"]
+    ours = model.state_dict()
+    assert torch.equal(ours["blocks.1.attn.qkv.weight"], state["module.blocks.1.attn.qkv.weight"])
+    # learned sigma: per patch pixel, channels [0, C) are the mean, [C, 2C) the variance
+    source = state["module.final_layer.linear.weight"].view(4, 8, -1)
+    assert torch.equal(ours["final_layer.linear.weight"].view(4, 4, -1), source[:, :4])
+    source_bias = state["module.final_layer.linear.bias"].view(4, 8)
+    assert torch.equal(ours["final_layer.linear.bias"].view(4, 4), source_bias[:, :4])
+
+
+def test_repa_checkpoint_drops_the_projector(tmp_path, dit_config):
+    config = dit_config.replace(timestep_scale=1.0)
+    state = foreign_state(config, learn_sigma=False, extra={"projectors.0.0.weight": torch.zeros(3, 3)})
+    torch.save({"ema": state}, tmp_path / "repa.pt")
+    init_from_pretrained(GroupDiT(config), tmp_path / "repa.pt", "repa")
+
+
+def test_released_groupdiff_weights_keep_their_sample_embedding(tmp_path, dit_config):
+    table = torch.randn(4, dit_config.hidden_size)
+    state = foreign_state(dit_config, learn_sigma=True, prefix="denoiser.",
+                          extra={"denoiser.sample_embedder.embedding_table.weight": table})
+    torch.save(state, tmp_path / "groupdiff.pt")
+    model = GroupDiT(dit_config)
+    assert init_from_pretrained(model, tmp_path / "groupdiff.pt", "groupdiff-dit") == []
+    assert torch.equal(model.sample_embedder.embedding_table.weight, table)
+
+
+def test_sit_conversion_reverses_time_exactly():
+    embedder = randomize(TimestepEmbedder(32))
+    converted = TimestepEmbedder(32)
+    converted.load_state_dict(embedder.state_dict())
+    with torch.no_grad():
+        weight = converted.mlp[0].weight
+        weight.copy_((weight.double() @ reversed_time_matrix(256)).float())
+    t = torch.rand(16)
+    torch.testing.assert_close(converted(t), embedder(1 - t), atol=1e-5, rtol=0)
+
+
+def test_mismatches_are_named(tmp_path, dit_config):
+    state = foreign_state(dit_config.replace(hidden_size=64, num_heads=4), learn_sigma=True)
+    torch.save(state, tmp_path / "small.pt")
+    with pytest.raises(ValueError, match="x_embedder.proj.weight"):
+        init_from_pretrained(GroupDiT(dit_config), tmp_path / "small.pt", "dit")
+    with pytest.raises(ValueError, match="timestep_scale=1.0"):
+        init_from_pretrained(GroupDiT(dit_config), tmp_path / "small.pt", "repa")
+    with pytest.raises(FileNotFoundError):
+        init_from_pretrained(GroupDiT(dit_config), tmp_path / "none.pt", "dit")
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("pickle code ran",))
+
+
+def test_pickled_code_is_never_executed(tmp_path, dit_config, capsys):
+    torch.save({"model": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="weights_only"):
+        init_from_pretrained(GroupDiT(dit_config), tmp_path / "evil.pt", "dit")
+    assert "pickle code ran" not in capsys.readouterr().out

@@ -1,0 +1,87 @@
+"""The wire contract on its own: the body's bounds, the Triton tensors it maps to, the error codes, and that it
+imports without torch or numpy (both clients and both servers stand on it)."""
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from groupdiff.protocol.errors import ERROR_CODES, ErrorBody, code_for_status, error_body
+from groupdiff.protocol.generate import (
+    OPTIONAL_FIELDS,
+    REQUIRED_FIELDS,
+    GenerateResponse,
+    RequestLimits,
+    request_model,
+)
+from groupdiff.protocol.limits import MAX_SEED, TEACHER_MAX_STEPS
+from groupdiff.protocol.triton import INPUTS, triton_error_code
+
+STUDENT = RequestLimits(num_classes=10, max_images=8, group_sizes=(1, 2, 4), default_group_size=4, steps=(1, 2, 4),
+                        default_steps=1, guidance_scale=1.5, guidance_adjustable=False, default_timeout_s=30.0)
+TEACHER = RequestLimits(num_classes=3, max_images=64, group_sizes=(1, 2, 3, 4), default_group_size=4, steps=(),
+                        default_steps=25, guidance_scale=1.0, guidance_adjustable=True, default_timeout_s=60.0)
+
+
+def test_the_protocol_imports_neither_torch_nor_numpy():
+    script = ("import sys, groupdiff.protocol.generate, groupdiff.protocol.errors, groupdiff.protocol.triton, "
+              "groupdiff.protocol.auth; print(sorted({'torch', 'numpy'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_the_body_takes_the_served_bounds_and_fills_defaults():
+    body = request_model(STUDENT).model_validate({"class_id": 9, "num_images": 8.0})
+    assert (body.class_id, body.num_images, body.group_size, body.steps) == (9, 8, None, None)
+    assert (body.group_policy, body.timeout_s) == ("isolated", 30.0)
+    assert request_model(TEACHER).model_validate({"class_id": 0, "num_images": 1, "steps": TEACHER_MAX_STEPS}).steps
+    assert request_model(STUDENT).model_validate({"class_id": 0, "num_images": 1, "seed": MAX_SEED}).seed == MAX_SEED
+
+
+@pytest.mark.parametrize("field, value", [
+    ("class_id", 10), ("class_id", True), ("class_id", "3"), ("num_images", 9), ("num_images", 1.5),
+    ("steps", 3), ("group_size", 3), ("seed", MAX_SEED + 1), ("seed", -1), ("guidance_scale", float("nan")),
+    ("group_policy", "mine"), ("timeout_s", 0.0), ("colour", "red")])
+def test_the_body_refuses_what_is_out_of_bounds(field, value):
+    with pytest.raises(ValidationError, match=field):
+        request_model(STUDENT).model_validate({"class_id": 0, "num_images": 1, field: value})
+
+
+def test_the_schema_shows_the_bounds_a_client_can_read():
+    schema = request_model(STUDENT).model_json_schema()
+    properties = schema["properties"]
+    assert properties["num_images"]["maximum"] == 8 and properties["class_id"]["maximum"] == 9
+    assert {"type": "integer", "enum": [1, 2, 4]} in properties["steps"]["anyOf"]  # not consecutive: an enum
+    teacher_sizes = request_model(TEACHER).model_json_schema()["properties"]["group_size"]["anyOf"]
+    assert {"type": "integer", "minimum": 1, "maximum": 4} in teacher_sizes  # consecutive: a range
+    assert sorted(schema["required"]) == sorted(REQUIRED_FIELDS)
+    assert set(properties) == set(REQUIRED_FIELDS) | set(OPTIONAL_FIELDS)
+
+
+def test_every_triton_input_carries_a_request_field():
+    fields = set(request_model(TEACHER).model_fields)
+    assert {tensor.field for tensor in INPUTS} <= fields
+    assert {tensor.field for tensor in INPUTS if not tensor.optional} == set(REQUIRED_FIELDS)
+    assert len({tensor.name for tensor in INPUTS}) == len(INPUTS)
+
+
+def test_error_codes_and_statuses():
+    assert [code_for_status(s) for s in (400, 401, 404, 413, 422, 429, 503, 504, 500, 418)] == [
+        "invalid_request", "unauthorized", "not_found", "invalid_request", "invalid_request", "queue_full",
+        "not_ready", "deadline_exceeded", "internal", "invalid_request"]
+    assert set(code_for_status(s) for s in range(400, 600)) <= set(ERROR_CODES)
+    assert [triton_error_code(s) for s in (400, 422, 429, 503, 504, 500)] == [
+        "INVALID_ARG", "INVALID_ARG", "UNAVAILABLE", "UNAVAILABLE", "UNAVAILABLE", "INTERNAL"]
+    assert ErrorBody.model_validate(error_body("queue_full", "busy")).error.code == "queue_full"
+    with pytest.raises(ValidationError):
+        ErrorBody.model_validate(error_body("no_such_code", "?"))
+
+
+def test_a_response_is_checked_by_the_client_side_model():
+    answer = {"request_id": "r", "model_version": "m", "width": 8, "height": 8, "group_size": 4, "steps": 1,
+              "guidance_scale": 1.5, "group_policy": "shared", "images": [{"index": 0, "seed": 3, "png_base64": ""}],
+              "timings_ms": {"queue": 0, "denoise": 1, "decode": 0, "encode": 0, "total": 1}, "newer_field": 1}
+    assert GenerateResponse.model_validate(answer).images[0].seed == 3  # unknown (newer) fields are ignored
+    with pytest.raises(ValidationError, match="timings_ms"):
+        GenerateResponse.model_validate({**answer, "timings_ms": {"total": 1}})
