@@ -14,7 +14,7 @@ import json
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -67,13 +67,20 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def generate_body(class_id: int, num_images: int, **options: Any) -> dict[str, Any]:
-    """The JSON body of `/v1/generate`; unset options are left to the server's defaults."""
+    """The JSON body of `/v1/generate` for images of one class; unset options are left to the server's defaults."""
+    return with_options({"class_id": int(class_id), "num_images": int(num_images)}, options)
+
+
+def set_body(class_ids: Sequence[int], **options: Any) -> dict[str, Any]:
+    """The JSON body of `/v1/generate` for an image set: one class per image, generated as one group."""
+    return with_options({"class_ids": [int(class_id) for class_id in class_ids]}, options)
+
+
+def with_options(body: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     unknown = set(options) - set(OPTIONAL_FIELDS)
     if unknown:
         raise TypeError(f"unknown generate options {sorted(unknown)}; known: {', '.join(OPTIONAL_FIELDS)}")
-    body = {"class_id": int(class_id), "num_images": int(num_images)}
-    body.update({k: v for k, v in options.items() if v is not None})
-    return body
+    return {**body, **{k: v for k, v in options.items() if v is not None}}
 
 
 def read_timeout(body: dict[str, Any]) -> httpx.Timeout:
@@ -181,7 +188,14 @@ class GroupDiffClient:
 
     def generate(self, class_id: int, num_images: int = 1, **options: Any) -> GenerationResult:
         """Options: group_size, steps, guidance_scale, seed, group_policy, timeout_s (server deadline)."""
-        body = generate_body(class_id, num_images, **options)
+        return self._generate(generate_body(class_id, num_images, **options), class_id)
+
+    def generate_set(self, class_ids: Sequence[int], **options: Any) -> GenerationResult:
+        """An image set: image i of class ``class_ids[i]``, all generated together as one group (up to the
+        model's group size). Options as for `generate` (but group_policy, which is always isolated)."""
+        return self._generate(set_body(class_ids, **options), None)
+
+    def _generate(self, body: dict[str, Any], class_id: int | None) -> GenerationResult:
         started = time.perf_counter()
         response = self._request("POST", "/v1/generate", json=body, timeout=read_timeout(body))
         return GenerationResult.from_rest(response.json(), class_id, time.perf_counter() - started)
@@ -270,7 +284,12 @@ class AsyncGroupDiffClient:
             attempt += 1
 
     async def generate(self, class_id: int, num_images: int = 1, **options: Any) -> GenerationResult:
-        body = generate_body(class_id, num_images, **options)
+        return await self._generate(generate_body(class_id, num_images, **options), class_id)
+
+    async def generate_set(self, class_ids: Sequence[int], **options: Any) -> GenerationResult:
+        return await self._generate(set_body(class_ids, **options), None)
+
+    async def _generate(self, body: dict[str, Any], class_id: int | None) -> GenerationResult:
         started = time.perf_counter()
         response = await self._request("POST", "/v1/generate", json=body, timeout=read_timeout(body))
         return GenerationResult.from_rest(response.json(), class_id, time.perf_counter() - started)

@@ -26,12 +26,13 @@ class GeneratedImage:
     index: int  # position in the request
     seed: int  # regenerates this image alone: same model version, settings and seed
     image: Image.Image
+    class_id: int | None = None  # its condition (an image set's class for this member); None if not reported
 
 
 @dataclass
 class GenerationResult:
     images: list[GeneratedImage]
-    class_id: int
+    class_id: int | None  # None for an image set (each image carries its class)
     model_version: str | None = None  # None where the protocol does not report it (Triton)
     request_id: str | None = None
     width: int | None = None
@@ -52,13 +53,14 @@ class GenerationResult:
         skip = {"images"}
         data = {k: v for k, v in self.__dict__.items() if k not in skip}
         data["seeds"] = [generated.seed for generated in self.images]
+        data["class_ids"] = [generated.class_id for generated in self.images]
         return data
 
     def save(self, folder: str | os.PathLike, prefix: str | None = None, columns: int | None = None) -> list[Path]:
         """One PNG per image (``<prefix>-<index>-seed<seed>.png``), ``contact-sheet.png`` and ``metadata.json``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        prefix = prefix or f"class{self.class_id}"
+        prefix = prefix or ("set" if self.class_id is None else f"class{self.class_id}")
         paths = []
         for generated in self.images:
             path = folder / f"{prefix}-{generated.index:03d}-seed{generated.seed}.png"
@@ -70,10 +72,11 @@ class GenerationResult:
         return [*paths, sheet]
 
     @classmethod
-    def from_rest(cls, body: dict[str, Any], class_id: int, latency_s: float | None = None) -> GenerationResult:
+    def from_rest(cls, body: dict[str, Any], class_id: int | None, latency_s: float | None = None) -> GenerationResult:
         """From a `/v1/generate` answer (checked against the protocol's `GenerateResponse`)."""
         answer = GenerateResponse.model_validate(body)
-        images = [GeneratedImage(item.index, item.seed, decode_png(item.png_base64)) for item in answer.images]
+        images = [GeneratedImage(item.index, item.seed, decode_png(item.png_base64), item.class_id)
+                  for item in answer.images]
         return cls(images=images, class_id=class_id, model_version=answer.model_version,
                    request_id=answer.request_id, width=answer.width, height=answer.height,
                    group_size=answer.group_size, steps=answer.steps, guidance_scale=answer.guidance_scale,
@@ -81,14 +84,16 @@ class GenerationResult:
                    protocol="rest")
 
     @classmethod
-    def from_arrays(cls, images: np.ndarray, seeds: np.ndarray, class_id: int, settings: dict[str, Any],
-                    latency_s: float | None = None, protocol: str = "grpc") -> GenerationResult:
-        """From Triton's outputs: ``IMAGES`` uint8 (k, H, W, C) and ``SEEDS`` int64 (k,)."""
+    def from_arrays(cls, images: np.ndarray, seeds: np.ndarray, class_id: int | None, settings: dict[str, Any],
+                    latency_s: float | None = None, protocol: str = "grpc",
+                    classes: np.ndarray | None = None) -> GenerationResult:
+        """From Triton's outputs: ``IMAGES`` uint8 (k, H, W, C), ``SEEDS`` int64 (k,) and ``CLASS_IDS`` (k,)."""
         if str(images.dtype) != "uint8" or images.ndim != 4 or len(images) != len(seeds):
             raise ValueError(f"expected IMAGES uint8 (k, H, W, C) and k SEEDS, got {images.dtype} {images.shape} "
                              f"and {len(seeds)} seeds")
-        generated = [GeneratedImage(i, int(seed), array_to_image(image))
-                     for i, (image, seed) in enumerate(zip(images, seeds, strict=True))]
+        classes = [None] * len(seeds) if classes is None else [int(c) for c in classes]
+        generated = [GeneratedImage(i, int(seed), array_to_image(image), member_class)
+                     for i, (image, seed, member_class) in enumerate(zip(images, seeds, classes, strict=True))]
         return cls(images=generated, class_id=class_id, width=images.shape[2], height=images.shape[1],
                    latency_s=latency_s, protocol=protocol, **settings)
 

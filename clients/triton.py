@@ -15,11 +15,11 @@ import os
 import queue
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from groupdiff.protocol.auth import TOKEN_ENV
-from groupdiff.protocol.generate import REQUIRED_FIELDS
+from groupdiff.protocol.generate import CONDITION_FIELDS
 from groupdiff.protocol.triton import CODE_FOR_TRITON_STATUS, INPUT_BY_FIELD, MODEL_NAME, OUTPUTS
 
 from .errors import ERRORS_BY_CODE, DeadlineExceeded, GroupDiffError, QueueFull, ServerUnavailable, error_for
@@ -43,22 +43,26 @@ def protocol_module(protocol: str, asynchronous: bool = False):
     return aio if asynchronous else module, module
 
 
-def build_inputs(module, class_id: int, num_images: int, **options: Any) -> list:
-    """The request's tensors, each of shape [1]; unset options are left to the server's defaults."""
+def build_inputs(module, class_id: int | None = None, num_images: int | None = None,
+                 class_ids: Sequence[int] | None = None, **options: Any) -> list:
+    """The request's tensors (``CLASS_IDS`` [k] for an image set, every other input [1]); unset options are left
+    to the server's defaults."""
     import numpy as np
     from tritonclient.utils import triton_to_np_dtype
 
-    optional = [field for field in INPUT_BY_FIELD if field not in REQUIRED_FIELDS]
+    optional = [field for field in INPUT_BY_FIELD if field not in CONDITION_FIELDS and field != "num_images"]
     unknown = set(options) - set(optional)
     if unknown:
         raise TypeError(f"unknown generate options {sorted(unknown)}; known: {', '.join(optional)}")
-    values = {"class_id": class_id, "num_images": num_images, **{k: v for k, v in options.items() if v is not None}}
+    values = {"class_id": class_id, "num_images": num_images, "class_ids": class_ids, **options}
     inputs = []
     for field, value in values.items():
+        if value is None:
+            continue
         tensor = INPUT_BY_FIELD[field]
-        infer_input = module.InferInput(tensor.name, [1], tensor.datatype)
-        value = value.encode() if isinstance(value, str) else value
-        data = np.array([value], dtype=triton_to_np_dtype(tensor.datatype))
+        data = np.array(list(value) if field == "class_ids" else [value.encode() if isinstance(value, str) else value],
+                        dtype=triton_to_np_dtype(tensor.datatype))
+        infer_input = module.InferInput(tensor.name, list(data.shape), tensor.datatype)
         infer_input.set_data_from_numpy(data)
         inputs.append(infer_input)
     return inputs
@@ -93,10 +97,11 @@ def call_errors() -> tuple[type[Exception], ...]:
     return InferenceServerException, OSError
 
 
-def to_result(response, class_id: int, options: dict[str, Any], started: float, protocol: str) -> GenerationResult:
+def to_result(response, class_id: int | None, options: dict[str, Any], started: float,
+              protocol: str) -> GenerationResult:
     settings = {k: options.get(k) for k in ("group_size", "steps", "guidance_scale", "group_policy")}
     return GenerationResult.from_arrays(response.as_numpy("IMAGES"), response.as_numpy("SEEDS"), class_id, settings,
-                                        time.perf_counter() - started, protocol)
+                                        time.perf_counter() - started, protocol, response.as_numpy("CLASS_IDS"))
 
 
 class TritonClient:
@@ -131,7 +136,13 @@ class TritonClient:
 
     def generate(self, class_id: int, num_images: int = 1, **options: Any) -> GenerationResult:
         """Options: group_size, steps, guidance_scale, seed, group_policy."""
-        inputs = build_inputs(self._module, class_id, num_images, **options)
+        return self._generate(build_inputs(self._module, class_id, num_images, **options), class_id, options)
+
+    def generate_set(self, class_ids: Sequence[int], **options: Any) -> GenerationResult:
+        """An image set: image i of class ``class_ids[i]``, generated together as one group."""
+        return self._generate(build_inputs(self._module, class_ids=class_ids, **options), None, options)
+
+    def _generate(self, inputs: list, class_id: int | None, options: dict[str, Any]) -> GenerationResult:
         started, attempt = time.perf_counter(), 0
         while True:
             try:

@@ -4,6 +4,10 @@
 classes, group sizes and steps, its image limit), so the OpenAPI document shows the real bounds and both
 frontends validate with the same model. Clients send `OPTIONAL_FIELDS` only when set, leaving the defaults to
 the server.
+
+A request names its condition one of two ways: ``class_id`` with ``num_images`` (images of one class, in groups
+of ``group_size``), or ``class_ids``, an *image set*: one class per image, generated as one group whose members
+attend to each other (so a T-shirt, trousers and sneakers share a style), never shared with other requests.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
     create_model,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from .limits import GROUP_POLICIES, MAX_GUIDANCE_SCALE, MAX_SEED, MAX_TIMEOUT_S, TEACHER_MAX_STEPS
 
-REQUIRED_FIELDS = ("class_id", "num_images")
+CONDITION_FIELDS = ("class_id", "class_ids")  # exactly one: images of one class, or an image set
 OPTIONAL_FIELDS = ("group_size", "steps", "guidance_scale", "seed", "group_policy", "timeout_s")
 
 
@@ -75,6 +80,30 @@ def int_among(values: tuple[int, ...]) -> Any:
                      WithJsonSchema({"type": "integer", "enum": list(values)})]
 
 
+class _GenerateBody(BaseModel):
+    """The rules across fields; each field's own bounds come from `request_model`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["class_id", "num_images"]}, {"required": ["class_ids"]}]})
+
+    @model_validator(mode="after")
+    def _one_condition(self):
+        if (self.class_id is None) == (self.class_ids is None):
+            both = ", not both" if self.class_id is not None else ""
+            raise ValueError(f"give class_id (with num_images) or class_ids (an image set){both}")
+        if self.class_id is not None and self.num_images is None:
+            raise ValueError("num_images: Field required (with class_id)")
+        if self.class_ids is not None:
+            size = len(self.class_ids)
+            for field in ("num_images", "group_size"):
+                if getattr(self, field) not in (None, size):
+                    raise ValueError(f"{field}: an image set of {size} classes is one group of {size} images "
+                                     f"(omit {field} or pass {size})")
+            if self.group_policy != "isolated":
+                raise ValueError("group_policy: an image set is always its own group (isolated)")
+        return self
+
+
 @functools.lru_cache(maxsize=16)
 def request_model(limits: RequestLimits) -> type[BaseModel]:
     """The JSON body model with these exact limits (unknown fields are refused)."""
@@ -83,8 +112,13 @@ def request_model(limits: RequestLimits) -> type[BaseModel]:
                     if limits.guidance_adjustable
                     else f"baked into the student ({limits.guidance_scale:g}); omit it or pass that value")
     fields = {
-        "class_id": (json_int(0, limits.num_classes - 1), Field(description="the condition: a class id")),
-        "num_images": (json_int(1, limits.max_images), Field(description="images to return (k)")),
+        "class_id": (json_int(0, limits.num_classes - 1) | None, Field(
+            default=None, description="the condition: a class id (with num_images)")),
+        "class_ids": (list[json_int(0, limits.num_classes - 1)] | None, Field(
+            default=None, min_length=1, max_length=max(limits.group_sizes), description=(
+                "an image set: one class per image, generated together as one group (instead of class_id)"))),
+        "num_images": (json_int(1, limits.max_images) | None, Field(
+            default=None, description="images to return (k); with class_ids, their count")),
         "group_size": (int_among(limits.group_sizes) | None, Field(
             default=None, description=f"members per group (default {limits.default_group_size})")),
         "steps": (int_among(steps) | None, Field(default=None, description=(
@@ -100,7 +134,7 @@ def request_model(limits: RequestLimits) -> type[BaseModel]:
         "timeout_s": (float, Field(default=limits.default_timeout_s, gt=0.0, le=MAX_TIMEOUT_S, allow_inf_nan=False,
                                    strict=True, description="deadline in seconds; expired work is dropped (504)")),
     }
-    return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"), **fields)
+    return create_model("GenerateRequest", __base__=_GenerateBody, **fields)
 
 
 def describe_validation_error(error: ValidationError | list) -> str:
@@ -108,8 +142,9 @@ def describe_validation_error(error: ValidationError | list) -> str:
     errors = error.errors() if isinstance(error, ValidationError) else error
     parts = []
     for item in errors:
-        loc = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{loc}: {item.get('msg', 'invalid')}")
+        loc = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+        message = item.get("msg", "invalid").removeprefix("Value error, ")  # a rule across fields names them
+        parts.append(f"{loc}: {message}" if loc else message)
     return "; ".join(parts)
 
 
@@ -118,6 +153,7 @@ def describe_validation_error(error: ValidationError | list) -> str:
 
 class GeneratedImage(BaseModel):
     index: int = Field(ge=0, description="position in the request")
+    class_id: int = Field(ge=0, description="the image's condition (an image set's class for this member)")
     seed: int = Field(ge=0, le=MAX_SEED, description="the image's seed: the request's seed + index (mod 2^63)")
     png_base64: str = Field(description="the image as a base64-encoded PNG")
 

@@ -1,7 +1,7 @@
 """The Triton (KServe v2) model ``groupdiff``: tensor names, datatypes and how its errors map to contract codes.
 
-One request per call: every input has shape [1] and carries one `/v1/generate` field; the outputs are the
-request's images and their seeds.
+One request per call: every input carries one `/v1/generate` field, in shape [1] but ``CLASS_IDS`` (an image
+set: [k], one class per image); the outputs are the request's images, their seeds and their classes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ class TritonInput:
     name: str  # the tensor name
     datatype: str  # KServe v2 datatype
     field: str  # the /v1/generate field it carries
-    optional: bool = True
+    optional: bool = True  # the body's own rules still apply (class_id with num_images, or class_ids)
+    shape: tuple[int, ...] = (1,)
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,9 @@ class TritonOutput:
 
 
 INPUTS = (
-    TritonInput("CLASS_ID", "INT64", "class_id", optional=False),
-    TritonInput("NUM_IMAGES", "INT32", "num_images", optional=False),
+    TritonInput("CLASS_ID", "INT64", "class_id"),
+    TritonInput("CLASS_IDS", "INT64", "class_ids", shape=(-1,)),
+    TritonInput("NUM_IMAGES", "INT32", "num_images"),
     TritonInput("GROUP_SIZE", "INT32", "group_size"),
     TritonInput("STEPS", "INT32", "steps"),
     TritonInput("GUIDANCE_SCALE", "FP32", "guidance_scale"),
@@ -39,6 +41,7 @@ INPUTS = (
 OUTPUTS = (
     TritonOutput("IMAGES", "UINT8", (-1, -1, -1, -1)),  # (k, H, W, C)
     TritonOutput("SEEDS", "INT64", (-1,)),  # (k,)
+    TritonOutput("CLASS_IDS", "INT64", (-1,)),  # (k,) each image's class
 )
 INPUT_BY_FIELD = {tensor.field: tensor for tensor in INPUTS}
 

@@ -5,7 +5,12 @@ group, and returns the velocity the sampler integrates. A *teacher* applies its 
 recipe inside (`guided_velocity_per_sample`: both branches always, the interval as a `torch.where`,
 so the graph has no data-dependent branching and exports); a *student* has guidance baked in and is
 the plain forward at group size N, its ``guidance_scale`` input accepted and ignored so that both
-kinds have the same inputs. Members get the fixed sample ids ``0..N-1``.
+kinds have the same inputs (an exported student graph may therefore lose that input: runtimes feed only the
+inputs a graph declares). Members get the fixed sample ids ``0..N-1``.
+
+The precision lives in the module, not in a runtime flag: with ``dtype`` float16 or bfloat16 the weights and the
+computation are in that type while the inputs and the velocity stay float32, so an exported graph is strongly
+typed (what TensorRT 11 and torch-tensorrt's explicit typing build from).
 """
 
 from __future__ import annotations
@@ -23,14 +28,16 @@ from groupdiff.model.spec import DenoiserSpec, spec_from_checkpoint
 from .runtime import RuntimeShapeError
 
 INPUT_NAMES = ("x", "t", "y", "guidance_scale")
+PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OUTPUT_NAME = "velocity"
 DEFAULT_MAX_GROUPS = 64  # the largest G one call accepts unless a runtime is told otherwise
 
 
 class ServedDenoiser(nn.Module):
-    def __init__(self, model: GroupDiT, spec: DenoiserSpec):
+    def __init__(self, model: GroupDiT, spec: DenoiserSpec, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.model = model.eval()
+        self.model = model.to(dtype).eval()
+        self.dtype = dtype
         self.spec = spec
         self.guidance = Guidance(mode=spec.guidance_mode, interval=spec.guidance_interval)
 
@@ -42,23 +49,27 @@ class ServedDenoiser(nn.Module):
         guidance_scale: torch.Tensor,  # (G,)
     ) -> torch.Tensor:  # (G, N, C, H, W)
         groups, group_size = x.shape[0], x.shape[1]
+        x, t = x.to(self.dtype), t.to(self.dtype)
         flat_x, flat_t, flat_y = x.flatten(0, 1), t.flatten(), y.flatten()  # (G·N, C, H, W), (G·N,), (G·N,)
         ids = fixed_sample_ids(flat_x.shape[0], group_size, x.device)
         if self.spec.kind == "student":
             v = self.model(flat_x, flat_t, flat_y, group_size=group_size, sample_ids=ids)
         else:
-            scale = guidance_scale[:, None].expand(groups, group_size).reshape(-1)  # (G·N,)
+            scale = guidance_scale.to(self.dtype)[:, None].expand(groups, group_size).reshape(-1)  # (G·N,)
             v = guided_velocity_per_sample(self.model, flat_x, flat_t, flat_y, group_size, self.guidance, scale, ids)
-        return v.view(x.shape)
+        return v.float().view(x.shape)
 
 
 
 def load_denoiser(
-    checkpoint: str | os.PathLike, weights: str | None = None, device: str | torch.device = "cpu"
+    checkpoint: str | os.PathLike, weights: str | None = None, device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> ServedDenoiser:
+    if precision not in PRECISION_DTYPES:
+        raise ValueError(f"precision must be one of {tuple(PRECISION_DTYPES)}, got {precision!r}")
     weights = weights or preferred_weights(checkpoint)
     spec = spec_from_checkpoint(checkpoint, weights)
-    return ServedDenoiser(load_model(checkpoint, weights, device), spec).eval()
+    return ServedDenoiser(load_model(checkpoint, weights, device), spec, PRECISION_DTYPES[precision]).eval()
 
 
 def check_velocity_inputs(

@@ -57,7 +57,8 @@ class Executor:
                          dtype=torch.float32, device=device)
         t_next = torch.tensor([ts[g.step + 1] for g, ts in zip(groups, times, strict=True) for _ in range(n)],
                               dtype=torch.float32, device=device)
-        y = torch.tensor([g.request.class_id for g in groups for _ in range(n)], dtype=torch.int64, device=device)
+        y = torch.tensor([g.request.member_class(m.index) for g in groups for m in g.members], dtype=torch.int64,
+                         device=device)
         guidance = torch.tensor([g.request.guidance_scale for g in groups], dtype=torch.float32, device=device)
         began = time.perf_counter()
         noise = step_noise(self.runtime.spec.sampler, [(m.seed, g.step) for g in groups for m in g.members],

@@ -30,7 +30,15 @@ from groupdiff.model.spec import DenoiserSpec, spec_from_checkpoint
 from .decoders import autoencoder_folder, verify_autoencoder
 from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, check_velocity_inputs, load_denoiser
 from .engine_cache import EngineCache, EngineKey
-from .export import DECODER_INPUT, OPSET, create_session, export_decoder, export_served_denoiser, read_onnx_metadata
+from .export import (
+    DECODER_INPUT,
+    OPSET,
+    create_session,
+    declared_inputs,
+    export_decoder,
+    export_served_denoiser,
+    read_onnx_metadata,
+)
 
 DEVICE_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -60,15 +68,18 @@ def providers_for(device: str | torch.device, providers: list[str] | None = None
 
 
 def cached_denoiser_onnx(
-    checkpoint: str | os.PathLike, weights: str, max_groups: int, cache: EngineCache
+    checkpoint: str | os.PathLike, weights: str, max_groups: int, cache: EngineCache, precision: str = "fp32"
 ) -> Path:
-    """The checkpoint's denoiser exported into the cache (exported now when missing)."""
+    """The checkpoint's denoiser exported into the cache at ``precision`` (exported now when missing)."""
     spec = spec_from_checkpoint(checkpoint, weights)
-    key = EngineKey(spec.model_hash, "onnx-denoiser",
-                    {"max_groups": max_groups, "max_group_size": spec.max_group_size, "opset": OPSET})
+    settings = {"max_groups": max_groups, "max_group_size": spec.max_group_size, "opset": OPSET}
+    if precision != "fp32":  # (fp32 keys stay as they were, so existing caches still hit)
+        settings["precision"] = precision
+    key = EngineKey(spec.model_hash, "onnx-denoiser", settings)
 
     def build(path: Path) -> None:
-        export_served_denoiser(load_denoiser(checkpoint, weights), path, weights, max_groups=max_groups)
+        denoiser = load_denoiser(checkpoint, weights, precision=precision)
+        export_served_denoiser(denoiser, path, weights, max_groups=max_groups)
 
     return cache.get_or_build(key, "denoiser.onnx", build)
 
@@ -126,8 +137,9 @@ class OnnxRuntime:
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance_scale: torch.Tensor
     ) -> torch.Tensor:  # (G, N, C, H, W) float32 on self.device
         check_velocity_inputs(self.spec, self.max_groups, self.group_sizes, x, t, y, guidance_scale)
-        feeds = {name: np.ascontiguousarray(z.detach().cpu().numpy())
-                 for name, z in zip(INPUT_NAMES, (x.float(), t.float(), y, guidance_scale.float()), strict=True)}
+        feeds = declared_inputs(self.session, {
+            name: np.ascontiguousarray(z.detach().cpu().numpy())
+            for name, z in zip(INPUT_NAMES, (x.float(), t.float(), y, guidance_scale.float()), strict=True)})
         groups = x.shape[0]
         if self.shards == 1 or groups == 1:
             (velocity,) = self.session.run(None, feeds)

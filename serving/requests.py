@@ -91,7 +91,7 @@ class ResolvedRequest:
     """A validated request with its defaults filled in: what the scheduler works on."""
 
     request_id: str
-    class_id: int
+    class_id: int | None  # None for an image set
     num_images: int
     group_size: int
     steps: int
@@ -99,11 +99,19 @@ class ResolvedRequest:
     seed: int
     group_policy: str
     timeout_s: float
+    class_ids: tuple[int, ...] = ()  # an image set: one class per member of its one group
 
     @property
     def settings_key(self) -> tuple:
         """Requests with equal keys may share a group (same condition, shape and sampling settings)."""
-        return (self.class_id, self.group_size, self.steps, self.guidance_scale)
+        return (self.class_ids or self.class_id, self.group_size, self.steps, self.guidance_scale)
+
+    def member_class(self, index: int) -> int:
+        """The class of image ``index`` (a padding member of a one-class request has the request's class)."""
+        return self.class_ids[index] if self.class_ids else self.class_id
+
+    def describe_condition(self) -> str:
+        return f"set={list(self.class_ids)}" if self.class_ids else f"class={self.class_id}"
 
     def image_seed(self, index: int) -> int:
         """Seed of image ``index`` (padding members beyond ``num_images`` continue the sequence)."""
@@ -118,7 +126,15 @@ def resolve(body: BaseModel | dict, served: ServedModel, limits: ServerLimits) -
         except ValidationError as error:
             raise invalid(describe_validation_error(error)) from None
     spec = served.spec
-    group_size = served.default_group_size if body.group_size is None else body.group_size
+    class_ids = tuple(body.class_ids or ())
+    if class_ids:  # an image set is one group of its own (the body model checked num_images, group_size, policy)
+        group_size = num_images = len(class_ids)
+        if group_size not in served.group_sizes:
+            raise invalid(f"class_ids: a set of {group_size} images is one group of {group_size}, which the "
+                          f"{served.runtime} runtime does not serve (sizes: {', '.join(map(str, served.group_sizes))})")
+    else:
+        num_images = body.num_images
+        group_size = served.default_group_size if body.group_size is None else body.group_size
     if group_size not in served.group_sizes:
         raise invalid(f"group_size: {group_size} is not served by the {served.runtime} runtime "
                       f"(allowed: {', '.join(map(str, served.group_sizes))})")
@@ -134,7 +150,7 @@ def resolve(body: BaseModel | dict, served: ServedModel, limits: ServerLimits) -
                       f"omit the field or pass that value (got {body.guidance_scale:g})")
     seed = secrets.randbelow(MAX_SEED + 1) if body.seed is None else body.seed
     return ResolvedRequest(
-        request_id=uuid.uuid4().hex, class_id=body.class_id, num_images=body.num_images, group_size=group_size,
+        request_id=uuid.uuid4().hex, class_id=body.class_id, num_images=num_images, group_size=group_size,
         steps=steps, guidance_scale=guidance, seed=seed, group_policy=body.group_policy,
-        timeout_s=float(body.timeout_s),
+        timeout_s=float(body.timeout_s), class_ids=class_ids,
     )

@@ -453,7 +453,8 @@ def response_body(result: Result) -> dict:
         "request_id": request.request_id, "model_version": result.model_version, "width": int(width),
         "height": int(height), "group_size": request.group_size, "steps": request.steps,
         "guidance_scale": request.guidance_scale, "group_policy": request.group_policy,
-        "images": [{"index": i, "seed": seed, "png_base64": base64.b64encode(png).decode("ascii")}
+        "images": [{"index": i, "class_id": request.member_class(i), "seed": seed,
+                    "png_base64": base64.b64encode(png).decode("ascii")}
                    for i, (seed, png) in enumerate(zip(result.seeds, result.pngs, strict=True))],
         "timings_ms": {stage: round(ms, 3) for stage, ms in result.timings_ms.items()},
     }
@@ -521,11 +522,12 @@ class GroupDiffService:
             raise
 
     def _log(self, request: ResolvedRequest, status: int, started: float) -> None:
-        LOG.info("%s class=%d k=%d N=%d steps=%d policy=%s seed=%d -> %d in %.1f ms", request.request_id,
-                 request.class_id, request.num_images, request.group_size, request.steps, request.group_policy,
-                 request.seed, status, (time.perf_counter() - started) * 1000)
+        LOG.info("%s %s k=%d N=%d steps=%d policy=%s seed=%d -> %d in %.1f ms", request.request_id,
+                 request.describe_condition(), request.num_images, request.group_size, request.steps,
+                 request.group_policy, request.seed, status, (time.perf_counter() - started) * 1000)
 
-    @app.post("/v1/generate", summary="Generate a set of images for a class", response_model=GenerateResponse,
+    @app.post("/v1/generate", summary="Generate images of a class, or an image set",
+              response_model=GenerateResponse,
               responses=error_responses(400, 413, 422, 429, 503, 504, 500))
     async def generate(self, body: GenerateRequest, request: Request) -> JSONResponse:
         started = time.perf_counter()

@@ -25,10 +25,9 @@ from groupdiff.model.spec import DenoiserSpec, spec_from_checkpoint
 
 from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, OUTPUT_NAME, check_velocity_inputs
 from .engine_cache import EngineCache, EngineKey, EngineMismatchError, check_sidecar, read_sidecar
-from .export import OPSET
+from .export import ONNX_PRECISIONS, OPSET, read_onnx_metadata
 from .runtime import RuntimeShapeError
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 ENGINE_FILE = "denoiser.plan"
 DEFAULT_OPT_GROUPS = 8
 WORKSPACE_BYTES = 4 << 30
@@ -104,8 +103,9 @@ def engine_key(
     spec: DenoiserSpec, precision: str, profiles: tuple[EngineProfile, ...], tensorrt_version: str,
     compute_capability: str,
 ) -> EngineKey:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in ONNX_PRECISIONS:
+        raise ValueError(f"a TensorRT engine is built from an ONNX export: precision must be one of "
+                         f"{ONNX_PRECISIONS}, got {precision!r} (bf16: the torch-tensorrt runtime)")
     return EngineKey(spec.model_hash, "tensorrt-denoiser", {
         "tensorrt": tensorrt_version, "compute_capability": compute_capability, "precision": precision,
         "profiles": [p.to_dict() for p in profiles], "opset": OPSET,
@@ -131,27 +131,31 @@ def build_engine(
     onnx_path: str | os.PathLike, engine_path: str | os.PathLike, spec: DenoiserSpec,
     profiles: tuple[EngineProfile, ...], precision: str, timing_cache: str | os.PathLike | None = None,
 ) -> None:
-    """Parse the ONNX export and build a serialised engine with one profile per group size."""
+    """Parse the ONNX export and build a serialised engine with one profile per group size.
+
+    The network is strongly typed (TensorRT 11 has no other kind; 10 has the flag): the precision is the ONNX
+    graph's own, exported at ``precision`` (`cached_denoiser_onnx`), never a builder flag. An input the graph
+    does not read may be pruned by the parser, so profiles set shapes only for the inputs the network kept."""
     trt = import_tensorrt()
+    exported = read_onnx_metadata(onnx_path, "denoiser").get("precision", "fp32")
+    if exported != precision:
+        raise ValueError(f"{onnx_path} was exported in {exported}, not the engine's {precision}: export it again")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    explicit_batch = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)  # implied in TensorRT 10+
-    network = builder.create_network(0 if explicit_batch is None else 1 << int(explicit_batch))
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # the default in 11
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ValueError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    kept = {network.get_input(i).name for i in range(network.num_inputs)}
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    if precision != "fp32":
-        flag = getattr(trt.BuilderFlag, precision.upper(), None)
-        if flag is None:
-            raise ValueError(f"this TensorRT ({trt.__version__}) has no {precision} builder flag")
-        config.set_flag(flag)
     for profile in profiles:
         optimization = builder.create_optimization_profile()
         for name, (low, opt, high) in profile.input_shapes(spec).items():
-            optimization.set_shape(name, low, opt, high)
+            if name in kept:
+                optimization.set_shape(name, low, opt, high)
         config.add_optimization_profile(optimization)
     cache = None
     if timing_cache is not None:
@@ -179,8 +183,7 @@ def tensorrt_engine(
     onnx_file: str | os.PathLike | None = None,
 ) -> Path:
     """The cached engine for this checkpoint, GPU, TensorRT version, precision and profiles (built when
-    missing, from ``onnx_file`` or from an export into the same cache)."""
-    from .export import read_onnx_metadata
+    missing, from ``onnx_file`` or from an export at ``precision`` into the same cache)."""
     from .onnx_runtime import cached_denoiser_onnx
 
     trt = import_tensorrt()
@@ -192,7 +195,7 @@ def tensorrt_engine(
     cache = EngineCache(cache_dir)
     if onnx_file is not None and read_onnx_metadata(onnx_file, "denoiser")["model_hash"] != spec.model_hash:
         raise ValueError(f"{onnx_file} was exported from other weights than {checkpoint}")
-    onnx_path = onnx_file or cached_denoiser_onnx(checkpoint, weights, max_groups, cache)
+    onnx_path = onnx_file or cached_denoiser_onnx(checkpoint, weights, max_groups, cache, precision)
     timing = cache.root / "timing" / f"trt{trt.__version__}-{capability}.cache"
     return cache.get_or_build(key, ENGINE_FILE,
                               lambda path: build_engine(onnx_path, path, spec, profiles, precision, timing))
@@ -214,6 +217,8 @@ class TensorRTRuntime:
         self._engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self._engine is None:
             raise ValueError(f"TensorRT cannot deserialise {engine_path}: the file is corrupt or truncated")
+        declared = {self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)}
+        self.input_names = tuple(name for name in INPUT_NAMES if name in declared)  # pruned inputs are not fed
         self._stream = torch.cuda.Stream(self.device)
         self._contexts = []
         for index in range(len(self.profiles)):
@@ -242,8 +247,8 @@ class TensorRTRuntime:
         check_velocity_inputs(self.spec, self.max_groups, self.group_sizes, x, t, y, guidance_scale)
         groups, group_size = x.shape[:2]
         index = profile_index(self.profiles, groups, group_size)
-        inputs = {name: z.to(self.device, TORCH_DTYPES[name]).contiguous()
-                  for name, z in zip(INPUT_NAMES, (x, t, y, guidance_scale), strict=True)}
+        given = dict(zip(INPUT_NAMES, (x, t, y, guidance_scale), strict=True))
+        inputs = {name: given[name].to(self.device, TORCH_DTYPES[name]).contiguous() for name in self.input_names}
         if not self.cuda_graphs:
             output = torch.empty(x.shape, dtype=torch.float32, device=self.device)
             self._enqueue(index, inputs, output)

@@ -2,7 +2,9 @@
 TensorRT inside torch, one compiled module per served group size with a dynamic group count.
 
 Compiled in the serving process at start-up (no engine file: the cache and sidecar checks of the
-TensorRT runtime apply to standalone engines). ``torch_tensorrt`` is imported lazily; without it
+TensorRT runtime apply to standalone engines). The precision is the denoiser's own dtype (`load_denoiser`'s
+``precision``), compiled with explicit typing: torch-tensorrt's ``enabled_precisions`` is deprecated and
+TensorRT 11 builds strongly typed networks only. ``torch_tensorrt`` is imported lazily; without it
 (or without TensorRT's libraries) the constructor raises a `ValueError` that says so.
 """
 
@@ -16,8 +18,6 @@ from .denoiser import DEFAULT_MAX_GROUPS, ServedDenoiser, check_velocity_inputs,
 from .export import example_inputs
 from .tensorrt_runtime import DEFAULT_OPT_GROUPS, EngineProfile, engine_profiles, profile_index
 
-PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 def import_torch_tensorrt():
     try:
@@ -29,7 +29,7 @@ def import_torch_tensorrt():
     return torch_tensorrt
 
 
-def compile_profile(denoiser: ServedDenoiser, profile: EngineProfile, precision: str, device: torch.device):
+def compile_profile(denoiser: ServedDenoiser, profile: EngineProfile, device: torch.device):
     """One compiled module for group size ``profile.group_size`` and G in the profile's range."""
     from torch.export import Dim
 
@@ -45,18 +45,17 @@ def compile_profile(denoiser: ServedDenoiser, profile: EngineProfile, precision:
         for (low, opt, high), dtype in zip(profile.input_shapes(spec).values(),
                                            (torch.float32, torch.float32, torch.int64, torch.float32), strict=True)
     ]
-    return torch_tensorrt.dynamo.compile(program, inputs=inputs, enabled_precisions={PRECISION_DTYPES[precision]},
-                                         device=device, min_block_size=1)
+    return torch_tensorrt.dynamo.compile(program, inputs=inputs, use_explicit_typing=True, device=device,
+                                         min_block_size=1)
 
 
 class TorchTensorRTRuntime:
     name = "torch-tensorrt"
 
-    def __init__(self, denoiser: ServedDenoiser, device: str | torch.device = "cuda", precision: str = "fp16",
+    def __init__(self, denoiser: ServedDenoiser, device: str | torch.device = "cuda",
                  group_sizes: tuple[int, ...] | None = None, max_groups: int = DEFAULT_MAX_GROUPS,
                  opt_groups: int = DEFAULT_OPT_GROUPS):
-        if precision not in PRECISION_DTYPES:
-            raise ValueError(f"precision must be one of {tuple(PRECISION_DTYPES)}, got {precision!r}")
+        """``denoiser``: loaded at the precision to compile (`load_denoiser(..., precision=)`)."""
         import_torch_tensorrt()
         self.device = torch.device(device)
         self.spec = denoiser.spec
@@ -64,14 +63,14 @@ class TorchTensorRTRuntime:
         self.group_sizes = tuple(p.group_size for p in self.profiles)
         self.max_groups = max_groups
         denoiser = denoiser.to(self.device).eval()
-        self._modules = [compile_profile(denoiser, p, precision, self.device) for p in self.profiles]
+        self._modules = [compile_profile(denoiser, p, self.device) for p in self.profiles]
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, weights: str | None = None,
                         device: str | torch.device = "cuda", precision: str = "fp16",
                         max_groups: int = DEFAULT_MAX_GROUPS,
                         group_sizes: tuple[int, ...] | None = None) -> TorchTensorRTRuntime:
-        return cls(load_denoiser(checkpoint, weights), device, precision, group_sizes, max_groups)
+        return cls(load_denoiser(checkpoint, weights, precision=precision), device, group_sizes, max_groups)
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
                  guidance_scale: torch.Tensor) -> torch.Tensor:  # (G, N, C, H, W) float32 on self.device

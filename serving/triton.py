@@ -54,7 +54,7 @@ INPUT_NAMES = frozenset(tensor.name for tensor in INPUTS)
 
 
 def body_from_inputs(inputs: dict[str, np.ndarray]) -> dict:
-    """KServe v2 inputs (each of shape [1]) -> the JSON body a REST client would send."""
+    """KServe v2 inputs (each of shape [1], ``CLASS_IDS`` [k]) -> the JSON body a REST client would send."""
     unknown = sorted(set(inputs) - INPUT_NAMES)
     if unknown:
         raise invalid(f"unknown inputs {unknown}")
@@ -63,6 +63,9 @@ def body_from_inputs(inputs: dict[str, np.ndarray]) -> dict:
         if name not in inputs:
             continue
         value = np.asarray(inputs[name])
+        if field == "class_ids":
+            body[field] = [int(item) for item in value.reshape(-1)]  # bounds and length: the body model's
+            continue
         if value.size != 1:
             raise invalid(f"{field}: {name} must hold exactly one value, got shape {value.shape}")
         item = value.reshape(()).item()
@@ -106,10 +109,12 @@ def make_infer(engine: Engine, limits: ServerLimits):
             except Exception:
                 LOG.exception("triton request failed")
                 raise Refusal(*INTERNAL) from None
-            LOG.info("%s class=%d k=%d N=%d steps=%d policy=%s seed=%d -> ok in %.1f ms", resolved.request_id,
-                     resolved.class_id, resolved.num_images, resolved.group_size, resolved.steps,
+            LOG.info("%s %s k=%d N=%d steps=%d policy=%s seed=%d -> ok in %.1f ms", resolved.request_id,
+                     resolved.describe_condition(), resolved.num_images, resolved.group_size, resolved.steps,
                      resolved.group_policy, resolved.seed, (time.perf_counter() - started) * 1000)
-            responses.append({"IMAGES": result.images, "SEEDS": np.asarray(result.seeds, dtype=np.int64)})
+            classes = [resolved.member_class(i) for i in range(resolved.num_images)]
+            responses.append({"IMAGES": result.images, "SEEDS": np.asarray(result.seeds, dtype=np.int64),
+                              "CLASS_IDS": np.asarray(classes, dtype=np.int64)})
         return responses
 
     return infer
@@ -140,8 +145,8 @@ def serve_triton(config: ServeConfig, host: str, http_port: int, grpc_port: int,
     triton_config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
                                  metrics_address=host, metrics_port=metrics_port,
                                  exit_timeout_secs=int(config.drain_timeout_s) + 1)
-    inputs = [Tensor(name=tensor.name, dtype=NUMPY_DTYPES[tensor.datatype], shape=(1,), optional=tensor.optional)
-              for tensor in INPUTS]
+    inputs = [Tensor(name=tensor.name, dtype=NUMPY_DTYPES[tensor.datatype], shape=tensor.shape,
+                     optional=tensor.optional) for tensor in INPUTS]
     outputs = [Tensor(name=tensor.name, dtype=NUMPY_DTYPES[tensor.datatype], shape=tensor.shape)
                for tensor in OUTPUTS]
     # Triton runs one request at a time per model instance: `instances` stubs forward requests

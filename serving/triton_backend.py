@@ -135,9 +135,11 @@ class TritonPythonModel:
                 if isinstance(item, RequestError):
                     raise item
                 result = item.result()
+                classes = [result.request.member_class(i) for i in range(result.request.num_images)]
                 responses.append(pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor("IMAGES", result.images),
-                    pb_utils.Tensor("SEEDS", np.asarray(result.seeds, dtype=np.int64))]))
+                    pb_utils.Tensor("SEEDS", np.asarray(result.seeds, dtype=np.int64)),
+                    pb_utils.Tensor("CLASS_IDS", np.asarray(classes, dtype=np.int64))]))
             except RequestError as error:
                 code = getattr(pb_utils.TritonError, triton_error_code(error.status))  # as the PyTriton frontend
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(

@@ -55,7 +55,8 @@ def pipeline_config(instances: int) -> pb.ModelConfig:
     """The ``groupdiff`` model: no Triton batching (the scheduler batches), the contract's tensors."""
     config = pb.ModelConfig(name=MODEL_NAME, backend="python", max_batch_size=0)
     for tensor in INPUTS:
-        config.input.add(name=tensor.name, data_type=config_type(tensor.datatype), dims=[1], optional=tensor.optional)
+        config.input.add(name=tensor.name, data_type=config_type(tensor.datatype), dims=list(tensor.shape),
+                         optional=tensor.optional)
     for tensor in OUTPUTS:
         config.output.add(name=tensor.name, data_type=config_type(tensor.datatype), dims=list(tensor.shape))
     config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=instances)

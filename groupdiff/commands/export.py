@@ -47,14 +47,14 @@ def run_onnx(args: argparse.Namespace) -> None:
 
 
 def register_tensorrt(targets) -> None:
-    from groupdiff.serving.denoiser import DEFAULT_MAX_GROUPS
-    from groupdiff.serving.tensorrt_runtime import DEFAULT_OPT_GROUPS, PRECISIONS
+    from groupdiff.serving.denoiser import DEFAULT_MAX_GROUPS, PRECISION_DTYPES
+    from groupdiff.serving.tensorrt_runtime import DEFAULT_OPT_GROUPS
 
     p = targets.add_parser("tensorrt", help="a TensorRT engine for this GPU (cached, one profile per group size)")
     p.add_argument("--checkpoint", required=True, help="teacher or student checkpoint folder")
     p.add_argument("--onnx", help="ONNX export to build from (default: export into the cache)")
     p.add_argument("--weights", choices=["ema", "model"], help="default: ema when present, else model")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp16")
+    p.add_argument("--precision", choices=tuple(PRECISION_DTYPES), default="fp16")
     p.add_argument("--group-sizes", type=int, nargs="+", help="group sizes to build profiles for (default: all)")
     p.add_argument("--max-groups", type=int, default=DEFAULT_MAX_GROUPS, help="largest group count per call")
     p.add_argument("--opt-groups", type=int, default=DEFAULT_OPT_GROUPS, help="group count the build tunes for")

@@ -29,8 +29,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate images with a running server (REST or Triton gRPC)")
-    p.add_argument("--class", dest="class_id", type=int, required=True, help="class id")
-    p.add_argument("-n", "--num-images", type=int, default=8)
+    condition = p.add_mutually_exclusive_group(required=True)
+    condition.add_argument("--class", dest="class_id", type=int, help="class id: -n images of this class")
+    condition.add_argument("--classes", dest="class_ids", type=int, nargs="+", metavar="CLASS",
+                           help="an image set: one image per class given, generated together as one group "
+                                "(up to the model's group size), e.g. --classes 0 1 4 7")
+    p.add_argument("-n", "--num-images", type=int, default=8, help="images of --class (default 8)")
     p.add_argument("--out", required=True, help="folder for the PNGs, contact-sheet.png and metadata.json")
     add_server_arguments(p)
     add_request_arguments(p)
@@ -68,7 +72,10 @@ def run(args: argparse.Namespace) -> None:
     options = {**request_options(args), "seed": args.seed}
     try:
         with connect(args, args.retries) as client:
-            if args.protocol != "rest":
+            if args.class_ids:  # an image set: one call, no progress stream
+                timeout = {"timeout_s": args.timeout_s} if args.protocol == "rest" else {}
+                result = client.generate_set(args.class_ids, **options, **timeout)
+            elif args.protocol != "rest":
                 result = client.generate(args.class_id, args.num_images, **options)
             elif args.no_progress:
                 result = client.generate(args.class_id, args.num_images, **options, timeout_s=args.timeout_s)

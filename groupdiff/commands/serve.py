@@ -107,9 +107,13 @@ def serve_rest(config, host: str, port: int, header_timeout_s: int = 10) -> None
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
     from _bentoml_impl.server import serve_http
 
+    import groupdiff
     from groupdiff.serving.service import GroupDiffService
 
     GroupDiffService.inject_config()  # as `bentoml serve` does: applies the service's traffic settings
+    # The worker imports the service from the service's working directory (the current one when it was defined),
+    # where a source checkout's groupdiff/ folder would shadow the installed package: import from where it is.
+    GroupDiffService.working_dir = str(Path(groupdiff.__file__).resolve().parents[1])
     with own_metrics_directory():
         # uvicorn's keep-alive timeout is also the request-head deadline (serving/service.py: ContractH11Protocol)
         serve_http(GroupDiffService, host=host, port=port, timeout_keep_alive=header_timeout_s,

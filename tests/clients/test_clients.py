@@ -92,7 +92,8 @@ def test_event_stream_parser():
 def test_rest_result_saves_pngs_contact_sheet_and_metadata(tmp_path):
     body = {"request_id": "r1", "model_version": "m-123", "width": 28, "height": 28, "group_size": 2, "steps": 4,
             "guidance_scale": 1.0, "group_policy": "isolated",
-            "images": [{"index": i, "seed": 10 + i, "png_base64": png_base64(40 * i)} for i in range(3)],
+            "images": [{"index": i, "class_id": 7, "seed": 10 + i, "png_base64": png_base64(40 * i)}
+                       for i in range(3)],
             "timings_ms": {"queue": 1.0, "denoise": 6.0, "decode": 1.0, "encode": 1.0, "total": 9.0}}
     result = GenerationResult.from_rest(body, class_id=7, latency_s=0.5)
     assert [g.seed for g in result.images] == [10, 11, 12] and result.pil_images[2].getpixel((0, 0)) == 80
@@ -302,6 +303,28 @@ def test_triton_sdk_matches_rest(servers, protocol):
                                            for c in range(2)] + [{"class_id": 99}]))
             errors = [item for item in streamed if isinstance(item, InvalidRequest)]
             assert len(errors) == 1 and sorted(r.images[0].seed for r in streamed if r not in errors) == [0, 10]
+
+
+def test_image_sets_over_rest_grpc_and_the_cli(servers, tmp_path):
+    """One class per image, one group: the same images over REST and gRPC, each reporting its class; a set of one
+    class is the ordinary request; `groupdiff generate --classes` writes the set with its classes."""
+    classes = [1, 3, 5, 7]
+    with GroupDiffClient(servers.rest.url) as rest, TritonClient(f"127.0.0.1:{servers.triton.grpc_port}") as grpc:
+        over_rest = rest.generate_set(classes, seed=5, steps=2)
+        over_grpc = grpc.generate_set(classes, seed=5, steps=2)
+        assert [g.class_id for g in over_rest.images] == [g.class_id for g in over_grpc.images] == classes
+        assert over_rest.class_id is None and over_rest.group_size == 4
+        assert np.array_equal(pixels(over_rest), pixels(over_grpc))
+        one_class = rest.generate_set([3] * 4, seed=5, steps=2)
+        assert np.array_equal(pixels(one_class), pixels(rest.generate(3, 4, seed=5, steps=2, group_size=4)))
+        with pytest.raises(InvalidRequest, match="at most 4"):
+            rest.generate_set([1, 2, 3, 4, 5], steps=2)
+        with pytest.raises(InvalidRequest, match="isolated"):
+            grpc.generate_set([1, 2], steps=2, group_policy="shared")
+    assert main(["generate", "--server", servers.rest.url, "--classes", "0", "2", "--seed", "1", "--steps", "2",
+                 "--out", str(tmp_path)]) == 0
+    metadata = json.loads((tmp_path / "metadata.json").read_text())
+    assert metadata["class_ids"] == [0, 2] and len(list(tmp_path.glob("set-*.png"))) == 2
 
 
 def test_loadtest_command_against_both_frontends(servers, tmp_path):

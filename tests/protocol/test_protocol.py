@@ -9,10 +9,11 @@ from pydantic import ValidationError
 
 from groupdiff.protocol.errors import ERROR_CODES, ErrorBody, code_for_status, error_body
 from groupdiff.protocol.generate import (
+    CONDITION_FIELDS,
     OPTIONAL_FIELDS,
-    REQUIRED_FIELDS,
     GenerateResponse,
     RequestLimits,
+    describe_validation_error,
     request_model,
 )
 from groupdiff.protocol.limits import MAX_SEED, TEACHER_MAX_STEPS
@@ -39,6 +40,21 @@ def test_the_body_takes_the_served_bounds_and_fills_defaults():
     assert request_model(STUDENT).model_validate({"class_id": 0, "num_images": 1, "seed": MAX_SEED}).seed == MAX_SEED
 
 
+@pytest.mark.parametrize("body, message", [
+    ({"class_ids": [0, 1, 4, 7]}, None), ({"class_ids": [2], "num_images": 1, "group_size": 1}, None),
+    ({}, "give class_id"), ({"class_id": 1, "class_ids": [1]}, "not both"), ({"class_id": 1}, "num_images"),
+    ({"class_ids": []}, "class_ids"), ({"class_ids": [1, 2, 3, 4, 5]}, "class_ids"), ({"class_ids": [10]}, "class_ids"),
+    ({"class_ids": [1, 2], "num_images": 3}, "num_images"), ({"class_ids": [1, 2], "group_size": 1}, "group_size"),
+    ({"class_ids": [1, 2], "group_policy": "shared"}, "isolated")])
+def test_an_image_set_is_one_group_of_its_own(body, message):
+    if message is None:
+        assert request_model(STUDENT).model_validate(body).class_ids == body["class_ids"]
+    else:
+        with pytest.raises(ValidationError) as refused:
+            request_model(STUDENT).model_validate(body)
+        assert message in describe_validation_error(refused.value)
+
+
 @pytest.mark.parametrize("field, value", [
     ("class_id", 10), ("class_id", True), ("class_id", "3"), ("num_images", 9), ("num_images", 1.5),
     ("steps", 3), ("group_size", 3), ("seed", MAX_SEED + 1), ("seed", -1), ("guidance_scale", float("nan")),
@@ -51,18 +67,19 @@ def test_the_body_refuses_what_is_out_of_bounds(field, value):
 def test_the_schema_shows_the_bounds_a_client_can_read():
     schema = request_model(STUDENT).model_json_schema()
     properties = schema["properties"]
-    assert properties["num_images"]["maximum"] == 8 and properties["class_id"]["maximum"] == 9
+    assert properties["num_images"]["anyOf"][0]["maximum"] == 8 and properties["class_id"]["anyOf"][0]["maximum"] == 9
     assert {"type": "integer", "enum": [1, 2, 4]} in properties["steps"]["anyOf"]  # not consecutive: an enum
     teacher_sizes = request_model(TEACHER).model_json_schema()["properties"]["group_size"]["anyOf"]
     assert {"type": "integer", "minimum": 1, "maximum": 4} in teacher_sizes  # consecutive: a range
-    assert sorted(schema["required"]) == sorted(REQUIRED_FIELDS)
-    assert set(properties) == set(REQUIRED_FIELDS) | set(OPTIONAL_FIELDS)
+    assert schema["oneOf"] == [{"required": ["class_id", "num_images"]}, {"required": ["class_ids"]}]
+    assert set(properties) == {*CONDITION_FIELDS, "num_images", *OPTIONAL_FIELDS}
+    assert properties["class_ids"]["anyOf"][0]["maxItems"] == 4  # an image set is one group
 
 
 def test_every_triton_input_carries_a_request_field():
     fields = set(request_model(TEACHER).model_fields)
     assert {tensor.field for tensor in INPUTS} <= fields
-    assert {tensor.field for tensor in INPUTS if not tensor.optional} == set(REQUIRED_FIELDS)
+    assert {tensor.field for tensor in INPUTS if tensor.shape != (1,)} == {"class_ids"}  # [k]: one class per image
     assert len({tensor.name for tensor in INPUTS}) == len(INPUTS)
 
 
@@ -80,7 +97,8 @@ def test_error_codes_and_statuses():
 
 def test_a_response_is_checked_by_the_client_side_model():
     answer = {"request_id": "r", "model_version": "m", "width": 8, "height": 8, "group_size": 4, "steps": 1,
-              "guidance_scale": 1.5, "group_policy": "shared", "images": [{"index": 0, "seed": 3, "png_base64": ""}],
+              "guidance_scale": 1.5, "group_policy": "shared",
+              "images": [{"index": 0, "class_id": 2, "seed": 3, "png_base64": ""}],
               "timings_ms": {"queue": 0, "denoise": 1, "decode": 0, "encode": 0, "total": 1}, "newer_field": 1}
     assert GenerateResponse.model_validate(answer).images[0].seed == 3  # unknown (newer) fields are ignored
     with pytest.raises(ValidationError, match="timings_ms"):

@@ -340,3 +340,46 @@ def test_close_finishes_in_flight_work_and_refuses_new(checkpoint):
     with pytest.raises(RequestError) as refused:
         running.submit_future(request(running, class_id=0), encode=False)
     assert refused.value.code == "shutting_down" and refused.value.status == 503
+
+
+def test_an_image_set_of_one_class_is_an_ordinary_request(scheduler):
+    """``class_ids`` [c] * 4 is one group of 4, exactly as class_id c with 4 images at N = 4, isolated."""
+    as_set = request(scheduler, class_ids=[3, 3, 3, 3], num_images=None, seed=77)
+    ordinary = request(scheduler, class_id=3, num_images=4, group_size=4, seed=77)
+    (got_set, got_ordinary) = run_all(scheduler, [as_set, ordinary])
+    np.testing.assert_array_equal(got_set.images, got_ordinary.images)
+    assert (as_set.group_size, as_set.num_images, as_set.group_policy) == (4, 4, "isolated")
+
+
+def test_an_image_sets_member_condition_changes_that_member_most(scheduler):
+    """Swapping member i's class at fixed noise changes member i more than any other member (which see it only
+    through group attention); each image reports its own class."""
+    base = [1, 1, 1, 1]
+    reference, *swapped = run_all(scheduler, [request(scheduler, class_ids=base, num_images=None, seed=5)] + [
+        request(scheduler, class_ids=[7 if j == i else c for j, c in enumerate(base)], num_images=None, seed=5)
+        for i in range(4)])
+    for i, result in enumerate(swapped):
+        change = np.abs(result.images.astype(float) - reference.images.astype(float)).mean(axis=(1, 2, 3))  # (4,)
+        assert change.argmax() == i and change[i] > 0, change
+        assert [result.request.member_class(j) for j in range(4)] == [7 if j == i else 1 for j in range(4)]
+
+
+def test_an_image_set_never_joins_other_requests(scheduler):
+    """A set and a one-class request with the same settings and first class stay in their own groups."""
+    alone = run_all(scheduler, [request(scheduler, class_ids=[2, 5], num_images=None, seed=9)])[0]
+    mixed_in = run_all(scheduler, [request(scheduler, class_ids=[2, 5], num_images=None, seed=9),
+                                   request(scheduler, class_id=2, num_images=1, group_size=2, seed=9,
+                                           group_policy="shared")])[0]
+    np.testing.assert_array_equal(alone.images, mixed_in.images)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"class_ids": [1, 2, 3, 4, 5]}, "at most 4"),  # one group: at most the model's group size
+    ({"class_ids": [1, 2], "num_images": 3}, "num_images"),
+    ({"class_ids": [1, 2], "group_policy": "shared"}, "isolated"),
+    ({"class_id": 1, "class_ids": [1]}, "not both"),
+])
+def test_image_set_refusals(scheduler, fields, message):
+    with pytest.raises(RequestError, match=message):
+        resolve({"num_images": None, **fields} if "num_images" not in fields else fields, scheduler.served,
+                scheduler.config.limits)

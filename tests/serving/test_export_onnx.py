@@ -162,3 +162,45 @@ def test_latent_decoder_folds_the_scale_factor_in_torch_and_onnx(tmp_path):
     assert decoder.decode(latents[:1]).shape == (1, 8, 8, 1)
     with pytest.raises(ValueError, match="decoders run on"):
         load_decoder(checkpoint, runtime="tensorrt")
+
+
+def test_a_student_graph_without_its_ignored_input_still_runs(student, cache, tmp_path):
+    """A student ignores ``guidance_scale`` (baked in): its graph reads only the input's shape (for the group
+    count G), so a compiler may drop the input. Dropped here (G taken from ``x`` instead), the runtimes feed only
+    the inputs a graph declares and get the same velocity."""
+    full = load_runtime("onnxruntime", student, cache_dir=cache)
+    model = onnx.load(str(full.model_file))
+    readers = [node for node in model.graph.node if "guidance_scale" in node.input]
+    assert [node.op_type for node in readers] == ["Shape"] * len(readers) and readers  # its shape, never a value
+    for node in readers:  # (G,) = x.shape[:1]
+        node.input[0] = "x"
+        del node.attribute[:]
+        node.attribute.extend([onnx.helper.make_attribute("start", 0), onnx.helper.make_attribute("end", 1)])
+    kept = [graph_input for graph_input in model.graph.input if graph_input.name != "guidance_scale"]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    path = tmp_path / "pruned.onnx"
+    onnx.save(model, str(path))
+    without = load_runtime("onnxruntime", student, model_file=path)
+    x, t, y, scale = group_inputs(groups=3, group_size=2)
+    torch.testing.assert_close(without.velocity(x, t, y, scale), full.velocity(x, t, y, scale), rtol=0, atol=0)
+
+
+def test_a_float16_export_is_strongly_typed(student, tmp_path):
+    """What TensorRT 11 builds from: the weights and the computation in float16, the inputs and the velocity
+    float32, the precision recorded; the export's own check against torch passed. bfloat16 is refused clearly."""
+    from groupdiff.serving.denoiser import load_denoiser
+    from groupdiff.serving.export import export_served_denoiser
+
+    path = tmp_path / "fp16.onnx"
+    export_served_denoiser(load_denoiser(student, precision="fp16"), path, "ema", max_groups=4)
+    assert read_onnx_metadata(path, graph="denoiser")["precision"] == "fp16"
+    model = onnx.load(str(path))
+    weights = [w for w in model.graph.initializer if w.name.startswith("model.") and len(w.dims) == 2]
+    assert weights and all(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)
+    assert {i.name: i.type.tensor_type.elem_type for i in model.graph.input} == {
+        "x": onnx.TensorProto.FLOAT, "t": onnx.TensorProto.FLOAT, "y": onnx.TensorProto.INT64,
+        "guidance_scale": onnx.TensorProto.FLOAT}
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    with pytest.raises(ValueError, match="torch-tensorrt"):
+        export_served_denoiser(load_denoiser(student, precision="bf16"), tmp_path / "bf16.onnx", "ema", max_groups=4)

@@ -44,7 +44,9 @@ def test_gpu_repository_configs_parse_and_follow_the_contract(checkpoint, tmp_pa
     assert pipeline.backend == "python" and pipeline.max_batch_size == 0
     assert [i.name for i in pipeline.input] == [tensor.name for tensor in INPUTS]
     assert {i.name for i in pipeline.input if i.optional} == {tensor.name for tensor in INPUTS if tensor.optional}
-    assert [(o.name, o.data_type) for o in pipeline.output] == [("IMAGES", pb.TYPE_UINT8), ("SEEDS", pb.TYPE_INT64)]
+    assert [(o.name, o.data_type) for o in pipeline.output] == [
+        ("IMAGES", pb.TYPE_UINT8), ("SEEDS", pb.TYPE_INT64), ("CLASS_IDS", pb.TYPE_INT64)]
+    assert [list(i.dims) for i in pipeline.input if i.name == "CLASS_IDS"] == [[-1]]  # an image set: [k]
     assert pipeline.instance_group[0].count == 2 and pipeline.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
     denoiser = configs["denoiser"]
     assert denoiser.platform == "tensorrt_plan" and denoiser.max_batch_size == 8
