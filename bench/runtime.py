@@ -58,7 +58,7 @@ def variants_for(device: str, names: list[str] | None = None) -> list[Variant]:
             found += [Variant("torch", precision, compile=True, device=device),
                       Variant("torch", precision, cuda_graphs=True, device=device)]
         found += [Variant("onnxruntime", device=onnxruntime_device(device)),
-                  Variant("tensorrt", "fp16", device=device), Variant("tensorrt", "bf16", device=device),
+                  Variant("tensorrt", "fp16", device=device), Variant("torch-tensorrt", "bf16", device=device),
                   Variant("tensorrt", "fp16", cuda_graphs=True, device=device),
                   Variant("torch-tensorrt", "fp16", device=device)]
     if names:

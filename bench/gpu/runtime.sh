@@ -7,7 +7,7 @@
 #      TensorRT parity when tensorrt imports, else skipped with the reason);
 #   3. `bench runtime` on the GPU for the served student size: torch eager / torch.compile / CUDA-graph
 #      torch in fp32 and bf16, ONNX Runtime (CUDA provider when the build has it, else CPU), TensorRT
-#      fp16/bf16 (+ CUDA graphs) and torch-tensorrt when importable; each row has its speedup over torch
+#      fp16 (+ CUDA graphs) and torch-tensorrt (fp16, bf16) when importable; each row has its speedup over torch
 #      fp32 eager and its max abs difference from it; the table is printed last.
 # Needs only torch, onnx, onnxruntime, onnxscript, numpy, safetensors, tqdm, pyyaml (+ pytest for step 2).
 # Usage: OUT=<dir> bash bench/gpu/runtime.sh [CHECKPOINT]   (default: the fmnist student asset or a
