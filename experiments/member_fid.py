@@ -29,6 +29,7 @@ from groupdiff.model.images import to_uint8
 from groupdiff.training.data import FASHION_MNIST_DIR
 
 from .distill import checkpoint_decoder, distill_metadata, draw, noise_and_labels, student_contenders
+from .paired import paired
 
 
 def member(images, labels, group_size: int, k: int):
@@ -69,14 +70,41 @@ def run(student: str, baseline: str | None, groups: int, seeds: list[int], out: 
                 row[f"{metric}_members"] = [score[metric] for score in scores]
                 row[f"{metric}_member_mean"] = statistics.fmean(row[f"{metric}_members"])
             rows.append(row)
+    pairs = member_pairs(rows, metrics)
     path = write_report(Path(out) / "results.json", "member_fid", command, rows, {
         "student": student, "baseline": baseline, "groups": groups, "group_size": group_size, "seeds": seeds,
-        "metrics": list(metrics), "reference": reference, "reference_count": reference_count})
+        "metrics": list(metrics), "reference": reference, "reference_count": reference_count},
+        extra={"paired": [{**entry, "summary": entry["summary"].as_dict()} for entry in pairs]} if pairs else None)
     columns = [f"{metric}_{part}" for metric in metrics for part in ("member_mean", "members")]
     shown = [{**row, **{f"{m}_members": " / ".join(f"{v:.2f}" for v in row[f"{m}_members"]) for m in metrics}}
              for row in rows]
     print(format_table(shown, ["model", "seed", *columns]))
+    for entry in pairs:
+        print(f"{entry['group']} − {entry['single']}, {entry['metric']}, paired by evaluation seed: "
+              f"{entry['summary'].describe(show_range=True, verdict=True)}")
     return path
+
+
+def member_pairs(rows: list[dict], metrics: tuple[str, ...]) -> list[dict]:
+    """The group student minus the size-1 student at each step count, per metric's member mean, paired by
+    evaluation seed (`experiments.paired`); none without a baseline."""
+    by_model: dict[str, dict[int, dict]] = {}
+    for row in rows:
+        by_model.setdefault(row["model"], {})[row["seed"]] = row
+    singles = {next(iter(seeds.values()))["steps"]: name for name, seeds in by_model.items()
+               if name.startswith("student N=1 ")}
+    out = []
+    for name, seeds in by_model.items():
+        steps = next(iter(seeds.values()))["steps"]
+        if name.startswith("student N=1 ") or steps not in singles:
+            continue
+        single = by_model[singles[steps]]
+        for metric in metrics:
+            key = f"{metric}_member_mean"
+            out.append({"group": name, "single": singles[steps], "metric": key,
+                        "summary": paired({s: r[key] for s, r in seeds.items()},
+                                          {s: r[key] for s, r in single.items()})})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,10 +2,16 @@
 
 Each (row, seed) run is one record; the table shows the mean over seeds and, with two or more seeds,
 the sample standard deviation, so a difference smaller than the seed-to-seed spread is visible as such.
+Comparisons between rows (each row against the baseline, each other grouped row against ``l-uc4``) are
+paired by training seed with `experiments.paired`: mean ± std of the per-seed differences, n, sign test.
+
+``python -m groupdiff.experiments.quality_report DIR`` rewrites DIR/table.md from DIR/results.json.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 from pathlib import Path
 
@@ -13,6 +19,7 @@ import numpy as np
 
 from groupdiff.clients.reporting import new_figure, save_figure
 
+from .paired import paired
 from .quality_rows import row_settings
 
 # (column title, section of a run record, metric key)
@@ -21,6 +28,10 @@ COLUMNS = [
     ("fd_cls CFG", "cfg", "fd_classifier"), ("prec CFG", "cfg", "precision"), ("rec CFG", "cfg", "recall"),
     ("acc CFG", "cfg", "accuracy"), ("div ratio", "no_cfg", "diversity_ratio"), ("S_cross", "no_cfg", "s_cross"),
 ]
+
+# the comparison table: each row minus each reference row present, on the training seeds both ran
+REFERENCES = ("baseline", "l-uc4")
+PAIRED_COLUMNS = {"FID CFG": 2, "FID": 2, "fd_cls CFG": 2, "acc CFG": 3}  # column title -> digits
 
 
 def spread(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -78,6 +89,7 @@ def markdown_table(report: dict) -> str:
         "Columns: `CFG` = at the chosen scale `best s`; fd_cls = Fréchet distance on the project classifier's "
         "features (not FID); div ratio = within-group / across-group feature distance; mean ± sample std over seeds.",
     ]
+    notes += paired_table(report["runs"])
     names, s_cross, quality, metric = correlation_points(report)
     r = pearson(s_cross, quality)
     notes += ["", f"Fig. 5 analogue (`fid_vs_s_cross.png`): Pearson r between per-row mean {metric} (best scale) "
@@ -93,6 +105,56 @@ def markdown_table(report: dict) -> str:
                 cells = [_cell((m.get(key), None)) for key in ("fd_classifier", "accuracy", "diversity_ratio")]
                 notes.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines + notes) + "\n"
+
+
+def by_seed(runs: list[dict], title: str) -> dict[str, dict[int, float]]:
+    """row -> {training seed: the column's value}, for the runs where it is defined."""
+    section, key = next((section, key) for name, section, key in COLUMNS if name == title)
+    table: dict[str, dict[int, float]] = {}
+    for run in runs:
+        value = run[section].get(key)
+        if value is not None and not math.isnan(value):
+            table.setdefault(run["row"], {})[run["seed"]] = value
+    return table
+
+
+def comparisons(runs: list[dict]) -> list[dict]:
+    """Each row against each reference row (``REFERENCES``) it does not precede there: per column of
+    ``PAIRED_COLUMNS``, the `paired` summary of row − reference over the training seeds both ran."""
+    rows = list(dict.fromkeys(run["row"] for run in runs))
+    values = {title: by_seed(runs, title) for title in PAIRED_COLUMNS}
+    out = []
+    for reference in (r for r in REFERENCES if r in rows):
+        for row in rows:
+            if row in REFERENCES[: REFERENCES.index(reference) + 1]:
+                continue
+            entry = {"row": row, "reference": reference}
+            for title, table in values.items():
+                mine, theirs = table.get(row, {}), table.get(reference, {})
+                shared = sorted(mine.keys() & theirs.keys())
+                if shared:
+                    entry[title] = paired({s: mine[s] for s in shared}, {s: theirs[s] for s in shared})
+            if len(entry) > 2:
+                out.append(entry)
+    return out
+
+
+def paired_table(runs: list[dict]) -> list[str]:
+    """The comparison section of table.md (no lines when no two rows share a training seed)."""
+    entries = comparisons(runs)
+    if not entries:
+        return []
+    lines = ["", "## Rows compared, paired by training seed", "",
+             "Row minus reference on the training seeds both ran (same sampling noise): mean ± sample std of the "
+             "per-seed differences (range; n, how many seeds point the mean's way, exact two-sided sign test; "
+             "exceeds spread: |mean| > std). n = 1 is one training seed: its spread is unknown.", "",
+             "| row | − reference | " + " | ".join(f"Δ{title}" for title in PAIRED_COLUMNS) + " |",
+             "|" + "---|" * (2 + len(PAIRED_COLUMNS))]
+    for entry in entries:
+        cells = [entry[title].describe(digits, show_range=True, verdict=True) if title in entry else "–"
+                 for title, digits in PAIRED_COLUMNS.items()]
+        lines.append(f"| {entry['row']} | {entry['reference']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def correlation_points(report: dict) -> tuple[list[str], list[float], list[float], str]:
@@ -129,3 +191,31 @@ def plot(report: dict, path: Path) -> float | None:
                    f"({len(names)} rows)")
     save_figure(figure, path)
     return r
+
+
+def rewrite_table(folder: Path) -> None:
+    """Rewrite ``folder/table.md`` from ``folder/results.json`` as `quality.run` ends (table, then the claims,
+    rechecked), keeping any text written by hand under the generated tables."""
+    from .distill_report import hand_written_tail
+    from .quality_claims import claims, claims_markdown  # it imports this module
+
+    report = json.loads((folder / "results.json").read_text())
+    table = folder / "table.md"
+    text = markdown_table(report) + claims_markdown(claims(report))
+    if table.is_file():
+        text += hand_written_tail(table.read_text())
+    table.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m groupdiff.experiments.quality_report",
+                                     description="Rewrite table.md from results.json in each folder.")
+    parser.add_argument("folders", nargs="+", type=Path, help="folders holding a quality bench results.json")
+    for folder in parser.parse_args(argv).folders:
+        rewrite_table(folder)
+        print(f"{folder / 'table.md'}: rewritten")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
