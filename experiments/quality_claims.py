@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+from .paired import paired
 from .quality_report import COLUMNS, correlation_points, pearson, summarize
 
 PAPER_GAIN = 0.20  # issue 4's goal: GroupDiff-4 with embedding groups >= 20 % lower FID (paper: 20.9 % from scratch)
@@ -48,12 +49,13 @@ def _per_seed(runs: list[dict], metric: str) -> BySeed:
 
 
 def _paired(by_seed: BySeed, first: str, second: str) -> str:
-    """`second − first` for each training seed both rows ran, as text; '' below two shared seeds."""
+    """`second − first` paired by the training seeds both rows ran (`experiments.paired`), as text; '' below two
+    shared seeds."""
     seeds = sorted(by_seed.get(first, {}).keys() & by_seed.get(second, {}).keys())
     if len(seeds) < 2:
         return ""
-    differences = " / ".join(f"{by_seed[second][s] - by_seed[first][s]:+.2f}" for s in seeds)
-    return f"; {second} − {first} by training seed {' / '.join(map(str, seeds))}: {differences}"
+    comparison = paired({s: by_seed[second][s] for s in seeds}, {s: by_seed[first][s] for s in seeds})
+    return f"; {second} − {first} by training seed: {comparison.describe(show_range=True, verdict=True)}"
 
 
 def pooled_spread(rows: dict, metric: str) -> tuple[float, list[str]] | None:

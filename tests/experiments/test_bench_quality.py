@@ -197,8 +197,10 @@ def test_the_claims_are_judged_from_the_rows_present_and_their_spread():
     assert ordering["verdict"] == "does not hold over the 3 rows run (within the seed spread)"
     assert query["verdict"] == "holds against the 1 other row run (within the seed spread)"  # 40 vs 40.5
     # ... but seed by seed class groups trail embedding groups by the same 0.5: the pairing shows it
-    assert query["measured"].endswith("; l-uc4-query-class − l-uc4 by training seed 0 / 1: +0.50 / +0.50")
-    assert gain["measured"].endswith("; l-uc4 − baseline by training seed 0 / 1: -1.00 / -3.00")
+    assert query["measured"].endswith("; l-uc4-query-class − l-uc4 by training seed: +0.50 ± 0.00 (+0.50 to +0.50; "
+                                      "n = 2, 2/2 higher, sign test p = 0.50; exceeds spread)")
+    assert gain["measured"].endswith("; l-uc4 − baseline by training seed: −2.00 ± 1.41 (−3.00 to −1.00; n = 2, "
+                                     "2/2 lower, sign test p = 0.50; exceeds spread)")
     assert correlation["verdict"] == "holds" and correlation["measured"] == "r = -0.90 over 3 rows"
     table = claims_markdown(claims(report))
     assert table.count("\n| ") == 5 and "## The paper's claims" in table
