@@ -17,15 +17,15 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .commands import bench, distill, eval, export, generate, loadtest, prepare, sample, serve, train
+from .commands import attention, bench, distill, eval, export, generate, loadtest, prepare, sample, serve, train
 
 EXIT_BAD_INPUT = 2  # bad input: one line on stderr, no traceback
 EXIT_MISSING_EXTRA = 3  # the verb needs an optional part of the install
 EXIT_STOPPED = 143  # 128 + SIGTERM: stopped before its result, resumable
-COMMANDS = (prepare, train, distill, sample, eval, export, bench, serve, generate, loadtest)
+COMMANDS = (prepare, train, distill, sample, eval, attention, export, bench, serve, generate, loadtest)
 # the extra each verb needs beyond the base install (the SDK: generate, loadtest); pyproject.toml lists them
 EXTRAS = {"prepare": "train", "train": "train", "distill": "train", "sample": "train", "eval": "train",
-          "bench": "all", "export": "serve", "serve": "serve"}
+          "attention": "train", "bench": "all", "export": "serve", "serve": "serve"}
 # modules that tell whether an extra is installed (looked up, not imported)
 EXTRA_MODULES = {"serve": ("torch", "safetensors", "onnxruntime", "bentoml", "pytriton", "fastapi"),
                  "train": ("torch", "torchvision", "diffusers", "faiss", "open_clip", "timm", "yaml")}

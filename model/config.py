@@ -22,6 +22,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
 }
 PATCH_SIZES = (1, 2, 4, 8)
 SAMPLE_EMBEDDING_MODES = ("adaln", "tokens", "none")
+TRANSPORTS = ("flow", "ddpm")  # what the network predicts and how it is sampled: `transport` / `ddpm`
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class GroupDiTConfig:
     timestep_scale: float = 1000.0  # the time embedding sees t * scale (DiT: 1000, REPA/SiT: 1)
     group_attention_layers: tuple[int, ...] | None = None  # layers with group attention; None = all
     group_attention_window: tuple[float, float] = (0.0, 1.0)  # t range in which groups attend jointly
+    # "flow": velocity ε − x₀ (`transport`); "ddpm": DiT's ε-prediction on its 1000-step schedule (`ddpm`)
+    transport: str = "flow"
+    learn_sigma: bool = False  # ddpm only: 2C outputs, the second C interpolate log β_t and log β̃_t (iDDPM)
 
     def __post_init__(self) -> None:
         if self.input_size % self.patch_size:
@@ -51,6 +55,10 @@ class GroupDiTConfig:
             raise ValueError("max_group_size must be at least 1")
         if self.sample_embedding not in SAMPLE_EMBEDDING_MODES:
             raise ValueError(f"sample_embedding must be one of {SAMPLE_EMBEDDING_MODES}, got {self.sample_embedding!r}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
+        if self.learn_sigma and self.transport != "ddpm":
+            raise ValueError("learn_sigma needs transport='ddpm' (a velocity model has no variance output)")
         low, high = self.group_attention_window
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"group_attention_window must satisfy 0 <= low <= high <= 1, got {(low, high)}")
@@ -58,6 +66,11 @@ class GroupDiTConfig:
             bad = [i for i in self.group_attention_layers if not 0 <= i < self.depth]
             if bad:
                 raise ValueError(f"group_attention_layers {bad} outside 0..{self.depth - 1}")
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the network output: the prediction, plus as many variance channels with learned σ."""
+        return 2 * self.in_channels if self.learn_sigma else self.in_channels
 
     @property
     def tokens_per_image(self) -> int:

@@ -108,7 +108,7 @@ class GroupDiT(nn.Module):
         self.blocks = nn.ModuleList(
             GroupDiTBlock(hidden, config.num_heads, config.mlp_ratio) for _ in range(config.depth)
         )
-        self.final_layer = FinalLayer(hidden, config.patch_size, config.in_channels)
+        self.final_layer = FinalLayer(hidden, config.patch_size, config.out_channels)  # 2C with learned σ
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -202,8 +202,8 @@ class GroupDiT(nn.Module):
         return GroupLayout(group_size, per_image_mask(active, group_size, self.config.tokens_per_image))
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, p·p·C) -> (B, C, H, W)."""
-        p, channels = self.config.patch_size, self.config.in_channels
+        """(B, L, p·p·C) -> (B, C, H, W); C is ``config.out_channels``."""
+        p, channels = self.config.patch_size, self.config.out_channels
         grid = self.config.input_size // p
         x = x.view(x.shape[0], grid, grid, p, p, channels)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], channels, grid * p, grid * p)

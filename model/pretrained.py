@@ -5,16 +5,19 @@ Our parameter names follow DiT's, so the mapping is short (documented in ``docs/
 - prefixes ``module.``, ``_orig_mod.`` (DDP, torch.compile) and ``denoiser.`` (GroupDiff's wrapper)
   are stripped; a training checkpoint's ``ema`` weights are preferred over ``model``;
 - ``pos_embed`` (fixed sin-cos, recomputed) and REPA's ``projectors.*`` (alignment head) are dropped;
-- a learned-sigma output layer (``2C`` channels, interleaved per patch pixel) keeps its first ``C``
-  channels, the mean/velocity part;
+- a learned-sigma output layer (``2C`` channels, interleaved per patch pixel) is kept whole by a DDPM
+  model with learned σ (``transport="ddpm"``, ``learn_sigma``: the exact DiT), and otherwise keeps its
+  first ``C`` channels, the ε/velocity part;
 - original SiT counts time the other way (``t = 0`` is noise, velocity ``x₀ − ε``): the conversion
   folds ``t → 1 − t`` into the first timestep-MLP layer (sin/cos of ``ω(1−t)`` are linear in those of
   ``ωt``) and negates the output layer, so the converted model is exactly SiT in our convention;
 - a missing ``sample_embedder`` (every non-GroupDiff source) keeps its fresh N(0, 0.02) rows.
 
-DiT and GroupDiff-DiT predict noise with DDPM time, so their weights are an initialisation for
-flow-matching fine-tuning (the paper's GroupDiff-*), not a drop-in velocity model. Files are read with
-safetensors or ``torch.load(weights_only=True)``, never as arbitrary pickles.
+DiT and GroupDiff-DiT predict noise with DDPM time. Into a ``transport="ddpm"`` model they convert
+exactly (it samples and fine-tunes as DiT did, `groupdiff.model.ddpm`); into a flow model they are an
+initialisation for flow-matching fine-tuning, not a drop-in velocity model. Velocity weights (SiT, REPA,
+GroupDiff-SiT) do not convert into a DDPM model. Files are read with safetensors or
+``torch.load(weights_only=True)``, never as arbitrary pickles.
 """
 
 from __future__ import annotations
@@ -34,15 +37,19 @@ from .dit import GroupDiT
 class Source:
     timestep_scale: float  # what the source's time embedding was trained on, per unit of our t
     reversed_time: bool  # source's t = 0 is noise (original SiT)
-    exact: bool  # the converted model computes the same velocity as the source
+    transport: str  # what the source predicts: "ddpm" (ε, DDPM steps) or "flow" (velocity)
+
+    def exact(self, transport: str) -> bool:
+        """Whether the converted model computes what the source does (the same transport)."""
+        return transport == self.transport
 
 
 SOURCES = {
-    "dit": Source(1000.0, reversed_time=False, exact=False),
-    "groupdiff-dit": Source(1000.0, reversed_time=False, exact=False),
-    "sit": Source(1.0, reversed_time=True, exact=True),
-    "repa": Source(1.0, reversed_time=False, exact=True),
-    "groupdiff-sit": Source(1.0, reversed_time=False, exact=True),
+    "dit": Source(1000.0, reversed_time=False, transport="ddpm"),
+    "groupdiff-dit": Source(1000.0, reversed_time=False, transport="ddpm"),
+    "sit": Source(1.0, reversed_time=True, transport="flow"),
+    "repa": Source(1.0, reversed_time=False, transport="flow"),
+    "groupdiff-sit": Source(1.0, reversed_time=False, transport="flow"),
 }
 _PREFIXES = ("module.", "_orig_mod.", "denoiser.")
 _DROPPED = ("pos_embed", "projectors.")
@@ -84,6 +91,9 @@ def convert_state_dict(
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose from {sorted(SOURCES)}")
     spec = SOURCES[source]
+    if model.config.transport == "ddpm" and spec.transport != "ddpm":
+        raise ValueError(f"{source} weights predict a velocity; a transport='ddpm' model needs ε-prediction "
+                         "weights (dit, groupdiff-dit)")
     if model.config.timestep_scale != spec.timestep_scale:
         raise ValueError(
             f"{source} weights embed time at scale {spec.timestep_scale}; build the model with "
@@ -97,7 +107,8 @@ def convert_state_dict(
             converted[key] = tensor
 
     channels, patch = model.config.in_channels, model.config.patch_size
-    for name in ("final_layer.linear.weight", "final_layer.linear.bias"):
+    # a DDPM model with learned σ has DiT's 2C-channel output layout: its output layer copies as it is
+    for name in () if model.config.learn_sigma else ("final_layer.linear.weight", "final_layer.linear.bias"):
         tensor = converted.get(name)
         if tensor is not None and tensor.shape[0] == patch * patch * 2 * channels:  # learned sigma
             per_pixel = tensor.view(patch * patch, 2 * channels, *tensor.shape[1:])

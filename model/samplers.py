@@ -1,5 +1,8 @@
 """Flow-matching samplers from ``t = 1`` (noise) to ``t = 0`` (data).
 
+A checkpoint with ``transport="ddpm"`` (a DiT ε-model) samples with `DDPM_SAMPLERS` instead, whose
+loops live in `groupdiff.model.ddpm`; `groupdiff.model.generate.generate` picks by the transport.
+
 Each sampler is a *step* ``x(t) -> x(t_next)`` on per-sample time tensors, so a server can advance
 groups that sit at different timesteps in one batch, plus a loop (`sample`) over a time grid. They
 take a velocity function ``v(x, t)``; `guidance.velocity_function` builds one from a model with the
@@ -17,6 +20,7 @@ from .transport import velocity_to_score
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SAMPLERS = ("euler", "heun", "euler-maruyama", "consistency")
+DDPM_SAMPLERS = ("ddpm", "ddim")  # for transport="ddpm" checkpoints (DiT's ε-models): `groupdiff.model.ddpm`
 SDE_LAST_TIME = 0.04  # the SDE stops here and takes one deterministic mean step to 0 (SiT / REPA)
 
 

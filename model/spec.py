@@ -110,6 +110,14 @@ def spec_from_checkpoint(checkpoint: str | os.PathLike, weights: str = "ema", ve
     weights verified first unless ``verify`` is off (see `weights_hash`)."""
     info = read_checkpoint_info(checkpoint)
     model, metadata = info["model"], info.get("metadata", {})
+    transport = model.get("transport", "flow")
+    if transport != "flow":
+        # the served graph, the exported engines, the per-step scheduler and the distillation teacher (which reads
+        # this spec) all step a velocity model on the flow time grid; a DDPM ε-model (DiT) samples with
+        # `groupdiff sample` / `groupdiff eval` (`groupdiff.model.ddpm`)
+        raise CheckpointError(f"{checkpoint}: transport {transport!r} cannot be served: serving and distillation "
+                              "step flow-matching (velocity) checkpoints only; sample this one with "
+                              "`groupdiff sample --sampler ddpm`")
     data = metadata.get("data", {})
     digest = weights_hash(checkpoint, weights, verify)
     common = {

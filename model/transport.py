@@ -3,6 +3,9 @@
 ``x_t = (1 − t)·x₀ + t·ε`` with ``t ∈ [0, 1]`` and ``t = 1`` pure noise; the network predicts the
 velocity ``dx_t/dt = ε − x₀``. Times are per sample, so members of a group may sit at different noise
 levels (the paper's noise-level variation).
+
+This is the transport of a model with ``transport="flow"`` (the default). DiT's ε-prediction with learned σ
+on DDPM steps (``transport="ddpm"``) is `groupdiff.model.ddpm`.
 """
 
 from __future__ import annotations

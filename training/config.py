@@ -39,6 +39,10 @@ class TrainConfig:
     seed: int = 0
     model: str = "DiT-T/4"  # registry name; input size, channels and classes come from the data
     model_overrides: dict[str, Any] = field(default_factory=dict)  # any GroupDiTConfig field
+    # the objective and the sampler family: "flow" (velocity, flow matching) or "ddpm" (DiT's ε-prediction with
+    # learned σ, loss mse + vb on 1000 DDPM steps; resumes DiT-format weights exactly). Sample grids then need
+    # sample.sampler ddpm or ddim.
+    transport: Literal["flow", "ddpm"] = "flow"
     init_from: str | None = None  # pre-trained weights (the paper's GroupDiff-*): .pt / .safetensors
     init_source: str = "dit"  # their format: dit, sit, repa, groupdiff-dit, groupdiff-sit
     plan: PlanConfig = field(default_factory=PlanConfig)
@@ -65,6 +69,7 @@ class TrainConfig:
 
 # Fields that define the training trajectory: a resumed run must agree on all of them.
 TRAJECTORY_FIELDS = (
-    "data", "seed", "model", "model_overrides", "init_from", "init_source", "plan", "batch_size",
+    "data", "seed", "model", "model_overrides", "transport", "init_from", "init_source", "plan", "batch_size",
     "grad_accumulation", "optim", "ema_decay", "ema_warmup",
 )
+ADDED_FIELDS = {"transport": "flow"}  # trajectory fields newer than some checkpoints: what those ran with

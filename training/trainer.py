@@ -1,9 +1,10 @@
 """The GroupDiff trainer: one process or many under `torchrun` (DDP).
 
-Every step, each rank takes its slice of the group batch plan, runs the flow-matching loss on its
-conditional singles (group size 1) and its groups (group size N, per-member times), and the ranks
-average gradients. All randomness of a step (noise, times, sample ids) comes from a generator seeded
-by ``(seed, step, rank)``, so a resumed run repeats exactly what an uninterrupted run would do.
+Every step, each rank takes its slice of the group batch plan, runs the loss of the config's transport
+(flow matching, or DiT's DDPM loss ``mse + vb`` for ``transport: ddpm``) on its conditional singles
+(group size 1) and its groups (group size N, per-member times), and the ranks average gradients. All
+randomness of a step (noise, times, sample ids) comes from a generator seeded by ``(seed, step, rank)``,
+so a resumed run repeats exactly what an uninterrupted run would do.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from groupdiff.model import GroupDiT, Guidance, flow_matching_loss, model_config, random_sample_ids
-from groupdiff.model.generate import generate
+from groupdiff.model.ddpm import GaussianDiffusion, ddpm_loss
+from groupdiff.model.generate import generate, samplers_for
 from groupdiff.model.images import save_group_grid
 from groupdiff.model.pretrained import init_from_pretrained
 from groupdiff.training.config_files import to_dict
 
-from .config import TRAJECTORY_FIELDS, TrainConfig
+from .config import ADDED_FIELDS, TRAJECTORY_FIELDS, TrainConfig
 from .distributed import Distributed
 from .loop import RunLoop
 from .optim import EMA, autocast_dtype, build_optimizer
@@ -47,7 +49,13 @@ def build_model(config: TrainConfig, data: PreparedData) -> GroupDiT:
     _, channels, height, width = data.samples.shape
     if height != width:
         raise ValueError(f"training needs square samples, got {height}x{width}")
-    overrides = {"max_group_size": config.plan.group_size, **config.model_overrides}
+    transport = config.model_overrides.get("transport", config.transport)
+    if transport != config.transport:
+        raise ValueError(f"model_overrides.transport {transport!r} contradicts transport {config.transport!r}; "
+                         "set transport only")
+    # a DDPM model learns σ unless told otherwise (DiT); a flow model has no variance output
+    overrides = {"max_group_size": config.plan.group_size, "transport": config.transport,
+                 "learn_sigma": config.transport == "ddpm", **config.model_overrides}
     model_cfg = model_config(
         config.model, input_size=height, in_channels=channels, num_classes=data.num_classes, **overrides
     )
@@ -83,6 +91,7 @@ class Trainer(RunLoop):
     progress_label = "train"
     config_key = "train_config"
     trajectory_fields = TRAJECTORY_FIELDS
+    added_fields = ADDED_FIELDS
 
     def __init__(self, config: TrainConfig, data: PreparedData, dist: Distributed, resume: str | None = None):
         self.config = config
@@ -90,8 +99,14 @@ class Trainer(RunLoop):
         self.dist = dist
         self.out = Path(config.out)
         self.device = dist.device
+        if config.sample.sampler not in samplers_for(config.transport):  # refused now, not at the first grid
+            raise ValueError(f"sample.sampler {config.sample.sampler!r} cannot sample a {config.transport} model; "
+                             f"choose from {samplers_for(config.transport)}")
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = build_model(config, data).to(self.device)
+        # DiT's whole 1000-step diffusion (training never respaces); None for flow matching
+        self.diffusion = (GaussianDiffusion.create(learn_sigma=self.model.config.learn_sigma)
+                          if config.transport == "ddpm" else None)
         if config.init_from:
             init_from_pretrained(self.model, config.init_from, config.init_source)
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
@@ -134,20 +149,25 @@ class Trainer(RunLoop):
             inputs.append(LossInputs(idx, t, labels, noise, ids, n))
         return inputs
 
-    def _loss(self, inputs: LossInputs) -> torch.Tensor:
-        """Summed per-sample flow-matching loss of one forward."""
+    def _loss(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
+        """Per-sample loss terms of one forward, each summed over the samples: ``loss`` (and, for DDPM, its
+        parts ``mse`` and ``vb``). DDPM takes the drawn ``t ∈ [0, 1]`` to step ``⌊1000 t⌋`` at its boundary."""
         x0 = self.data.gather(inputs.index, self.device)
         to = {"device": self.device}
         autocast = (
             torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         )
+        args = (self.network, x0, inputs.t.to(**to), inputs.labels.to(**to), inputs.noise.to(**to),
+                inputs.group_size, inputs.sample_ids.to(**to))
         with autocast:
-            loss = flow_matching_loss(self.network, x0, inputs.t.to(**to), inputs.labels.to(**to),
-                                      inputs.noise.to(**to), inputs.group_size, inputs.sample_ids.to(**to))
-        return loss.sum()
+            if self.diffusion is not None:
+                terms = ddpm_loss(*args, diffusion=self.diffusion)
+            else:
+                terms = {"loss": flow_matching_loss(*args)}
+        return {name: value.sum() for name, value in terms.items()}
 
     def train_step(self) -> dict[str, float]:
-        """One optimizer step; returns this rank's mean loss."""
+        """One optimizer step; returns this rank's mean loss terms (``loss`` first)."""
         batch = self.plan.batch(self.step, self.dist.rank)
         if self.config.record_indices:
             self._record(batch)
@@ -157,19 +177,20 @@ class Trainer(RunLoop):
         drawn = self._draw_inputs(batch, step_generator(self.config.seed, self.step, self.dist.rank))
         chunks = [part.split(self.config.grad_accumulation) for part in drawn]
         forwards = [chunk for micro in zip_longest(*chunks) for chunk in micro if chunk is not None]
-        total, loss_sum = batch.num_images, 0.0
+        total, sums = batch.num_images, {}
         for i, inputs in enumerate(forwards):
             last = i == len(forwards) - 1  # DDP averages gradients once, after the last backward
             with nullcontext() if (last or self.ddp is None) else self.ddp.no_sync():
-                loss = self._loss(inputs)
-                (loss / total).backward()
-            loss_sum += loss.item()
+                terms = self._loss(inputs)
+                (terms["loss"] / total).backward()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.item()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.model, self.step)
         self.step += 1
-        return {"loss": loss_sum / total}
+        return {name: value / total for name, value in sums.items()}
 
     def _record(self, batch: StepBatch) -> None:
         folder = self.out / "seen"
@@ -208,7 +229,11 @@ class Trainer(RunLoop):
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         t = torch.full((len(probe),), 0.5, device=self.device)
         labels = torch.full((len(probe),), self.model.null_class, device=self.device)
-        x_t = 0.5 * x0 + 0.5 * noise
+        if self.diffusion is not None:  # DDPM step 500, which the network sees as t = 0.5
+            step = torch.full((len(probe),), 500, device=self.device)
+            x_t, t = self.diffusion.q_sample(x0, step, noise), self.diffusion.model_time(step)
+        else:
+            x_t = 0.5 * x0 + 0.5 * noise
         _, attention = self.ema.model.forward_with_attention(x_t, t, labels, n)
         return float(attention.score.mean())
 

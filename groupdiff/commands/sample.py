@@ -8,11 +8,13 @@ import argparse
 def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int, guidance_scale: float) -> None:
     """The sampler and guidance flags shared by every command that generates (sample, eval)."""
     from groupdiff.model import GUIDANCE_MODES, SAMPLERS
+    from groupdiff.model.samplers import DDPM_SAMPLERS
 
-    parser.add_argument("--steps", type=int, default=steps)
-    parser.add_argument("--sampler", choices=SAMPLERS, default="heun",
+    parser.add_argument("--steps", type=int, default=steps,
+                        help="sampler steps (a DDPM checkpoint: DiT's respacing of its 1000 steps, e.g. 250)")
+    parser.add_argument("--sampler", choices=SAMPLERS + DDPM_SAMPLERS, default="heun",
                         help="step rule: heun, euler or euler-maruyama (SDE) for a teacher; consistency for a "
-                             "distilled student")
+                             "distilled student; ddpm (ancestral) or ddim for a DDPM (DiT ε) checkpoint")
     parser.add_argument("--guidance-scale", type=float, default=guidance_scale,
                         help="v = v_c + s (v_c - v_u); 0 = off (DiT's cfg_scale is 1 + s)")
     parser.add_argument("--guidance-mode", choices=GUIDANCE_MODES, default="groupdiff-l")
@@ -40,6 +42,7 @@ def register(subparsers) -> None:
                                          "(default: the one recorded in the checkpoint)")
     p.add_argument("--group-size", type=int, default=4, help="images generated jointly per group")
     add_sampling_arguments(p, steps=50, guidance_scale=0.0)
+    p.set_defaults(sampler=None)  # the checkpoint's transport picks: heun (flow) or ddpm
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/sample.png")
     p.set_defaults(run=run)
@@ -70,6 +73,25 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--class {bad} outside 0..{model.config.num_classes - 1}")
     guidance = guidance_from_args(args)
     labels = torch.tensor(args.classes).repeat(groups)[:groups]
-    samples = generate(model, labels, args.group_size, args.steps, args.sampler, guidance, args.seed, progress=True)
-    path = save_group_grid(args.out, decode(samples), args.group_size, upscale=4)
+    samples = generate(model, labels, args.group_size, args.steps, args.sampler, guidance, args.seed,
+                       progress=True)  # sampler None: the default of the checkpoint's transport
+    images = decode(samples)
+    path = save_group_grid(args.out, images, args.group_size, upscale=4)
     print(f"wrote {path} ({groups} groups x {args.group_size} images, classes {labels.tolist()})")
+    warn_blank_members(images, args.group_size)
+
+
+def warn_blank_members(images, group_size: int) -> None:
+    """Say so when members came out blank: guidance that overshoots drives some members of a group to a
+    flat black image (experiments/notes/blank-members.md), and a silent grid of them looks like a broken model."""
+    import sys
+
+    from groupdiff.evaluation.blank import BLANK_STD, blank_mask
+
+    blank = blank_mask(images)  # (G·N,)
+    if not bool(blank.any()):
+        return
+    where = ", ".join(f"group {int(i) // group_size} member {int(i) % group_size}" for i in blank.nonzero().flatten())
+    print(f"warning: {int(blank.sum())} of {len(blank)} images are blank (pixel std < {BLANK_STD}): {where}; "
+          "guidance too strong for this model? try a lower --guidance-scale (experiments/notes/blank-members.md)",
+          file=sys.stderr)

@@ -11,14 +11,20 @@ from groupdiff.evaluation.reference import cached_features, load_reference
 from groupdiff.training.data import FASHION_MNIST_DIR
 
 
+def reference_resize(images: torch.Tensor, size: int = 299) -> torch.Tensor:
+    """The reference definition (StyleGAN2-ADA's TF-FID port) of TF1's legacy bilinear resize of square
+    (B, C, H, H) images: an affine grid shifted so that output pixel i samples input coordinate i * in / out,
+    bilinear, border-clamped."""
+    shift = 1 / images.shape[-1] - 1 / size
+    theta = torch.tensor([[1.0, 0.0, shift], [0.0, 1.0, shift]]).expand(len(images), 2, 3)
+    grid = torch.nn.functional.affine_grid(theta, [len(images), images.shape[1], size, size], align_corners=False)
+    return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def test_resize_is_tf1_legacy_bilinear():
-    """The reference definition (StyleGAN2-ADA's TF-FID port): an affine grid shifted so that output
-    pixel i samples input coordinate i * in / out, bilinear, border-clamped."""
     image = torch.rand(1, 1, 28, 28) * 255
     size = 299
-    theta = torch.tensor([[[1.0, 0.0, 1 / 28 - 1 / size], [0.0, 1.0, 1 / 28 - 1 / size]]])
-    grid = torch.nn.functional.affine_grid(theta, [1, 1, size, size], align_corners=False)
-    expected = torch.nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    expected = reference_resize(image, size)
     matrix = tf_bilinear_matrix(28, size)
     torch.testing.assert_close(matrix @ image[0, 0] @ matrix.T, expected[0, 0], atol=1e-3, rtol=1e-5)
     torch.testing.assert_close(matrix.sum(dim=1), torch.ones(size))
@@ -40,9 +46,17 @@ def test_real_inception_fid_is_zero_on_itself_and_positive_on_other_images():
     features = network(np.concatenate([tops, trousers, 255 - tops]), batch_size=12)  # (36, 2048)
     assert features.shape == (36, 2048) and np.isfinite(features).all() and (features >= 0).all()  # pooled ReLUs
     a, b, inverted = features[:12], features[12:24], features[24:]
-    assert frechet_distance_of(a, a) == pytest.approx(0.0, abs=1e-6)
+    # the whole pipeline against the reference one: gray to RGB, the reference resize, (x − 128) / 128, the
+    # TorchScript network itself; three images alone, in another order, so batch composition cannot matter either
+    picked = [5, 0, 17]
+    pixels = torch.from_numpy(np.concatenate([tops, trousers])[picked]).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        direct = network.network((reference_resize(pixels.expand(-1, 3, -1, -1)) - 128) / 128).numpy()
+    np.testing.assert_allclose(features[picked], direct, rtol=1e-3, atol=1e-3)
+    # two halves of the T-shirts are closer to each other than to trousers (207 against 320: with 6 images in 2048
+    # dimensions the covariance terms weigh as much as the means)
+    assert frechet_distance_of(a[:6], a[6:]) < frechet_distance_of(a[:6], b[:6])
     assert frechet_distance_of(a, b) > 10.0 and frechet_distance_of(a, inverted) > 10.0
-    np.testing.assert_allclose(network(tops[:2]), a[:2], rtol=1e-4, atol=1e-4)  # batch composition does not matter
 
 
 def test_reference_statistics_are_cached_by_key(tmp_path):

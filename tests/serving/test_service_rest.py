@@ -299,9 +299,11 @@ def test_sigterm_drains_answering_new_requests_with_503(server):
             work = asyncio.ensure_future(http.post("/v1/generate", content=slow_body(),
                                                    headers={"content-type": "application/json"}))
             await eventually(in_progress)  # the server holds it, waiting for the rest of its body
+            assert not work.done()
             server.process.send_signal(signal.SIGTERM)
             await eventually(draining)
             refused = await http.post("/v1/generate", json={"class_id": 1, "num_images": 1})
+            assert not work.done()  # it cannot finish before its body ends: in flight from before the signal
             body_may_end.set()
             reply = await work
         code = await asyncio.get_running_loop().run_in_executor(None, stop, server)
@@ -312,3 +314,4 @@ def test_sigterm_drains_answering_new_requests_with_503(server):
     assert refused.headers["connection"] == "close"
     assert reply.status_code == 200 and len(reply.json()["images"]) == 3
     assert code is not None and not server.alive()
+    assert "finishing 1 request(s) in flight" in server.log()  # the drain itself counted it when the signal came

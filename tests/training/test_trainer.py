@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,53 @@ def test_torchrun_with_two_processes_shards_the_data(prepared, tmp_path):
         assert not set(step0["singles"]) & set(step1["singles"])
         assert not {g[0] for g in step0["groups"]} & {g[0] for g in step1["groups"]}  # anchors
     assert (out / "checkpoints/step-0000003/ema.safetensors").is_file()
+
+
+def torchrun(arguments: list[str]) -> list[str]:
+    """``torchrun --standalone`` (a free port) with two CPU workers of ``python -m groupdiff <arguments>``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "groupdiff",
+            *arguments]
+
+
+@pytest.mark.integration  # a whole (multi-process or compiled) training run
+def test_a_torchrun_run_stopped_by_sigterm_resumes_to_the_same_bits(prepared, tmp_path):
+    """SIGTERM to the launcher (what Kubernetes sends a training pod) reaches both workers, which agree on a step,
+    checkpoint it and exit; ``--resume`` from there ends bit for bit where an uninterrupted two-process run
+    ends: weights, EMA and optimizer state."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "stopped"
+    launcher = subprocess.Popen(torchrun(command(prepared, out, 100000)), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "log.jsonl").is_file():  # the first log record: both workers are in the step loop
+            assert launcher.poll() is None, launcher.communicate()[0]
+            assert time.monotonic() < deadline, "no training step within 240 s"
+            time.sleep(0.1)
+        launcher.send_signal(signal.SIGTERM)
+        output, _ = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert "stopped by SIGTERM" in output, output
+    stopped_at = int((out / "checkpoints/latest").read_text().strip().split("-")[1])
+    assert 2 <= stopped_at < 100000, output
+    final = stopped_at + 2  # a checkpoint_every boundary or not, the run ends with a checkpoint there
+
+    for run, arguments in (("resumed", command(prepared, out, final, resume=True)),
+                           ("straight", command(prepared, tmp_path / "straight", final))):
+        result = subprocess.run(torchrun(arguments), capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, run + result.stdout + result.stderr
+        if run == "resumed":
+            assert f"step-{stopped_at:07d} at step {stopped_at}" in result.stdout + result.stderr  # "resumed from"
+    straight = weights(tmp_path / f"straight/checkpoints/step-{final:07d}")
+    resumed = weights(out / f"checkpoints/step-{final:07d}")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
+    logged = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert logged[-1] == final and logged == sorted(set(logged))  # continued, not started over
 
 
 def test_gradient_accumulation_matches_one_big_batch(prepared, tmp_path):
