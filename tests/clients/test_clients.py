@@ -249,7 +249,7 @@ def test_queue_full_is_retried_after_the_servers_retry_after(servers):
         return items[-1]
 
     with (GroupDiffClient(url, retry=RetryPolicy(retries=0)) as hasty,
-          GroupDiffClient(url, retry=RetryPolicy(retries=20, backoff_s=0.05)) as patient,
+          GroupDiffClient(url, retry=RetryPolicy(retries=1000, backoff_s=0.05)) as patient,  # until admitted
           ThreadPoolExecutor(1) as background):
         blocked = background.submit(blocker, GroupDiffClient(url, retry=RetryPolicy(retries=0)))
         assert running.wait(60)
