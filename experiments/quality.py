@@ -22,7 +22,7 @@ import torch
 from groupdiff.clients.reporting import json_ready, machine
 from groupdiff.evaluation.generation import load_generator
 from groupdiff.training import distributed
-from groupdiff.training.config import TRAJECTORY_FIELDS, TrainConfig
+from groupdiff.training.config import ADDED_FIELDS, TRAJECTORY_FIELDS, TrainConfig
 from groupdiff.training.config_files import find_config, load_config, to_dict
 from groupdiff.training.data import FASHION_MNIST_DIR
 from groupdiff.training.loop import RunStopped
@@ -152,7 +152,7 @@ def train_row(config: TrainConfig, dist) -> Path:
     weights alone."""
     at_budget = checkpoint_folder(Path(config.out), config.steps)
     if at_budget.is_dir():
-        check_same_setup(at_budget, "train_config", to_dict(config), TRAJECTORY_FIELDS)
+        check_same_setup(at_budget, "train_config", to_dict(config), TRAJECTORY_FIELDS, ADDED_FIELDS)
         print(f"quality: using {at_budget}")
         return at_budget
     trainer = Trainer(config, _prepared(config.data), dist, resume="auto")
