@@ -15,22 +15,7 @@ from safetensors.torch import load_file
 from groupdiff.cli import main
 from groupdiff.model import load_model
 from tests.support.processes import sigterm_once_logging
-
-FMNIST = "/usr/share/datasets/fashion-mnist"
-TINY = [
-    "model=DiT-T/4", "model_overrides={depth: 2, hidden_size: 64, num_heads: 4}", "batch_size=32",
-    "plan.group_size=4", "plan.group_share=0.25", "plan.query=class", "plan.noise_variation=50",
-    "optim.lr=0.001", "optim.warmup_steps=2", "log_every=2", "checkpoint_every=3", "sample.every=0",
-    "sample.steps=2", "sample.rows=2", "precision=fp32", "device=cpu",
-]
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared") / "fmnist"
-    assert main(["prepare", "--data", FMNIST, "--limit", "256", "--space", "pixel", "--encoders", "class", "random",
-                 "--out", str(out)]) == 0
-    return out
+from tests.support.training import TINY
 
 
 def command(prepared, out, steps, *settings, resume=False):
