@@ -25,6 +25,7 @@ from groupdiff.model.embeddings import sincos_position_embedding
 from groupdiff.model.generate import generate
 from groupdiff.model.pretrained import init_from_pretrained
 from groupdiff.model.spec import spec_from_checkpoint
+from tests.support.dit_weights import dit_shapes
 from tests.support.models import randomize
 
 C = 4  # latent channels; DiT's learned σ makes 2C outputs
@@ -49,24 +50,8 @@ def ddpm_config():
 def dit_state_dict(config, seed: int = 3, std: float = 0.1) -> dict[str, torch.Tensor]:
     """A DiT-XL/2-layout state dict (DiT's names and shapes, learned σ: p²·2C outputs), random values."""
     generator = torch.Generator().manual_seed(seed)
-    d, p, c = config.hidden_size, config.patch_size, config.in_channels
-    grid = config.input_size // p
-    shapes = {
-        "x_embedder.proj.weight": (d, c, p, p), "x_embedder.proj.bias": (d,),
-        "t_embedder.mlp.0.weight": (d, 256), "t_embedder.mlp.0.bias": (d,),
-        "t_embedder.mlp.2.weight": (d, d), "t_embedder.mlp.2.bias": (d,),
-        "y_embedder.embedding_table.weight": (config.num_classes + 1, d),
-        "final_layer.linear.weight": (p * p * 2 * c, d), "final_layer.linear.bias": (p * p * 2 * c,),
-        "final_layer.adaLN_modulation.1.weight": (2 * d, d), "final_layer.adaLN_modulation.1.bias": (2 * d,),
-    }
-    for i in range(config.depth):
-        shapes |= {
-            f"blocks.{i}.attn.qkv.weight": (3 * d, d), f"blocks.{i}.attn.qkv.bias": (3 * d,),
-            f"blocks.{i}.attn.proj.weight": (d, d), f"blocks.{i}.attn.proj.bias": (d,),
-            f"blocks.{i}.mlp.fc1.weight": (4 * d, d), f"blocks.{i}.mlp.fc1.bias": (4 * d,),
-            f"blocks.{i}.mlp.fc2.weight": (d, 4 * d), f"blocks.{i}.mlp.fc2.bias": (d,),
-            f"blocks.{i}.adaLN_modulation.1.weight": (6 * d, d), f"blocks.{i}.adaLN_modulation.1.bias": (6 * d,),
-        }
+    d, grid = config.hidden_size, config.input_size // config.patch_size
+    shapes = dit_shapes(config, 2 * config.in_channels)
     state = {k: torch.randn(shape, generator=generator) * std for k, shape in shapes.items()}
     state["pos_embed"] = sincos_position_embedding(d, grid).unsqueeze(0)  # DiT's frozen MAE positions
     return state

@@ -6,31 +6,15 @@ import torch
 from groupdiff.model import GroupDiT, model_config
 from groupdiff.model.embeddings import TimestepEmbedder
 from groupdiff.model.pretrained import init_from_pretrained, reversed_time_matrix
+from tests.support.dit_weights import dit_shapes
 from tests.support.models import randomize
 
 
 def foreign_state(config, learn_sigma: bool, prefix: str = "", extra: dict | None = None):
     """A DiT-layout state dict written independently of our module tree (random values, DiT shapes)."""
     generator = torch.Generator().manual_seed(3)
-    d, p, c = config.hidden_size, config.patch_size, config.in_channels
-    out_channels = 2 * c if learn_sigma else c
-    shapes = {
-        "x_embedder.proj.weight": (d, c, p, p), "x_embedder.proj.bias": (d,),
-        "t_embedder.mlp.0.weight": (d, 256), "t_embedder.mlp.0.bias": (d,),
-        "t_embedder.mlp.2.weight": (d, d), "t_embedder.mlp.2.bias": (d,),
-        "y_embedder.embedding_table.weight": (config.num_classes + 1, d),
-        "pos_embed": (1, config.tokens_per_image, d),
-        "final_layer.linear.weight": (p * p * out_channels, d), "final_layer.linear.bias": (p * p * out_channels,),
-        "final_layer.adaLN_modulation.1.weight": (2 * d, d), "final_layer.adaLN_modulation.1.bias": (2 * d,),
-    }
-    for i in range(config.depth):
-        shapes |= {
-            f"blocks.{i}.attn.qkv.weight": (3 * d, d), f"blocks.{i}.attn.qkv.bias": (3 * d,),
-            f"blocks.{i}.attn.proj.weight": (d, d), f"blocks.{i}.attn.proj.bias": (d,),
-            f"blocks.{i}.mlp.fc1.weight": (4 * d, d), f"blocks.{i}.mlp.fc1.bias": (4 * d,),
-            f"blocks.{i}.mlp.fc2.weight": (d, 4 * d), f"blocks.{i}.mlp.fc2.bias": (d,),
-            f"blocks.{i}.adaLN_modulation.1.weight": (6 * d, d), f"blocks.{i}.adaLN_modulation.1.bias": (6 * d,),
-        }
+    out_channels = 2 * config.in_channels if learn_sigma else config.in_channels
+    shapes = dit_shapes(config, out_channels) | {"pos_embed": (1, config.tokens_per_image, config.hidden_size)}
     state = {prefix + k: torch.randn(shape, generator=generator) for k, shape in shapes.items()}
     return state | (extra or {})
 
