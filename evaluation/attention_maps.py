@@ -11,8 +11,9 @@ does not feed the sampler, so the images are the ones the recipe makes, whether 
 
 Which pass carries group attention depends on the guidance mode: the conditional one for a student
 (guidance baked in, one forward at group size N) and for GroupDiff-f; the unconditional one (null class)
-for GroupDiff-l with a scale above 0. Plain guidance, or GroupDiff-l without guidance, never lets a
-member see the others, so there is nothing to map.
+for GroupDiff-l with a scale above 0 (outside its guidance interval the sampler skips that pass; the map
+then shows where it would attend). Plain guidance, or GroupDiff-l without guidance, never lets a member
+see the others, so there is nothing to map.
 """
 
 from __future__ import annotations

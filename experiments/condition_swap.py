@@ -319,10 +319,10 @@ def plot_change_vs_rank(groups: list[GroupSwap], summary: dict, path: Path) -> P
                     label="mean ± std")
         rho = summary["p_to_reference"][measure]["spearman"]
         rho_from = summary["p_from_reference"][measure]["spearman"]
-        ax.set_title(f"Spearman ρ(p^(j→r), change) = {mean_std(rho)}\n"
-                     f"ρ(p^(r→j), change) = {mean_std(rho_from)}  ({rho['groups']} groups)", fontsize=9)
+        ax.set_title(f"Spearman ρ(p(j→r), change) = {mean_std(rho)}\n"
+                     f"ρ(p(r→j), change) = {mean_std(rho_from)}  ({rho['groups']} groups)", fontsize=9)
         ax.set_xticks(ranks)
-        ax.set_xlabel("swapped member's rank by attention to the reference (1 = most)")
+        ax.set_xlabel("rank of the swapped member's p(j→r) (1 = most)")
         ax.set_ylabel(labels[measure])
         ax.legend(fontsize=8)
     return save_figure(figure, path)
@@ -342,7 +342,7 @@ def plot_change_vs_attention(groups: list[GroupSwap], summary: dict, path: Path)
             rho = slots[str(j)]
             label = f"member {j} (ρ over groups {rho:.2f})" if rho == rho else f"member {j}"
             ax.scatter(attention, change, s=10, alpha=0.6, label=label)
-        ax.set_xlabel(f"p^(j→r): swapped member's attention to the reference (member {reference})")
+        ax.set_xlabel(f"p(j→r): swapped member j's attention to r = {reference}")
         ax.set_ylabel(f"reference change, {measure}")
         ax.legend(fontsize=7)
     return save_figure(figure, path)

@@ -11,8 +11,8 @@ from groupdiff.training.data import load_fashion_mnist
 def test_no_real_fashion_mnist_image_is_blank():
     images = load_fashion_mnist(split="test").images  # (10000, 1, 28, 28) uint8
     assert blank_share(images) == 0.0
-    # the threshold sits well below the flattest real image, so a faint garment is not called blank either
-    assert float(image_std(images).min()) > 2 * BLANK_STD
+    # the threshold sits below the flattest real image with a margin, so a faint garment is not called blank
+    assert float(image_std(images).min()) > BLANK_STD + 0.03
 
 
 def test_blank_and_near_black_members_are_flagged_per_position():
@@ -22,7 +22,7 @@ def test_blank_and_near_black_members_are_flagged_per_position():
     near_black = (-0.97 + 0.01 * torch.randn(1, 28, 28, generator=generator)).clamp(-1, 1)
     grey = torch.zeros(1, 28, 28)
     faint_blob = black.clone()
-    faint_blob[:, 10:18, 10:18] = -0.9  # a dim square on black: nearly flat
+    faint_blob[:, 10:18, 10:18] = -0.7  # a dim square on black (std 0.08), like a near-black member
     batch = real.clone()  # two groups of four, group-major
     batch[1], batch[2], batch[5], batch[6] = black, near_black, grey, faint_blob
     assert blank_mask(batch).tolist() == [False, True, True, False, False, True, True, False]
