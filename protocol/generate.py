@@ -22,6 +22,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     ValidationError,
     WithJsonSchema,
@@ -33,7 +34,16 @@ from pydantic_core import PydanticCustomError
 from .limits import GROUP_POLICIES, MAX_GUIDANCE_SCALE, MAX_SEED, MAX_TIMEOUT_S, TEACHER_MAX_STEPS
 
 CONDITION_FIELDS = ("class_id", "class_ids")  # exactly one: images of one class, or an image set
-OPTIONAL_FIELDS = ("group_size", "steps", "guidance_scale", "seed", "group_policy", "timeout_s")
+OPTIONAL_FIELDS = ("group_size", "steps", "guidance_scale", "seed", "group_policy", "timeout_s", "return_attention")
+ATTENTION_DOC = (
+    "also return, for each group that holds this request's images, the N x N image-to-image attention mass: "
+    "row i is how member i's patches split their attention over the members j of its group (p^{i->j} of the "
+    "paper's Eq. 7 divided by the patches per image, so each row sums to 1: self plus cross-sample share), "
+    "head-averaged and averaged over layers (a layer without group attention counts as all self), measured on "
+    "the input of the final denoising step in the pass where members attend to each other (a student's or "
+    "GroupDiff-f's conditional pass, GroupDiff-l's unconditional one). It costs one extra forward of the group "
+    "with explicit attention on the model thread and never changes the images. Needs a group size of at least "
+    "2 and a pass with group attention; otherwise the request is refused (invalid_request)")
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,7 @@ def request_model(limits: RequestLimits) -> type[BaseModel]:
             "shared: members of other requests with the same settings fill it"))),
         "timeout_s": (float, Field(default=limits.default_timeout_s, gt=0.0, le=MAX_TIMEOUT_S, allow_inf_nan=False,
                                    strict=True, description="deadline in seconds; expired work is dropped (504)")),
+        "return_attention": (StrictBool, Field(default=False, description=ATTENTION_DOC)),
     }
     return create_model("GenerateRequest", __base__=_GenerateBody, **fields)
 
@@ -166,6 +177,16 @@ class StageTimings(BaseModel):
     total: float = Field(description="ms from arrival to answer")
 
 
+class GroupAttention(BaseModel):
+    """One group's member-to-member attention mass (`return_attention`)."""
+
+    members: list[int | None] = Field(description=(
+        "for each member of the group, in order, the index of this request's image it became; null for a padding "
+        "member or another request's member (a shared group)"))
+    mass: list[list[float]] = Field(description=(
+        "N x N, row i -> column j: the share of member i's attention that lands on member j; rows sum to 1"))
+
+
 class GenerateResponse(BaseModel):
     request_id: str
     model_version: str
@@ -177,6 +198,9 @@ class GenerateResponse(BaseModel):
     group_policy: Literal[GROUP_POLICIES]
     images: list[GeneratedImage]
     timings_ms: StageTimings
+    attention: list[GroupAttention] | None = Field(default=None, description=(
+        "with return_attention: one entry per group holding this request's images, in the order of their first "
+        "image; absent otherwise"))
 
 
 class StepRange(BaseModel):

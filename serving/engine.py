@@ -9,6 +9,7 @@
       -> GroupScheduler.add / drop                new and cancelled requests
       -> GroupScheduler.schedule                  expired (504), dropped, started groups, the calls to run
       -> Executor.start / step                    noise for new groups, one batched step per group size
+                                                  (first the attention capture of groups that asked for it)
       -> GroupScheduler.advance                   finished groups
       -> Executor.decode                          images; completed requests go to the encoder pool
     encoder thread: PNGs, timings, metrics, the answer (each request answered exactly once)
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from .admission import Admission, CostModel, Published, choose_knee, request_work
+from .attention import AttentionCapture
 from .executor import Executor
 from .metrics import ServingMetrics
 from .pipeline import encode_png
@@ -47,6 +49,7 @@ from .scheduler import Backlog, Group, GroupScheduler, Job, SchedulerConfig
 
 LOG = logging.getLogger("groupdiff.serving")
 ProgressFn = Callable[[int, int], None]  # (steps done, steps) for one request, called from the model thread
+CaptureFn = Callable[[Runtime], AttentionCapture | None]  # the torch model beside a loaded runtime, if any
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,14 @@ class EngineConfig:
     switch_interval_s: float | None = 0.0005  # the process's GIL switch interval while serving (None: leave it)
 
 
+@dataclass(frozen=True)
+class GroupMass:
+    """One group's attention mass as a request sees it (`attention`)."""
+
+    members: tuple[int | None, ...]  # the request's image index of each member; None: padding or another request's
+    mass: np.ndarray  # (N, N) float32, row i -> column j, rows sum to 1
+
+
 @dataclass
 class Result:
     request: ResolvedRequest
@@ -69,6 +80,7 @@ class Result:
     seeds: list[int]
     pngs: list[bytes] | None  # when PNG encoding was asked for
     timings_ms: dict[str, float]
+    attention: list[GroupMass] | None = None  # with return_attention: its groups, in the order of their first image
 
 
 def deadline_error(request: ResolvedRequest) -> RequestError:
@@ -95,14 +107,16 @@ class _Handle:
     decode_s: float = 0.0
     member_steps: int = 0
     reported_step: int = 0
+    attention: list[GroupMass] = field(default_factory=list)
 
 
 class Engine:
     def __init__(self, load: Callable[[], tuple[Runtime, Decoder]], config: EngineConfig | None = None,
-                 metrics: ServingMetrics | None = None):
+                 metrics: ServingMetrics | None = None, capture: CaptureFn = AttentionCapture.of_runtime):
         self.config = config or EngineConfig()
         self.metrics = metrics or ServingMetrics()
         self._load = load
+        self._load_capture = capture  # called on the model thread once the runtime is loaded
         self._inbox: deque[tuple[str, Job]] = deque()  # ("add" | "drop", job), drained by the model thread
         self._wake = threading.Event()
         self._open: set[Job] = set()  # accepted and not yet answered
@@ -257,8 +271,9 @@ class Engine:
     def _load_and_profile(self) -> None:
         torch.set_grad_enabled(False)
         runtime, decoder = self._load()
-        self.executor = Executor(runtime, decoder)
-        served = ServedModel.for_runtime(runtime.spec, runtime.group_sizes, runtime.name)
+        self.executor = Executor(runtime, decoder, self._load_capture(runtime))
+        served = ServedModel.for_runtime(runtime.spec, runtime.group_sizes, runtime.name,
+                                         self.executor.capture is not None)
         n = served.default_group_size
         curve = self.executor.profile(n, runtime.max_groups, self.config.profile_repeats)
         if self.config.max_batch_groups:  # the operator's cap, in groups of any size
@@ -358,6 +373,7 @@ class Engine:
         self.model_seconds += decode_s
         now = time.monotonic()
         for group, group_images in zip(groups, images, strict=True):
+            mass = self.executor.take_attention(group)
             jobs = set()
             for member, image in zip(group.members, group_images, strict=True):
                 job = member.job
@@ -370,6 +386,9 @@ class Engine:
                 handle.undecoded -= 1
                 jobs.add(job)
             for job in jobs:
+                if mass is not None and job.request.return_attention:
+                    members = tuple(m.index if m.job is job else None for m in group.members)
+                    job.handle.attention.append(GroupMass(members, mass))
                 job.handle.decode_s += decode_s
                 if job.handle.undecoded == 0:
                     job.handle.sampled = now
@@ -426,9 +445,11 @@ class Engine:
             "encode": end - handle.sampled,
             "total": end - handle.submitted,
         }
+        attention = (sorted(handle.attention, key=lambda g: min(i for i in g.members if i is not None))
+                     if request.return_attention else None)
         result = Result(request, self.served.spec.model_version, handle.images,
                         [request.image_seed(i) for i in range(request.num_images)], pngs,
-                        {stage: seconds * 1000.0 for stage, seconds in timings.items()})
+                        {stage: seconds * 1000.0 for stage, seconds in timings.items()}, attention)
         if _settle(handle.future, result=result):
             for stage, seconds in timings.items():
                 self.metrics.stage_seconds.labels(stage=stage).observe(seconds)

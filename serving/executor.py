@@ -3,7 +3,9 @@
 It owns the runtime, the decoder and the running groups' latents (by group id, as vLLM's model
 runner owns its per-request state), and offers four operations to the engine: create new groups'
 initial noise, take one batched sampler step for groups of one size (each group at its own time),
-decode finished groups, and forget dropped ones. `profile` measures the runtime's cost curve at
+decode finished groups, and forget dropped ones. Before a step it runs the attention capture
+(`attention.AttentionCapture`) on the groups that asked for it at their final step, and keeps each
+one's mass until the engine takes it. `profile` measures the runtime's cost curve at
 start-up, from which the engine picks the call size and seeds the admission estimate.
 
 Every random draw comes from the member's own seed (and step), so an image never depends on the
@@ -19,15 +21,18 @@ import numpy as np
 import torch
 
 from .admission import KNEE_TOLERANCE, CurvePoint
+from .attention import AttentionCapture
 from .pipeline import denoise_step, member_noise, step_noise, step_rule, time_grid
 from .runtime import Decoder, Runtime
 from .scheduler import Group
 
 
 class Executor:
-    def __init__(self, runtime: Runtime, decoder: Decoder):
+    def __init__(self, runtime: Runtime, decoder: Decoder, capture: AttentionCapture | None = None):
         self.runtime = runtime
         self.decoder = decoder
+        self.capture = capture  # None: this server reports no attention (requests asking are refused)
+        self._attention: dict[int, np.ndarray] = {}  # group id -> (N, N) mass, until the engine takes it
         spec = runtime.spec
         self.shape = (spec.channels, spec.size, spec.size)  # model-space sample shape
         self._rule = step_rule(spec.sampler)
@@ -61,6 +66,7 @@ class Executor:
                          device=device)
         guidance = torch.tensor([g.request.guidance_scale for g in groups], dtype=torch.float32, device=device)
         began = time.perf_counter()
+        self._capture([i for i, g in enumerate(groups) if g.captures_attention], groups, x, t, y)
         noise = step_noise(self.runtime.spec.sampler, [(m.seed, g.step) for g in groups for m in g.members],
                            self.shape)
         x = denoise_step(self.runtime, self._rule, x, t, t_next, y, guidance, n, noise)
@@ -69,6 +75,21 @@ class Executor:
         for i, group in enumerate(groups):
             self._latents[group.id] = x[i * n:(i + 1) * n]
         return seconds
+
+    def _capture(self, chosen: list[int], groups: list[Group], x: torch.Tensor, t: torch.Tensor,
+                 y: torch.Tensor) -> None:
+        """The attention mass of the groups at positions ``chosen`` of this step's batch, on the step's input."""
+        if not chosen:
+            return
+        n = groups[0].size
+        rows = torch.tensor([i * n + j for i in chosen for j in range(n)], device=x.device)
+        masses = self.capture.mass(x[rows], t[rows], y[rows], [groups[i].request.guidance_scale for i in chosen], n)
+        for i, mass in zip(chosen, masses, strict=True):
+            self._attention[groups[i].id] = mass
+
+    def take_attention(self, group: Group) -> np.ndarray | None:
+        """The (N, N) mass captured for a finished group, if it asked for one."""
+        return self._attention.pop(group.id, None)
 
     def decode(self, groups: list[Group]) -> tuple[list[np.ndarray], float]:
         """Decode finished groups together: ((N, H, W, C) uint8 per group, seconds); their latents go."""
@@ -81,9 +102,11 @@ class Executor:
     def free(self, groups: list[Group]) -> None:
         for group in groups:
             self._latents.pop(group.id, None)
+            self._attention.pop(group.id, None)
 
     def free_all(self) -> None:
         self._latents.clear()
+        self._attention.clear()
 
     def profile(self, group_size: int, max_groups: int, repeats: int = 5) -> list[CurvePoint]:
         """Seconds per step call at 1, 2, 4, ... groups of ``group_size`` (up to ``max_groups``); the

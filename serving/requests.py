@@ -19,6 +19,8 @@ from groupdiff.model.spec import DenoiserSpec
 from groupdiff.protocol.generate import RequestLimits, describe_validation_error, request_model
 from groupdiff.protocol.limits import DEFAULT_MAX_IMAGES, DEFAULT_TIMEOUT_S, MAX_SEED, SEED_SPACE
 
+from .attention import attention_branch
+
 
 class RequestError(Exception):
     """A request the server refuses; ``code`` and ``status`` follow the serving contract."""
@@ -68,14 +70,16 @@ class ServedModel:
     group_sizes: tuple[int, ...]  # N values the runtime runs (subset of 1..spec.max_group_size)
     default_group_size: int
     runtime: str
+    captures_attention: bool = False  # a torch model beside the runtime can report attention mass
 
     @classmethod
-    def for_runtime(cls, spec: DenoiserSpec, group_sizes: tuple[int, ...], runtime: str) -> ServedModel:
+    def for_runtime(cls, spec: DenoiserSpec, group_sizes: tuple[int, ...], runtime: str,
+                    captures_attention: bool = False) -> ServedModel:
         """The one place the default group size is decided: the checkpoint's (a student's distilled
         size, a teacher's largest) when the runtime serves it, else the runtime's largest."""
         sizes = tuple(sorted(group_sizes))
         default = spec.default_group_size if spec.default_group_size in sizes else max(sizes)
-        return cls(spec, sizes, default, runtime)
+        return cls(spec, sizes, default, runtime, captures_attention)
 
     def request_limits(self, limits: ServerLimits) -> RequestLimits:
         spec = self.spec
@@ -100,6 +104,7 @@ class ResolvedRequest:
     group_policy: str
     timeout_s: float
     class_ids: tuple[int, ...] = ()  # an image set: one class per member of its one group
+    return_attention: bool = False  # not in the settings key: it never changes the images
 
     @property
     def settings_key(self) -> tuple:
@@ -148,9 +153,22 @@ def resolve(body: BaseModel | dict, served: ServedModel, limits: ServerLimits) -
     else:
         raise invalid(f"guidance_scale: this student has guidance {spec.guidance_scale:g} baked in; "
                       f"omit the field or pass that value (got {body.guidance_scale:g})")
+    if body.return_attention:
+        check_attention(served, group_size, guidance)
     seed = secrets.randbelow(MAX_SEED + 1) if body.seed is None else body.seed
     return ResolvedRequest(
         request_id=uuid.uuid4().hex, class_id=body.class_id, num_images=num_images, group_size=group_size,
         steps=steps, guidance_scale=guidance, seed=seed, group_policy=body.group_policy,
-        timeout_s=float(body.timeout_s), class_ids=class_ids,
+        timeout_s=float(body.timeout_s), class_ids=class_ids, return_attention=body.return_attention,
     )
+
+
+def check_attention(served: ServedModel, group_size: int, guidance_scale: float) -> None:
+    """``return_attention`` needs a pass with group attention and a torch model to capture it (`attention`)."""
+    try:
+        attention_branch(served.spec, group_size, guidance_scale)
+    except ValueError as error:
+        raise invalid(f"return_attention: {error}") from None
+    if not served.captures_attention:
+        raise invalid(f"return_attention: the {served.runtime} runtime of this server has no torch model to "
+                      "capture attention with")

@@ -94,6 +94,13 @@ class Group:
     def jobs(self) -> set[Job]:
         return {m.job for m in self.members if m.job is not None}
 
+    @property
+    def captures_attention(self) -> bool:
+        """At its final step with a live member whose request asked for attention: the step whose input the
+        reported attention mass is measured on (`groupdiff.serving.attention`)."""
+        return self.step == self.steps - 1 and any(
+            m.job is not None and not m.job.dropped and m.job.request.return_attention for m in self.members)
+
 
 @dataclass(eq=False)
 class _KeyQueue:

@@ -15,6 +15,7 @@ from groupdiff.model.checkpoint import check_loads, preferred_weights
 from groupdiff.model.spec import DenoiserSpec, spec_from_checkpoint
 
 from .decoders import autoencoder_folder, verify_autoencoder
+from .attention import AttentionCapture
 from .defaults import BUNDLED_STUDENT
 from .engine import Engine, EngineConfig
 from .metrics import ServingMetrics
@@ -87,7 +88,8 @@ def check_checkpoint(path: str | os.PathLike, verify: bool = True) -> DenoiserSp
 
 
 def build_engine(config: ServeConfig, metrics: ServingMetrics | None = None) -> Engine:
-    """An engine whose model thread loads the runtime and decoder named by ``config``."""
+    """An engine whose model thread loads the runtime and decoder named by ``config``, and the torch model that
+    captures attention (`AttentionCapture.for_runtime`: the torch runtime's own, else a copy of the checkpoint)."""
     check_checkpoint(config.checkpoint)
 
     def load():
@@ -109,4 +111,5 @@ def build_engine(config: ServeConfig, metrics: ServingMetrics | None = None) -> 
         limits=config.limits, max_batch_groups=config.max_batch_groups, batch_wait_ms=config.batch_wait_ms,
         latency_budget_s=config.latency_budget_s, naive=config.naive,
     )
-    return Engine(load, engine_config, metrics)
+    return Engine(load, engine_config, metrics,
+                  capture=lambda runtime: AttentionCapture.for_runtime(runtime, config.checkpoint))

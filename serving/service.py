@@ -181,6 +181,8 @@ def response_body(result: Result) -> dict:
                     "png_base64": base64.b64encode(png).decode("ascii")}
                    for i, (seed, png) in enumerate(zip(result.seeds, result.pngs, strict=True))],
         "timings_ms": {stage: round(ms, 3) for stage, ms in result.timings_ms.items()},
+        **({} if result.attention is None else {"attention": [
+            {"members": list(group.members), "mass": group.mass.tolist()} for group in result.attention]}),
     }
 
 

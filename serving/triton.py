@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from groupdiff.protocol.triton import INPUTS, MODEL_NAME, MODEL_VERSION, OUTPUTS, triton_error_code
+from groupdiff.protocol.triton import INPUTS, MODEL_NAME, MODEL_VERSION, NO_MEMBER, OUTPUTS, triton_error_code
 
-from .engine import Engine
+from .engine import Engine, Result
 from .metrics import ServingMetrics
 from .pytriton_stub import INTERNAL, Refusal, install_entry_point
 from .requests import RequestError, ServedModel, ServerLimits, invalid, resolve
@@ -49,7 +49,8 @@ from .serve_config import ServeConfig, build_engine
 LOG = logging.getLogger("groupdiff.serving")
 MONITOR_S = 1.0  # how often the frontend checks that Triton is still alive
 # PyTriton declares tensors with numpy dtypes (BYTES as np.bytes_)
-NUMPY_DTYPES = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "UINT8": np.uint8, "BYTES": np.bytes_}
+NUMPY_DTYPES = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "UINT8": np.uint8, "BYTES": np.bytes_,
+                "BOOL": np.bool_}
 INPUT_NAMES = frozenset(tensor.name for tensor in INPUTS)
 
 
@@ -76,10 +77,24 @@ def body_from_inputs(inputs: dict[str, np.ndarray]) -> dict:
                 raise invalid(f"{field}: {name} is not valid UTF-8") from None
         elif field == "guidance_scale":
             item = float(item)
+        elif field == "return_attention":
+            item = bool(item)  # a BOOL tensor: Triton refuses any other datatype
         else:
             item = int(item)
         body[field] = item
     return body
+
+
+def outputs_of(result: Result) -> dict[str, np.ndarray]:
+    """The model's outputs for one answered request (`groupdiff.protocol.triton.OUTPUTS`)."""
+    request = result.request
+    n = request.group_size
+    groups = result.attention or []
+    members = [[NO_MEMBER if i is None else i for i in group.members] for group in groups]
+    return {"IMAGES": result.images, "SEEDS": np.asarray(result.seeds, dtype=np.int64),
+            "CLASS_IDS": np.asarray([request.member_class(i) for i in range(request.num_images)], dtype=np.int64),
+            "ATTENTION": np.asarray([group.mass for group in groups], dtype=np.float32).reshape(len(groups), n, n),
+            "ATTENTION_MEMBERS": np.asarray(members, dtype=np.int64).reshape(len(groups), n)}
 
 
 def refusal(error: RequestError) -> Refusal:
@@ -112,9 +127,7 @@ def make_infer(engine: Engine, limits: ServerLimits):
             LOG.info("%s %s k=%d N=%d steps=%d policy=%s seed=%d -> ok in %.1f ms", resolved.request_id,
                      resolved.describe_condition(), resolved.num_images, resolved.group_size, resolved.steps,
                      resolved.group_policy, resolved.seed, (time.perf_counter() - started) * 1000)
-            classes = [resolved.member_class(i) for i in range(resolved.num_images)]
-            responses.append({"IMAGES": result.images, "SEEDS": np.asarray(result.seeds, dtype=np.int64),
-                              "CLASS_IDS": np.asarray(classes, dtype=np.int64)})
+            responses.append(outputs_of(result))
         return responses
 
     return infer

@@ -31,7 +31,7 @@ from .engine import Engine, EngineConfig
 from .metrics import ServingMetrics
 from .requests import RequestError, resolve
 from .serve_config import ServeConfig, build_engine, check_checkpoint
-from .triton import body_from_inputs
+from .triton import body_from_inputs, outputs_of
 
 SETTINGS_FILE = "serve.json"
 CHECKPOINT_DIR = "checkpoint"
@@ -134,12 +134,8 @@ class TritonPythonModel:
             try:
                 if isinstance(item, RequestError):
                     raise item
-                result = item.result()
-                classes = [result.request.member_class(i) for i in range(result.request.num_images)]
                 responses.append(pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("IMAGES", result.images),
-                    pb_utils.Tensor("SEEDS", np.asarray(result.seeds, dtype=np.int64)),
-                    pb_utils.Tensor("CLASS_IDS", np.asarray(classes, dtype=np.int64))]))
+                    pb_utils.Tensor(name, value) for name, value in outputs_of(item.result()).items()]))
             except RequestError as error:
                 code = getattr(pb_utils.TritonError, triton_error_code(error.status))  # as the PyTriton frontend
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(

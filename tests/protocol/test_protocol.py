@@ -17,7 +17,7 @@ from groupdiff.protocol.generate import (
     request_model,
 )
 from groupdiff.protocol.limits import MAX_SEED, TEACHER_MAX_STEPS
-from groupdiff.protocol.triton import INPUTS, triton_error_code
+from groupdiff.protocol.triton import INPUT_BY_FIELD, INPUTS, OUTPUTS, triton_error_code
 
 STUDENT = RequestLimits(num_classes=10, max_images=8, group_sizes=(1, 2, 4), default_group_size=4, steps=(1, 2, 4),
                         default_steps=1, guidance_scale=1.5, guidance_adjustable=False, default_timeout_s=30.0)
@@ -103,3 +103,37 @@ def test_a_response_is_checked_by_the_client_side_model():
     assert GenerateResponse.model_validate(answer).images[0].seed == 3  # unknown (newer) fields are ignored
     with pytest.raises(ValidationError, match="timings_ms"):
         GenerateResponse.model_validate({**answer, "timings_ms": {"total": 1}})
+    assert GenerateResponse.model_validate(answer).attention is None  # absent unless asked for
+
+
+@pytest.mark.parametrize("value", ["true", 1, 0, None, 1.0, [True]])
+def test_return_attention_is_a_json_boolean_off_by_default(value):
+    model = request_model(STUDENT)
+    assert model.model_validate({"class_id": 0, "num_images": 1}).return_attention is False
+    assert model.model_validate({"class_id": 0, "num_images": 1, "return_attention": True}).return_attention is True
+    assert model.model_validate({"class_ids": [1, 2], "return_attention": False}).return_attention is False
+    with pytest.raises(ValidationError) as refused:
+        model.model_validate({"class_id": 0, "num_images": 1, "return_attention": value})
+    assert describe_validation_error(refused.value).startswith("return_attention: ")
+
+
+def test_return_attention_in_the_schema_and_on_triton():
+    schema = request_model(TEACHER).model_json_schema()["properties"]["return_attention"]
+    assert (schema["type"], schema["default"]) == ("boolean", False)
+    assert "each row sums to 1" in schema["description"] and "final denoising step" in schema["description"]
+    assert (INPUT_BY_FIELD["return_attention"].datatype, INPUT_BY_FIELD["return_attention"].optional) == ("BOOL", True)
+    outputs = {tensor.name: tensor for tensor in OUTPUTS}
+    assert (outputs["ATTENTION"].datatype, outputs["ATTENTION"].shape) == ("FP32", (-1, -1, -1))
+    assert (outputs["ATTENTION_MEMBERS"].datatype, outputs["ATTENTION_MEMBERS"].shape) == ("INT64", (-1, -1))
+
+
+def test_a_response_carries_each_groups_mass_with_its_members():
+    answer = {"request_id": "r", "model_version": "m", "width": 8, "height": 8, "group_size": 2, "steps": 1,
+              "guidance_scale": 1.5, "group_policy": "isolated",
+              "images": [{"index": 0, "class_id": 2, "seed": 3, "png_base64": ""}],
+              "timings_ms": {"queue": 0, "denoise": 1, "decode": 0, "encode": 0, "total": 1},
+              "attention": [{"members": [0, None], "mass": [[0.75, 0.25], [0.5, 0.5]]}]}
+    (group,) = GenerateResponse.model_validate(answer).attention
+    assert group.members == [0, None] and group.mass[0] == [0.75, 0.25]
+    with pytest.raises(ValidationError, match="attention"):
+        GenerateResponse.model_validate({**answer, "attention": [{"members": [0, None]}]})
