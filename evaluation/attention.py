@@ -4,6 +4,11 @@ The paper links GroupDiff's gains to how focused an image's attention on its gro
 noise given samples (generated or real, in the model's space) to a few times ``t`` with one seeded
 generator, run `GroupDiT.forward_with_attention` on groups of ``group_size`` and average ``S_cross``
 over all images, per layer and per time.
+
+Noising follows the model's own transport, so the network sees inputs from the distribution it was trained
+on: a flow model ``x_t = (1 − t)·x₀ + t·ε`` (`transport.interpolate`); a DDPM model (``transport="ddpm"``,
+DiT's ε-prediction) its forward process ``√ᾱ_k x₀ + √(1 − ᾱ_k) ε`` at step ``k = ⌊1000 t⌋``, fed at that
+step's time ``k / 1000`` (`groupdiff.model.ddpm`'s boundary).
 """
 
 from __future__ import annotations
@@ -12,7 +17,17 @@ import torch
 from tqdm import tqdm
 
 from groupdiff.model import GroupDiT
+from groupdiff.model.ddpm import GaussianDiffusion, step_to_time, time_to_step
 from groupdiff.model.transport import interpolate
+
+
+def noised(model: GroupDiT, x0: torch.Tensor, noise: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_t, network time)`` of samples ``x0`` (B, C, H, W) at time ``t`` under the model's transport."""
+    time = torch.full((len(x0),), float(t), device=x0.device)
+    if model.config.transport != "ddpm":
+        return interpolate(x0, noise, time), time
+    steps = time_to_step(time)
+    return GaussianDiffusion.create().q_sample(x0, steps, noise), step_to_time(steps)
 
 
 @torch.no_grad()
@@ -35,8 +50,7 @@ def cross_sample_scores(model: GroupDiT, samples: torch.Tensor, labels: torch.Te
         for start in range(0, len(samples), chunk):
             x0 = samples[start : start + chunk].to(device)
             noise = torch.randn(x0.shape, generator=generator, device=device)
-            time = torch.full((len(x0),), float(t), device=device)
-            xt = interpolate(x0, noise, time)
+            xt, time = noised(model, x0, noise, t)
             _, attention = model.forward_with_attention(xt, time, labels[start : start + chunk].to(device), group_size)
             score = attention.score  # (layers, G, N)
             total = total + score.sum(dim=(1, 2)).cpu()
