@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw
 
-from groupdiff.protocol.generate import GenerateResponse
+from groupdiff.protocol.generate import GenerateResponse, GroupAttention
+from groupdiff.protocol.triton import NO_MEMBER
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,6 +45,22 @@ class GenerationResult:
     timings_ms: dict[str, float] = field(default_factory=dict)  # server stages: queue, denoise, decode, encode, total
     latency_s: float | None = None  # measured by the client, retries and back-off included
     protocol: str = "rest"
+    attention: list[GroupAttention] | None = None  # with return_attention: each group's member-to-member mass
+
+    def attention_table(self) -> str:
+        """The attention mass as text, a block per group: ``i -> j`` rows labelled by image index (``-`` for a
+        member that is not this request's)."""
+        if not self.attention:
+            return "no attention mass in this result (ask with return_attention=True)"
+        blocks = []
+        for number, group in enumerate(self.attention):
+            names = ["-" if i is None else f"#{i}" for i in group.members]
+            lines = [f"group {number}: row i -> column j, share of member i's attention",
+                     "      " + "".join(f"{name:>7}" for name in names)]
+            lines += [f"{name:>6}" + "".join(f"{value:7.3f}" for value in row)
+                      for name, row in zip(names, group.mass, strict=True)]
+            blocks.append("\n".join(lines))
+        return "\n\n".join(blocks)
 
     @property
     def pil_images(self) -> list[Image.Image]:
@@ -52,6 +69,8 @@ class GenerationResult:
     def metadata(self) -> dict[str, Any]:
         skip = {"images"}
         data = {k: v for k, v in self.__dict__.items() if k not in skip}
+        if self.attention is not None:
+            data["attention"] = [group.model_dump() for group in self.attention]
         data["seeds"] = [generated.seed for generated in self.images]
         data["class_ids"] = [generated.class_id for generated in self.images]
         return data
@@ -81,21 +100,28 @@ class GenerationResult:
                    request_id=answer.request_id, width=answer.width, height=answer.height,
                    group_size=answer.group_size, steps=answer.steps, guidance_scale=answer.guidance_scale,
                    group_policy=answer.group_policy, timings_ms=answer.timings_ms.model_dump(), latency_s=latency_s,
-                   protocol="rest")
+                   protocol="rest", attention=answer.attention)
 
     @classmethod
     def from_arrays(cls, images: np.ndarray, seeds: np.ndarray, class_id: int | None, settings: dict[str, Any],
-                    latency_s: float | None = None, protocol: str = "grpc",
-                    classes: np.ndarray | None = None) -> GenerationResult:
-        """From Triton's outputs: ``IMAGES`` uint8 (k, H, W, C), ``SEEDS`` int64 (k,) and ``CLASS_IDS`` (k,)."""
+                    latency_s: float | None = None, protocol: str = "grpc", classes: np.ndarray | None = None,
+                    attention: np.ndarray | None = None, members: np.ndarray | None = None) -> GenerationResult:
+        """From Triton's outputs: ``IMAGES`` uint8 (k, H, W, C), ``SEEDS`` int64 (k,) and ``CLASS_IDS`` (k,), and
+        ``ATTENTION`` (groups, N, N) with ``ATTENTION_MEMBERS`` (groups, N) where the server sent them (only
+        with ``return_attention``)."""
         if str(images.dtype) != "uint8" or images.ndim != 4 or len(images) != len(seeds):
             raise ValueError(f"expected IMAGES uint8 (k, H, W, C) and k SEEDS, got {images.dtype} {images.shape} "
                              f"and {len(seeds)} seeds")
         classes = [None] * len(seeds) if classes is None else [int(c) for c in classes]
         generated = [GeneratedImage(i, int(seed), array_to_image(image), member_class)
                      for i, (image, seed, member_class) in enumerate(zip(images, seeds, classes, strict=True))]
+        groups = None
+        if attention is not None:
+            groups = [GroupAttention(members=[None if i == NO_MEMBER else int(i) for i in group_members],
+                                     mass=mass.tolist())
+                      for mass, group_members in zip(attention, members, strict=True)]
         return cls(images=generated, class_id=class_id, width=images.shape[2], height=images.shape[1],
-                   latency_s=latency_s, protocol=protocol, **settings)
+                   latency_s=latency_s, protocol=protocol, attention=groups, **settings)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """KServe v2 SDK (gRPC or HTTP) for the Triton frontend, on NVIDIA's tritonclient.
 
 The model ``groupdiff`` takes one request per call (inputs of shape [1], see the contract in
-docs/clients.md) and returns ``IMAGES`` uint8 [k, H, W, C] and ``SEEDS`` int64 [k]. Results are the
+docs/clients.md) and returns ``IMAGES`` uint8 [k, H, W, C], ``SEEDS`` int64 [k] and, with
+``return_attention=True``, the attention mass (`GenerationResult.attention`). Results are the
 same `GenerationResult` as over REST. `TritonClient.stream` sends many requests on one gRPC
 bidirectional stream and yields each result as it completes. Errors map to the SDK's typed errors,
 and overload errors are retried with the same `RetryPolicy` as the REST client (Triton sends no
@@ -101,7 +102,8 @@ def to_result(response, class_id: int | None, options: dict[str, Any], started: 
               protocol: str) -> GenerationResult:
     settings = {k: options.get(k) for k in ("group_size", "steps", "guidance_scale", "group_policy")}
     return GenerationResult.from_arrays(response.as_numpy("IMAGES"), response.as_numpy("SEEDS"), class_id, settings,
-                                        time.perf_counter() - started, protocol, response.as_numpy("CLASS_IDS"))
+                                        time.perf_counter() - started, protocol, response.as_numpy("CLASS_IDS"),
+                                        response.as_numpy("ATTENTION"), response.as_numpy("ATTENTION_MEMBERS"))
 
 
 class TritonClient:
@@ -135,7 +137,7 @@ class TritonClient:
                                   **extra)
 
     def generate(self, class_id: int, num_images: int = 1, **options: Any) -> GenerationResult:
-        """Options: group_size, steps, guidance_scale, seed, group_policy."""
+        """Options: group_size, steps, guidance_scale, seed, group_policy, return_attention."""
         return self._generate(build_inputs(self._module, class_id, num_images, **options), class_id, options)
 
     def generate_set(self, class_ids: Sequence[int], **options: Any) -> GenerationResult:

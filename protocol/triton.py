@@ -4,7 +4,7 @@ One request per call: every input carries one `/v1/generate` field, in shape [1]
 set: [k], one class per image); the outputs are the request's images, their seeds and their classes, and the
 attention mass its ``RETURN_ATTENTION`` asks for: ``ATTENTION`` (groups, N, N), row i -> column j as in the REST
 answer's ``attention[g].mass``, and ``ATTENTION_MEMBERS`` (groups, N), each member's image index (-1: padding or
-another request's member). Without the flag both hold zero groups, so every answer has the same outputs.
+another request's member). Without the flag the answer has neither.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ OUTPUTS = (
     TritonOutput("IMAGES", "UINT8", (-1, -1, -1, -1)),  # (k, H, W, C)
     TritonOutput("SEEDS", "INT64", (-1,)),  # (k,)
     TritonOutput("CLASS_IDS", "INT64", (-1,)),  # (k,) each image's class
-    TritonOutput("ATTENTION", "FP32", (-1, -1, -1)),  # (groups, N, N); zero groups unless asked for
+    TritonOutput("ATTENTION", "FP32", (-1, -1, -1)),  # (groups, N, N); only with RETURN_ATTENTION
     TritonOutput("ATTENTION_MEMBERS", "INT64", (-1, -1)),  # (groups, N) image index per member, -1: not this request's
 )
 NO_MEMBER = -1  # ATTENTION_MEMBERS of a padding member or another request's member

@@ -14,8 +14,8 @@ from pathlib import Path
 from groupdiff.model.checkpoint import check_loads, preferred_weights
 from groupdiff.model.spec import DenoiserSpec, spec_from_checkpoint
 
-from .decoders import autoencoder_folder, verify_autoencoder
 from .attention import AttentionCapture
+from .decoders import autoencoder_folder, verify_autoencoder
 from .defaults import BUNDLED_STUDENT
 from .engine import Engine, EngineConfig
 from .metrics import ServingMetrics

@@ -86,15 +86,16 @@ def body_from_inputs(inputs: dict[str, np.ndarray]) -> dict:
 
 
 def outputs_of(result: Result) -> dict[str, np.ndarray]:
-    """The model's outputs for one answered request (`groupdiff.protocol.triton.OUTPUTS`)."""
+    """The model's outputs for one answered request (`groupdiff.protocol.triton.OUTPUTS`); the attention ones
+    only when asked for (PyTriton cannot send a tensor with no elements)."""
     request = result.request
-    n = request.group_size
-    groups = result.attention or []
-    members = [[NO_MEMBER if i is None else i for i in group.members] for group in groups]
-    return {"IMAGES": result.images, "SEEDS": np.asarray(result.seeds, dtype=np.int64),
-            "CLASS_IDS": np.asarray([request.member_class(i) for i in range(request.num_images)], dtype=np.int64),
-            "ATTENTION": np.asarray([group.mass for group in groups], dtype=np.float32).reshape(len(groups), n, n),
-            "ATTENTION_MEMBERS": np.asarray(members, dtype=np.int64).reshape(len(groups), n)}
+    outputs = {"IMAGES": result.images, "SEEDS": np.asarray(result.seeds, dtype=np.int64),
+               "CLASS_IDS": np.asarray([request.member_class(i) for i in range(request.num_images)], dtype=np.int64)}
+    if result.attention is not None:
+        outputs["ATTENTION"] = np.stack([group.mass for group in result.attention]).astype(np.float32)
+        outputs["ATTENTION_MEMBERS"] = np.asarray(
+            [[NO_MEMBER if i is None else i for i in group.members] for group in result.attention], dtype=np.int64)
+    return outputs
 
 
 def refusal(error: RequestError) -> Refusal:

@@ -1,4 +1,5 @@
-"""``groupdiff generate``: ask a running server for images and write the PNGs, a contact sheet and metadata."""
+"""``groupdiff generate``: ask a running server for images and write the PNGs, a contact sheet and metadata
+(with ``--attention``, also each group's member-to-member attention mass: printed, and saved in metadata.json)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ def register(subparsers) -> None:
     p.add_argument("--timeout", type=float, dest="timeout_s", help="server deadline in seconds (REST)")
     p.add_argument("--retries", type=int, default=3, help="retries on 429/503 and refused connections")
     p.add_argument("--no-progress", action="store_true", help="REST: no per-step progress bar (no event stream)")
+    p.add_argument("--attention", action="store_true",
+                   help="also ask for each group's member-to-member attention mass (one extra forward per group; "
+                        "needs a group size of at least 2): printed, and saved in metadata.json")
     p.set_defaults(run=run)
 
 
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace) -> None:
 
     if args.num_images < 1 or args.retries < 0:
         raise ValueError("-n must be at least 1 and --retries at least 0")
-    options = {**request_options(args), "seed": args.seed}
+    options = {**request_options(args), "seed": args.seed, "return_attention": args.attention or None}
     try:
         with connect(args, args.retries) as client:
             if args.class_ids:  # an image set: one call, no progress stream
@@ -96,6 +100,8 @@ def run(args: argparse.Namespace) -> None:
     except GroupDiffError as error:
         raise SystemExit(f"groupdiff generate: error: {error}") from None
     paths = result.save(args.out)
+    if args.attention:
+        print(result.attention_table())
     print(f"wrote {len(result.images)} images and {paths[-1]} to {args.out} "
           f"(model {result.model_version or '?'}, seeds {result.images[0].seed}..{result.images[-1].seed}, "
           f"{result.latency_s:.2f} s)")

@@ -142,6 +142,27 @@ GPU_ONLY_METRICS = {"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_me
 DASHBOARD = Path(__file__).resolve().parents[2] / "k8s/monitoring/grafana-dashboard-groupdiff.json"
 
 
+def test_attention_mass_from_either_protocol_prints_and_saves(tmp_path):
+    """REST's ``attention`` and Triton's ``ATTENTION`` / ``ATTENTION_MEMBERS`` (-1: not this request's member) give
+    the same typed groups, which metadata.json keeps and `attention_table` prints; zero groups means none."""
+    body = {"request_id": "r1", "model_version": "m", "width": 8, "height": 8, "group_size": 2, "steps": 1,
+            "guidance_scale": 1.0, "group_policy": "isolated",
+            "images": [{"index": 0, "class_id": 7, "seed": 10, "png_base64": png_base64(0)}],
+            "timings_ms": {"queue": 1.0, "denoise": 6.0, "decode": 1.0, "encode": 1.0, "total": 9.0},
+            "attention": [{"members": [0, None], "mass": [[0.75, 0.25], [0.5, 0.5]]}]}
+    rest = GenerationResult.from_rest(body, class_id=7)
+    arrays = GenerationResult.from_arrays(np.zeros((1, 8, 8, 1), np.uint8), np.array([10]), 7, {},
+                                          attention=np.array([[[0.75, 0.25], [0.5, 0.5]]], np.float32),
+                                          members=np.array([[0, -1]], np.int64))
+    assert rest.attention == arrays.attention and rest.attention[0].members == [0, None]
+    assert rest.attention_table() == arrays.attention_table()
+    assert rest.attention_table().splitlines()[2:] == ["    #0  0.750  0.250", "     -  0.500  0.500"]
+    rest.save(tmp_path)
+    assert json.loads((tmp_path / "metadata.json").read_text())["attention"] == body["attention"]
+    none = GenerationResult.from_arrays(np.zeros((1, 8, 8, 1), np.uint8), np.array([10]), 7, {})
+    assert none.attention is None and "return_attention=True" in none.attention_table()
+
+
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     """REST (a queue of 4 groups, 2 groups per call, so overload is easy to cause) and Triton, started and
@@ -325,6 +346,36 @@ def test_image_sets_over_rest_grpc_and_the_cli(servers, tmp_path):
                  "--out", str(tmp_path)]) == 0
     metadata = json.loads((tmp_path / "metadata.json").read_text())
     assert metadata["class_ids"] == [0, 2] and len(list(tmp_path.glob("set-*.png"))) == 2
+
+
+def test_attention_over_rest_grpc_http_and_the_cli(servers, tmp_path, capsys):
+    """``return_attention`` on both frontends (the GroupDiff-l teacher's unconditional pass): the same groups and
+    mass, the same images as without it, the same refusal for N = 1; `groupdiff generate --attention` prints and
+    saves it."""
+    with GroupDiffClient(servers.rest.url) as rest, \
+            TritonClient(f"127.0.0.1:{servers.triton.grpc_port}") as grpc, \
+            TritonClient(f"127.0.0.1:{servers.triton.http_port}", protocol="http") as http:
+        plain = rest.generate(4, 3, seed=8, steps=2, group_size=2)
+        assert plain.attention is None and grpc.generate(4, 3, seed=8, steps=2, group_size=2).attention is None
+        results = [client.generate(4, 3, seed=8, steps=2, group_size=2, return_attention=True)
+                   for client in (rest, grpc, http)]
+        for result in results:
+            assert np.array_equal(pixels(result), pixels(plain))
+            assert [group.members for group in result.attention] == [[0, 1], [2, None]]
+            mass = np.array([group.mass for group in result.attention])
+            assert mass.shape == (2, 2, 2) and bool((mass >= 0).all())
+            np.testing.assert_allclose(mass.sum(axis=-1), 1.0, atol=1e-5)
+            np.testing.assert_allclose(mass, np.array([g.mass for g in results[0].attention]), atol=1e-6)
+        for client in (rest, grpc, http):
+            with pytest.raises(InvalidRequest, match="return_attention: a group of 1") as refused:
+                client.generate(4, 1, steps=2, group_size=1, return_attention=True)
+            assert refused.value.code == "invalid_request"
+    capsys.readouterr()
+    assert main(["generate", "--server", servers.rest.url, "--class", "4", "-n", "3", "--seed", "8", "--steps", "2",
+                 "--group-size", "2", "--no-progress", "--attention", "--out", str(tmp_path)]) == 0
+    assert "group 1: row i -> column j" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "metadata.json").read_text())["attention"]
+    assert saved == [group.model_dump() for group in results[0].attention]
 
 
 def test_loadtest_command_against_both_frontends(servers, tmp_path):
