@@ -1,4 +1,4 @@
-"""GroupDiT, flow-matching transport, samplers, GroupDiff guidance and checkpoints."""
+"""GroupDiT (class- or text-conditioned), flow-matching transport, samplers, GroupDiff guidance and checkpoints."""
 
 from .checkpoint import load_model, save_model
 from .config import SIZES, GroupDiTConfig, model_config, model_names
@@ -7,6 +7,8 @@ from .dit import GroupDiT, fixed_sample_ids, random_sample_ids
 from .guidance import GUIDANCE_MODES, Guidance, guided_velocity, velocity_function
 from .samplers import SAMPLERS, sample
 from .schedule import GroupAttentionSchedule
+from .text_condition import TextCondition
+from .text_encoder import PromptTooLong, TextEncoder, TextEncoderRecord
 from .transport import flow_matching_loss, interpolate, velocity_target
 
 __all__ = [
@@ -18,6 +20,10 @@ __all__ = [
     "GroupDiT",
     "GroupDiTConfig",
     "Guidance",
+    "PromptTooLong",
+    "TextCondition",
+    "TextEncoder",
+    "TextEncoderRecord",
     "fixed_sample_ids",
     "flow_matching_loss",
     "guided_velocity",

@@ -2,6 +2,11 @@
 
 No pickle is ever loaded. Folders are written to a temporary sibling and renamed into place, so a
 crash mid-write never leaves a half-written checkpoint under the final name.
+
+A text model's ``config.json`` records its text encoder (``text_encoder``: name, sha256, context length),
+and its folder may carry that frozen encoder in ``text_encoder/`` so that it is self-contained. An encoder
+is used with a checkpoint only when its sha256 is the recorded one: the model learned that encoder's
+features (and stores its null prompt), and any other encoder's are noise to it.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from safetensors.torch import load_file, save_file
 
 from .config import GroupDiTConfig
 from .dit import GroupDiT
+from .text_encoder import TextEncoder, TextEncoderRecord
 
 CHECKPOINT_FORMAT = "groupdiff-checkpoint"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = {"model": "model.safetensors", "ema": "ema.safetensors"}
+TEXT_ENCODER_DIR = "text_encoder"  # a text checkpoint's own copy of its frozen encoder (`TextEncoder.save`)
 _DIGESTS: dict[tuple[str, int, int, int, int], str] = {}  # `cached_file_sha256`: file identity -> sha256
 
 
@@ -132,11 +139,16 @@ def save_model(
     ema: GroupDiT | None = None,
     metadata: dict[str, Any] | None = None,
     write_extra: Callable[[Path], None] | None = None,
+    text_encoder: TextEncoder | TextEncoderRecord | None = None,
 ) -> Path:
     """Write ``model`` (and its EMA) with the config that rebuilds it; ``metadata`` records where it came
     from (training config, data, encoder). ``write_extra(folder)`` adds files (a trainer's optimizer
-    state) inside the same atomic write. Returns the checkpoint folder."""
+    state) inside the same atomic write. Returns the checkpoint folder.
+
+    A text model needs ``text_encoder``: a `TextEncoder` is recorded and copied into ``text_encoder/``
+    (a self-contained checkpoint), a `TextEncoderRecord` only recorded (frequent training checkpoints)."""
     weights = {"model": model} | ({"ema": ema} if ema is not None else {})
+    record = _text_encoder_record_for(model, text_encoder)
     with atomic_directory(directory) as tmp:
         hashes = {}
         for kind, module in weights.items():
@@ -148,10 +160,69 @@ def save_model(
             "model": model.config.to_dict(),
             "weights": {kind: {"file": WEIGHT_FILES[kind], "sha256": digest} for kind, digest in hashes.items()},
             "metadata": metadata or {},
-        })
+        } | ({"text_encoder": record.to_dict()} if record is not None else {}))
+        if isinstance(text_encoder, TextEncoder):
+            text_encoder.save(tmp / TEXT_ENCODER_DIR)
         if write_extra is not None:
             write_extra(tmp)
     return Path(directory)
+
+
+def _text_encoder_record_for(model: GroupDiT, encoder: TextEncoder | TextEncoderRecord | None
+                             ) -> TextEncoderRecord | None:
+    cfg = model.config
+    if cfg.condition != "text":
+        if encoder is not None:
+            raise CheckpointError("a class model has no text encoder to record")
+        return None
+    if encoder is None:
+        raise CheckpointError("a text model's checkpoint records its text encoder: pass text_encoder (the "
+                              "TextEncoder, or its record)")
+    if not bool(model.null_mask.any()):
+        raise CheckpointError("this text model has no null prompt: call model.set_null_prompt(encoder) first")
+    record = encoder.record if isinstance(encoder, TextEncoder) else encoder
+    if record.context_length > cfg.text_tokens or (isinstance(encoder, TextEncoder) and encoder.width != cfg.text_dim):
+        raise CheckpointError(f"text encoder {record.name!r} does not fit the model (at most {cfg.text_tokens} "
+                              f"tokens of width {cfg.text_dim})")
+    return record
+
+
+def text_encoder_record(directory: str | os.PathLike) -> TextEncoderRecord | None:
+    """The text encoder a text checkpoint was trained with; None for a class checkpoint."""
+    info = read_checkpoint_info(directory)
+    if info["model"].get("condition", "class") != "text":
+        return None
+    try:
+        return TextEncoderRecord.from_dict(info["text_encoder"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{Path(directory) / CONFIG_FILE}: a text model needs a text_encoder entry with name, "
+                              f"sha256 and context_length ({error})") from None
+
+
+def check_text_encoder(directory: str | os.PathLike, encoder: TextEncoder) -> None:
+    """Refuse an encoder other than the one the text checkpoint records (its weights' sha256 differs)."""
+    record = text_encoder_record(directory)
+    if record is None:
+        raise CheckpointError(f"{directory} is a class-conditioned checkpoint: it takes no text encoder")
+    if encoder.sha256 != record.sha256:
+        raise CheckpointError(f"{directory} was trained with text encoder {record.name!r} (sha256 {record.sha256}); "
+                              f"the encoder given is {encoder.name!r} (sha256 {encoder.sha256}): its features would "
+                              "mean nothing to the model")
+
+
+def load_text_encoder(directory: str | os.PathLike) -> TextEncoder:
+    """The frozen encoder a text checkpoint carries in ``text_encoder/``, verified against its record."""
+    record = text_encoder_record(directory)
+    if record is None:
+        raise CheckpointError(f"{directory} is a class-conditioned checkpoint: it has no text encoder")
+    folder = Path(directory) / TEXT_ENCODER_DIR
+    if not folder.is_dir():
+        raise CheckpointError(f"{directory} carries no {TEXT_ENCODER_DIR}/: load its encoder {record.name!r} "
+                              f"(sha256 {record.sha256}) from its own files with TextEncoder.load")
+    try:
+        return TextEncoder.load(folder, expected_sha256=record.sha256)
+    except ValueError as error:
+        raise CheckpointError(f"{directory}: {error}") from None
 
 
 def preferred_weights(directory: str | os.PathLike) -> str:
@@ -252,9 +323,13 @@ def _load_into(model: GroupDiT, state: dict[str, torch.Tensor], directory: str |
 
 
 def load_model(
-    directory: str | os.PathLike, weights: str = "model", device: str | torch.device = "cpu"
+    directory: str | os.PathLike, weights: str = "model", device: str | torch.device = "cpu",
+    text_encoder: TextEncoder | None = None,
 ) -> GroupDiT:
-    """Rebuild the model from ``config.json`` and load the ``"model"`` or ``"ema"`` weights."""
+    """Rebuild the model from ``config.json`` and load the ``"model"`` or ``"ema"`` weights; a ``text_encoder``
+    to be used with a text model is checked against the one the checkpoint records first."""
+    if text_encoder is not None:
+        check_text_encoder(directory, text_encoder)
     model = GroupDiT(load_config(directory))
     _load_into(model, load_state(directory, weights), directory)
     return model.to(device).eval()

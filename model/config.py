@@ -23,6 +23,8 @@ SIZES: dict[str, tuple[int, int, int]] = {
 PATCH_SIZES = (1, 2, 4, 8)
 SAMPLE_EMBEDDING_MODES = ("adaln", "tokens", "none")
 TRANSPORTS = ("flow", "ddpm")  # what the network predicts and how it is sampled: `transport` / `ddpm`
+CONDITIONS = ("class", "text")  # a class id per sample, or a prompt through a frozen text encoder
+_TEXT_FIELDS = ("text_dim", "text_tokens")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,11 @@ class GroupDiTConfig:
     # "flow": velocity ε − x₀ (`transport`); "ddpm": DiT's ε-prediction on its 1000-step schedule (`ddpm`)
     transport: str = "flow"
     learn_sigma: bool = False  # ddpm only: 2C outputs, the second C interpolate log β_t and log β̃_t (iDDPM)
+    # "class": y is a class id and num_classes applies; "text": y is a `TextCondition` from a frozen text encoder
+    # whose tokens every block cross-attends to (DiT w/ cross-attention) and whose pooled embedding enters adaLN
+    condition: str = "class"
+    text_dim: int = 0  # text: the encoder's token width
+    text_tokens: int = 0  # text: the most tokens a prompt has (the encoder's context length)
 
     def __post_init__(self) -> None:
         if self.input_size % self.patch_size:
@@ -59,6 +66,12 @@ class GroupDiTConfig:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
         if self.learn_sigma and self.transport != "ddpm":
             raise ValueError("learn_sigma needs transport='ddpm' (a velocity model has no variance output)")
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {CONDITIONS}, got {self.condition!r}")
+        if self.condition == "text" and (self.text_dim < 1 or self.text_tokens < 1):
+            raise ValueError("a text model needs text_dim (the encoder's width) and text_tokens (its context length)")
+        if self.condition == "class" and (self.text_dim or self.text_tokens):
+            raise ValueError("text_dim and text_tokens apply to condition='text' only")
         low, high = self.group_attention_window
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"group_attention_window must satisfy 0 <= low <= high <= 1, got {(low, high)}")
@@ -77,7 +90,13 @@ class GroupDiTConfig:
         return (self.input_size // self.patch_size) ** 2
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields; a class model leaves out the text ones, so its ``config.json`` (and every hash over it)
+        is what it was before text models existed."""
+        data = dataclasses.asdict(self)
+        if self.condition == "class":
+            for key in ("condition", *_TEXT_FIELDS):
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GroupDiTConfig:

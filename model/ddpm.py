@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from .guidance import Guidance
 from .samplers import DDPM_SAMPLERS
 from .schedule import GroupAttentionSchedule
+from .text_condition import Condition, cat_conditions
 
 NUM_TIMESTEPS = 1000  # DiT's diffusion steps; step k enters the network as t = k / NUM_TIMESTEPS
 OutputFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, model time t) -> model output
@@ -281,7 +282,7 @@ class GaussianDiffusion:
         nll = nll.flatten(1).mean(dim=1) / math.log(2.0)
         return torch.where(index == 0, nll, kl)
 
-    def training_losses(self, model: torch.nn.Module, x0: torch.Tensor, index: torch.Tensor, y: torch.Tensor,
+    def training_losses(self, model: torch.nn.Module, x0: torch.Tensor, index: torch.Tensor, y: Condition,
                         noise: torch.Tensor, group_size: int = 1, sample_ids: torch.Tensor | None = None
                         ) -> dict[str, torch.Tensor]:
         """DiT's loss per sample (B,): ``mse`` of ε, ``vb`` for learned σ (0 without), ``loss = mse + vb``.
@@ -301,7 +302,7 @@ class GaussianDiffusion:
         return {"loss": mse + vb, "mse": mse, "vb": vb}
 
 
-def ddpm_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
+def ddpm_loss(model: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, y: Condition, noise: torch.Tensor,
               group_size: int = 1, sample_ids: torch.Tensor | None = None,
               diffusion: GaussianDiffusion | None = None) -> dict[str, torch.Tensor]:
     """DiT's loss at our times ``t ∈ [0, 1]`` (B,), each taken to DDPM step ``⌊1000 t⌋``: the trainer's
@@ -344,7 +345,7 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
 
 # -- guidance ------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def guided_output(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, group_size: int,
+def guided_output(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: Condition, group_size: int,
                   guidance: Guidance, sample_ids: torch.Tensor | None = None,
                   schedule: GroupAttentionSchedule | None = None) -> torch.Tensor:
     """DiT's ``forward_with_cfg`` with GroupDiff's branches: ``ε = ε_c + s (ε_c − ε_u)`` on all ``C`` noise
@@ -358,10 +359,10 @@ def guided_output(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: t
     inside = (t >= low) & (t <= high)  # (B,)
     if guidance.scale == 0.0 or not bool(inside.any()):
         return _branch(model, x, t, y, cond_size, group_size, sample_ids, schedule)
-    null = torch.full_like(y, model.null_class)
+    null = model.null_condition(y)
     if cond_size == uncond_size:  # both branches in one forward of 2B samples, still group-major
         ids = None if sample_ids is None else torch.cat([sample_ids, sample_ids])
-        both = _branch(model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), cond_size, group_size,
+        both = _branch(model, torch.cat([x, x]), torch.cat([t, t]), cat_conditions(y, null), cond_size, group_size,
                        ids, schedule)
         cond, uncond = both.chunk(2)  # 2 × (B, 2C, H, W)
     else:
@@ -380,10 +381,10 @@ def _branch(model, x, t, labels, branch_group_size, group_size, sample_ids, sche
     return model(x, t, labels, group_size=branch_group_size, sample_ids=ids, schedule=schedule)
 
 
-def output_function(model: torch.nn.Module, y: torch.Tensor, group_size: int, guidance: Guidance,
+def output_function(model: torch.nn.Module, y: Condition, group_size: int, guidance: Guidance,
                     sample_ids: torch.Tensor | None = None, schedule: GroupAttentionSchedule | None = None
                     ) -> OutputFn:
-    """Bind labels and the guidance recipe, giving the ``output(x, t)`` `GaussianDiffusion.sample_loop` calls."""
+    """Bind conditions and the guidance recipe, giving the ``output(x, t)`` `GaussianDiffusion.sample_loop` calls."""
 
     def output(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return guided_output(model, x, t, y, group_size, guidance, sample_ids, schedule)

@@ -1,4 +1,4 @@
-"""Embedding layers of the DiT backbone: patches, fixed 2D positions, timesteps, classes, samples."""
+"""Embedding layers of the DiT backbone: patches, fixed 2D positions, timesteps, classes, prompts, samples."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 
 import torch
 from torch import nn
+
+from .text_condition import TextCondition
 
 
 def sincos_position_embedding(dim: int, grid_size: int) -> torch.Tensor:
@@ -70,6 +72,22 @@ class LabelEmbedder(nn.Module):
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         return self.embedding_table(labels)
+
+
+class TextEmbedder(nn.Module):
+    """A frozen text encoder's output in the model's width: the tokens (one linear map) are the context
+    every block cross-attends to; the pooled embedding (a small MLP) takes the label embedding's place in
+    adaLN, so the whole block is modulated by the prompt as it is by a class."""
+
+    def __init__(self, text_dim: int, hidden_size: int):
+        super().__init__()
+        self.tokens = nn.Linear(text_dim, hidden_size)
+        self.pooled = nn.Sequential(nn.Linear(text_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, condition: TextCondition) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = self.tokens.weight.dtype
+        context = self.tokens(condition.tokens.to(dtype))  # (B, T, C) -> (B, T, D)
+        return context, self.pooled(condition.pooled.to(dtype))  # (B, D)
 
 
 class SampleEmbedder(nn.Module):

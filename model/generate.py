@@ -14,6 +14,7 @@ from .dit import GroupDiT
 from .guidance import Guidance, velocity_function
 from .samplers import DDPM_SAMPLERS, SAMPLERS, sample
 from .schedule import GroupAttentionSchedule
+from .text_condition import Condition
 
 DEFAULT_SAMPLERS = {"flow": "heun", "ddpm": "ddpm"}
 
@@ -33,7 +34,7 @@ def check_sampler(transport: str, method: str) -> None:
 @torch.no_grad()
 def generate(
     model: GroupDiT,
-    class_labels: torch.Tensor,
+    condition: Condition,
     group_size: int,
     steps: int = 50,
     method: str | None = None,
@@ -41,8 +42,13 @@ def generate(
     seed: int = 0,
     schedule: GroupAttentionSchedule | None = None,
     progress: bool = False,
+    per_member: bool = False,
 ) -> torch.Tensor:
-    """Samples (G·N, C, H, W), group-major: group ``g`` holds ``N`` images of class ``class_labels[g]``.
+    """Samples (G·N, C, H, W), group-major: group ``g`` holds ``N`` images of ``condition[g]``, a class id
+    (G,) or, for a text model, a row of a `TextCondition` of G prompts.
+
+    With ``per_member`` the condition has one row per member instead (G·N rows, group-major): an image set
+    whose members have different classes or prompts, as the server's ``class_ids`` set is one group.
 
     ``method`` defaults to the transport's (Heun for flow, the ancestral sampler for DDPM). For DDPM,
     ``steps`` respaces DiT's 1000 steps as DiT's ``--num-sampling-steps`` does (``space_timesteps(1000,
@@ -54,13 +60,17 @@ def generate(
     check_sampler(cfg.transport, method)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    labels = class_labels.to(device).repeat_interleave(group_size)  # (G·N,)
-    shape = (labels.shape[0], cfg.in_channels, cfg.input_size, cfg.input_size)
+    y = condition.to(device)
+    if not per_member:
+        y = y.repeat_interleave(group_size)  # (G,) -> (G·N,)
+    elif len(y) % group_size:
+        raise ValueError(f"{len(y)} per-member conditions do not fill groups of {group_size}")
+    shape = (len(y), cfg.in_channels, cfg.input_size, cfg.input_size)
     noise = torch.randn(shape, generator=generator, device=device)
     guidance = guidance or Guidance()
     if cfg.transport == "ddpm":
         diffusion = GaussianDiffusion.create(str(steps), learn_sigma=cfg.learn_sigma)
-        output = output_function(model, labels, group_size, guidance, schedule=schedule)
+        output = output_function(model, y, group_size, guidance, schedule=schedule)
         return diffusion.sample_loop(output, noise, method, generator=generator, progress=progress)
-    velocity = velocity_function(model, labels, group_size, guidance, schedule=schedule)
+    velocity = velocity_function(model, y, group_size, guidance, schedule=schedule)
     return sample(velocity, noise, steps, method=method, generator=generator, progress=progress)

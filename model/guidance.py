@@ -12,6 +12,8 @@ groupdiff-l    group size 1            group size N (same latents)
 groupdiff-f    group size N            group size N
 =============  ======================  ========================
 
+The unconditional branch's condition is the model's `GroupDiT.null_condition` of ``y``: the null class
+for a class model, the null prompt ``""`` for a text model, so the recipe reads the same for both.
 Guidance applies to all channels, and only to samples whose ``t`` lies in the guidance interval;
 outside it only the conditional branch runs. `guided_velocity` is the one implementation of this
 recipe: samplers and the distillation teacher both call it. `guided_velocity_per_sample` is the same
@@ -28,6 +30,7 @@ import torch
 from .dit import GroupDiT
 from .samplers import VelocityFn
 from .schedule import GroupAttentionSchedule
+from .text_condition import Condition, cat_conditions
 
 GUIDANCE_MODES = ("plain", "groupdiff-l", "groupdiff-f")
 
@@ -61,7 +64,7 @@ def guided_velocity(
     model: GroupDiT,
     x: torch.Tensor,
     t: torch.Tensor,
-    y: torch.Tensor,
+    y: Condition,
     group_size: int,
     guidance: Guidance,
     sample_ids: torch.Tensor | None = None,
@@ -82,7 +85,7 @@ def guided_velocity_per_sample(
     model: GroupDiT,
     x: torch.Tensor,
     t: torch.Tensor,
-    y: torch.Tensor,
+    y: Condition,
     group_size: int,
     guidance: Guidance,
     scale: torch.Tensor | float,
@@ -95,10 +98,10 @@ def guided_velocity_per_sample(
     function traces into an exported graph that serves groups at different scales and steps in one batch.
     """
     cond_size, uncond_size = guidance.branch_group_sizes(group_size)
-    null = torch.full_like(y, model.null_class)
+    null = model.null_condition(y)
     if cond_size == uncond_size:  # both branches in one forward of 2B samples, still group-major
         ids = None if sample_ids is None else torch.cat([sample_ids, sample_ids])
-        both = _branch(model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), cond_size, group_size,
+        both = _branch(model, torch.cat([x, x]), torch.cat([t, t]), cat_conditions(y, null), cond_size, group_size,
                        ids, schedule)
         v_cond, v_uncond = both.chunk(2)
     else:
@@ -124,13 +127,13 @@ def _branch(model, x, t, labels, branch_group_size, group_size, sample_ids, sche
 
 def velocity_function(
     model: GroupDiT,
-    y: torch.Tensor,
+    y: Condition,
     group_size: int,
     guidance: Guidance,
     sample_ids: torch.Tensor | None = None,
     schedule: GroupAttentionSchedule | None = None,
 ) -> VelocityFn:
-    """Bind labels and the guidance recipe, giving the ``v(x, t)`` a sampler integrates."""
+    """Bind conditions and the guidance recipe, giving the ``v(x, t)`` a sampler integrates."""
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return guided_velocity(model, x, t, y, group_size, guidance, sample_ids, schedule)

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from groupdiff.protocol.limits import TEACHER_DEFAULT_STEPS, TEACHER_MAX_STEPS
 
-from .checkpoint import CheckpointError, read_checkpoint_info, recorded_weights, verify_weights
+from .checkpoint import CheckpointError, read_checkpoint_info, recorded_weights, text_encoder_record, verify_weights
 from .guidance import GUIDANCE_MODES
+from .text_encoder import TextEncoderRecord
 
 KINDS = ("teacher", "student")
 TEACHER_SAMPLERS = ("heun", "euler")
@@ -52,6 +53,8 @@ class DenoiserSpec:
     guidance_scale: float  # the default (teacher) or the baked-in scale (student)
     model_hash: str  # identifies the verified weights (`weights_hash`): engine caches and responses carry it
     model_version: str  # human-readable: checkpoint folder name and hash prefix
+    # a text model's encoder (prompts are its condition; num_classes does not apply); None for a class model
+    text_encoder: TextEncoderRecord | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -80,13 +83,18 @@ class DenoiserSpec:
         return self.kind == "teacher"
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+        """JSON-ready; a class model's has no ``text_encoder`` key, as before text models existed."""
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+        encoder = data.pop("text_encoder")
+        return data | ({"text_encoder": encoder.to_dict()} if encoder is not None else {})
 
     @classmethod
     def from_dict(cls, data: dict) -> DenoiserSpec:
         data = dict(data)
         data["steps"] = tuple(data["steps"])
         data["guidance_interval"] = tuple(data["guidance_interval"])
+        if data.get("text_encoder") is not None:
+            data["text_encoder"] = TextEncoderRecord.from_dict(data["text_encoder"])
         return cls(**data)
 
 
@@ -129,6 +137,7 @@ def spec_from_checkpoint(checkpoint: str | os.PathLike, weights: str = "ema", ve
         "space": data.get("space", "pixel"),
         "model_hash": digest,
         "model_version": f"{Path(checkpoint).resolve().name}-{digest[:12]}",
+        "text_encoder": text_encoder_record(checkpoint),
     }
     distill = metadata.get("distill")
     if distill is not None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .text_condition import Condition
+
 
 def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))  # (B,) -> (B, 1, 1, 1)
@@ -31,7 +33,7 @@ def flow_matching_loss(
     model: torch.nn.Module,
     x0: torch.Tensor,
     t: torch.Tensor,
-    y: torch.Tensor,
+    y: Condition,  # class ids (B,) or a TextCondition of B prompts
     noise: torch.Tensor,
     group_size: int = 1,
     sample_ids: torch.Tensor | None = None,

@@ -205,6 +205,9 @@ def test_guidance_interval_and_sigma_channels():
     class Probe(torch.nn.Module):  # ε = label, σ channels = 10·label: guidance on σ would show
         null_class = 9
 
+        def null_condition(self, y):
+            return torch.full_like(y, self.null_class)
+
         def forward(self, x, t, y, group_size=1, sample_ids=None, schedule=None):
             value = y.to(x.dtype).view(-1, 1, 1, 1).expand(-1, 1, *x.shape[2:])
             return torch.cat([value.expand_as(x), 10 * value.expand_as(x)], dim=1)
