@@ -108,6 +108,14 @@ def test_responses_are_documented_and_real_ones_match(student):
     check_against(spec, "GenerateResponse", reply.json())
     with pytest.raises(jsonschema.ValidationError):  # the schema is not vacuous
         check_against(spec, "GenerateResponse", {**reply.json(), "images": [{"index": 0}]})
+    attention = body_property(spec, "return_attention")
+    assert (attention["type"], attention["default"]) == ("boolean", False)
+    looked = httpx.post(f"{student.url}/v1/generate", json={"class_id": 3, "num_images": 3, "return_attention": True},
+                        headers=AUTH)
+    assert looked.status_code == 200 and len(looked.json()["attention"]) == 2, looked.text
+    check_against(spec, "GenerateResponse", looked.json())
+    with pytest.raises(jsonschema.ValidationError):
+        check_against(spec, "GenerateResponse", {**looked.json(), "attention": [{"members": [0, 1]}]})
     check_against(spec, "ModelInfo", httpx.get(f"{student.url}/v1/model", headers=AUTH).json())
     for error in (httpx.post(f"{student.url}/v1/generate", json={"class_id": 3}, headers=AUTH),
                   httpx.post(f"{student.url}/v1/generate", json={"class_id": 3})):
