@@ -51,13 +51,7 @@ class GroupRecipe:
     @property
     def capture_branch(self) -> str:
         """``"conditional"`` or ``"unconditional"``: the pass in which members attend to each other."""
-        cond, uncond = self.guidance.branch_group_sizes(self.group_size)
-        if self.group_size >= 2 and cond == self.group_size:
-            return "conditional"
-        if self.group_size >= 2 and uncond == self.group_size and self.guidance.scale > 0:
-            return "unconditional"
-        raise ValueError(f"no pass of this recipe attends across the group (group size {self.group_size}, "
-                         f"guidance {self.guidance.mode} at scale {self.guidance.scale:g}): nothing to capture")
+        return self.guidance.group_attention_pass(self.group_size)
 
     def step_times(self) -> torch.Tensor:
         """The time at the start of every step, (steps,): where a capture can happen."""

@@ -58,6 +58,24 @@ class Guidance:
             "groupdiff-f": (group_size, group_size),
         }[self.mode]
 
+    def group_attention_pass(self, group_size: int) -> str:
+        """``"conditional"`` or ``"unconditional"``: the pass in which members attend to each other, for
+        attention capture (maps, served attention mass); ValueError with the reason when no pass does.
+
+        GroupDiff-f groups its conditional pass; GroupDiff-l only its unconditional one, which runs only
+        with a scale above 0; plain guidance never groups. A student has its guidance baked into one
+        conditional forward at group size N: describe it as GroupDiff-f."""
+        if group_size < 2:
+            raise ValueError(f"a group of {group_size} has no other member to attend to: ask for group_size >= 2")
+        conditional, unconditional = self.branch_group_sizes(group_size)
+        if conditional == group_size:
+            return "conditional"
+        if unconditional == group_size and self.scale > 0:
+            return "unconditional"
+        reason = ("its unconditional pass, the only one at group size N, runs only with a guidance scale above 0"
+                  if unconditional == group_size else "no pass of this guidance mode groups the members")
+        raise ValueError(f"{self.mode} guidance at scale {self.scale:g} has no group attention to report: {reason}")
+
 
 @torch.no_grad()
 def guided_velocity(

@@ -33,21 +33,10 @@ from .runtime import Runtime
 
 
 def attention_branch(spec: DenoiserSpec, group_size: int, guidance_scale: float) -> str:
-    """``"conditional"`` or ``"unconditional"``: the pass whose members attend to each other; ValueError with
-    the reason when no pass of this request does."""
-    if group_size < 2:
-        raise ValueError(f"a group of {group_size} has no other member to attend to: ask for group_size >= 2")
-    if spec.kind == "student":
-        return "conditional"
-    conditional, unconditional = Guidance(mode=spec.guidance_mode).branch_group_sizes(group_size)
-    if conditional == group_size:
-        return "conditional"
-    if unconditional == group_size and guidance_scale > 0:
-        return "unconditional"
-    reason = ("its unconditional pass, the only one at group size N, runs only with guidance_scale > 0"
-              if unconditional == group_size else "no pass of its guidance recipe groups the members")
-    raise ValueError(f"this teacher ({spec.guidance_mode}) has no group attention to report at guidance_scale "
-                     f"{guidance_scale:g}: {reason}")
+    """``"conditional"`` or ``"unconditional"``: the pass whose members attend to each other (the model's
+    rule, `Guidance.group_attention_pass`); ValueError with the reason when no pass of this request does."""
+    mode = "groupdiff-f" if spec.kind == "student" else spec.guidance_mode  # a student: one grouped forward
+    return Guidance(scale=guidance_scale, mode=mode).group_attention_pass(group_size)
 
 
 class AttentionCapture:

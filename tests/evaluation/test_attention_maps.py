@@ -112,8 +112,8 @@ def test_the_figure_and_the_command_line(tmp_path, capsys):
     ({"times": []}, "at least one sampling time"),
     ({"classes": 3}, "outside 0..2"),
     ({"classes": [0, 1]}, "one per member"),
-    ({"recipe": GroupRecipe("euler", 2, Guidance(0.0, "groupdiff-l"), 4)}, "nothing to capture"),
-    ({"recipe": GroupRecipe("euler", 2, Guidance(1.0, "plain"), 4)}, "nothing to capture"),
+    ({"recipe": GroupRecipe("euler", 2, Guidance(0.0, "groupdiff-l"), 4)}, "no group attention to report"),
+    ({"recipe": GroupRecipe("euler", 2, Guidance(1.0, "plain"), 4)}, "no group attention to report"),
 ])
 def test_bad_inputs_raise_value_errors(changes, message):
     call = {"recipe": RECIPE, "classes": 0, "seed": 0, "query": Query(0, 0, 0), "layers": [0], "times": [0.5]}

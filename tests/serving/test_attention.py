@@ -133,7 +133,7 @@ def test_refused_where_no_pass_attends_across_a_group(engines, checkpoints):
     a torch model to capture with: invalid_request, before anything is queued."""
     cases = [(engines["student"], {"class_id": 1, "group_size": 1}, "group_size >= 2"),
              (engines["student"], {"class_ids": [3]}, "group_size >= 2"),
-             (engines["teacher"], {"class_id": 1, "guidance_scale": 0.0}, "guidance_scale > 0")]
+             (engines["teacher"], {"class_id": 1, "guidance_scale": 0.0}, "scale above 0")]
     for engine, fields, reason in cases:
         with pytest.raises(RequestError, match=reason) as caught:
             request(engine, **fields, return_attention=True)
