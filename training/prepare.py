@@ -9,6 +9,8 @@ interrupted run resumes):
 3. samples: pixels in [-1, 1], or posterior-mean latents times 1/std
 4. embeddings, one file per feature encoder
 5. neighbours: top-k search, statistics and the Fig. 4 PNG per encoder (class/random: virtual)
+6. text (when ``text.captions`` is set): captions, the text encoder, every caption's text embedding,
+   and a ``text`` neighbour index over them
 """
 
 from __future__ import annotations
@@ -20,13 +22,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Subset
+from tqdm import tqdm
 
 from groupdiff.model.autoencoder import load_pretrained, read_marker, save_autoencoder
+from groupdiff.model.text_condition import NULL_PROMPT, TextCondition
+from groupdiff.model.text_encoder import TextEncoder
 from groupdiff.training.config_files import dump_config, to_dict
 
 from .autoencoder import AutoencoderConfig, encode_latents, latent_scale_factor, reconstruction_error, train_autoencoder
+from .captions import fashion_mnist_captions
 from .data import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
@@ -74,6 +81,33 @@ class NeighbourConfig:
     figure_columns: int = 8
 
 
+TEXT_INDEX = "text"  # the neighbour index over caption embeddings
+
+
+@dataclass
+class TextConfig:
+    """Captions and their text embeddings for a text-conditioned model; off while ``captions`` is ``none``.
+
+    ``fashion-mnist`` captions every image with `captions.fashion_mnist_captions` (``per_image`` captions
+    from the ``templates`` split, drawn with ``seed``). The text encoder is built (``encoder``: a
+    `TextEncoder.build` config, weights drawn with ``encoder_seed``) or, with ``path``, loaded from local
+    files (``architecture`` names a bare open_clip weights file's model, ``sha256`` checks the weights).
+    ``neighbours`` adds the neighbour index ``text``: cosine between images' mean pooled caption embeddings,
+    searched with the same ``neighbours`` settings as the image encoders."""
+
+    captions: Literal["none", "fashion-mnist"] = "none"
+    templates: Literal["train", "heldout"] = "train"
+    per_image: int = 2
+    seed: int = 0
+    encoder: str = "tiny-clip-text"
+    encoder_seed: int = 0
+    path: str | None = None
+    architecture: str | None = None
+    sha256: str | None = None
+    batch_size: int = 256
+    neighbours: bool = True
+
+
 def _default_encoders() -> list[EncoderConfig]:
     return [EncoderConfig("efficientnet"), EncoderConfig("class"), EncoderConfig("random")]
 
@@ -85,6 +119,7 @@ class PrepareConfig:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     encoders: list[EncoderConfig] = field(default_factory=_default_encoders)
     neighbours: NeighbourConfig = field(default_factory=NeighbourConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     device: str = "cpu"
     seed: int = 0
 
@@ -106,6 +141,13 @@ def validate(config: PrepareConfig) -> None:
         raise ValueError(f"neighbours.method must be one of {list(SEARCH_METHODS)}")
     if config.data.limit is not None and config.data.limit < 2:
         raise ValueError("data.limit must be at least 2")
+    if config.text.captions != "none":
+        if config.data.dataset == "image-folder":
+            raise ValueError("text.captions=fashion-mnist captions Fashion-MNIST idx data, not an image folder")
+        if config.text.per_image < 1 or config.text.batch_size < 1:
+            raise ValueError("text.per_image and text.batch_size must be at least 1")
+        if config.text.neighbours and TEXT_INDEX in names:
+            raise ValueError(f"the encoder name {TEXT_INDEX!r} is the text neighbour index's; rename the encoder")
 
 
 def load_dataset(config: DataConfig):
@@ -144,9 +186,14 @@ class Stages:
         self.write()
 
     def write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.info, indent=2))
-        tmp.replace(self.path)
+        _save_json(self.path, self.info)
+
+
+def _save_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -230,35 +277,140 @@ def _embedding_stage(config: PrepareConfig, encoder_config: EncoderConfig, datas
     return features, result
 
 
+def _neighbour_figure(config: PrepareConfig, name: str, dataset, neighbours, stages: Stages) -> None:
+    nb = config.neighbours
+    neighbour_figure(stages.out / "neighbours" / f"{name}.png", dataset, neighbours, nb.figure_queries,
+                     nb.figure_columns, seed=config.seed)
+
+
+def _searched_neighbours(config: PrepareConfig, name: str, features: torch.Tensor, embedding_fingerprint: Any,
+                         dataset, stages: Stages) -> dict:
+    """The top-k index ``name`` over L2-normalised ``features`` (N, D): searched and saved, or reused when
+    the embedding and the search settings are unchanged; its statistics."""
+    nb = config.neighbours
+    path = stages.out / "neighbours" / f"{name}.safetensors"
+    search_settings = {k: v for k, v in to_dict(nb).items() if not k.startswith("figure")}
+    fingerprint = {"embedding": embedding_fingerprint, "search": search_settings}
+    record = stages.done(f"neighbours/{name}", fingerprint, path)
+    if record:  # the figure is cheap and may have new settings: always redrawn
+        _neighbour_figure(config, name, dataset, load_neighbours(path), stages)
+        return record["result"]
+    start = time.perf_counter()
+    neighbours = search(features, nb.k, nb.tau, nb.method, nb.nlist, nb.nprobe, desc=f"neighbours {name}")
+    save_neighbours(path, neighbours)
+    stats = neighbour_stats(neighbours, dataset.labels)
+    _neighbour_figure(config, name, dataset, neighbours, stages)
+    stages.record(f"neighbours/{name}", fingerprint, time.perf_counter() - start, result=stats)
+    return stats
+
+
 def _neighbour_stage(config: PrepareConfig, encoder_config: EncoderConfig, dataset, stages: Stages) -> dict:
     name, kind = encoder_config.key, encoder_config.kind
-    figure = stages.out / "neighbours" / f"{name}.png"
-    nb = config.neighbours
-    start = time.perf_counter()
     entry: dict[str, Any] = {"kind": kind}
     if kind in FEATURE_KINDS:
         features, entry["embedding"] = _embedding_stage(config, encoder_config, dataset, stages)
-        path = stages.out / "neighbours" / f"{name}.safetensors"
-        search_settings = {k: v for k, v in to_dict(nb).items() if not k.startswith("figure")}
-        fingerprint = {"embedding": stages.info["stages"][f"embeddings/{name}"]["fingerprint"],
-                       "search": search_settings}
-        record = stages.done(f"neighbours/{name}", fingerprint, path)
-        if record:  # the figure is cheap and may have new settings: always redrawn
-            neighbour_figure(figure, dataset, load_neighbours(path), nb.figure_queries, nb.figure_columns,
-                             seed=config.seed)
-            entry["stats"] = record["result"]
-            return entry
-        start = time.perf_counter()
-        neighbours = search(features, nb.k, nb.tau, nb.method, nb.nlist, nb.nprobe, desc=f"neighbours {name}")
-        save_neighbours(path, neighbours)
-    else:
-        groups = dataset.labels if kind == "class" else torch.zeros_like(dataset.labels)
-        neighbours, fingerprint = GroupNeighbours.of_groups(groups), {"kind": kind}
-    stats = neighbour_stats(neighbours, dataset.labels)
-    neighbour_figure(figure, dataset, neighbours, nb.figure_queries, nb.figure_columns, seed=config.seed)
-    stages.record(f"neighbours/{name}", fingerprint, time.perf_counter() - start, result=stats)
-    entry["stats"] = stats
+        fingerprint = stages.info["stages"][f"embeddings/{name}"]["fingerprint"]
+        entry["stats"] = _searched_neighbours(config, name, features, fingerprint, dataset, stages)
+        return entry
+    start = time.perf_counter()
+    groups = dataset.labels if kind == "class" else torch.zeros_like(dataset.labels)
+    neighbours = GroupNeighbours.of_groups(groups)
+    entry["stats"] = neighbour_stats(neighbours, dataset.labels)
+    _neighbour_figure(config, name, dataset, neighbours, stages)
+    stages.record(f"neighbours/{name}", {"kind": kind}, time.perf_counter() - start, result=entry["stats"])
     return entry
+
+
+def _caption_stage(config: PrepareConfig, dataset, stages: Stages) -> list[list[str]]:
+    """``text.per_image`` captions per image, in text/captions.json."""
+    text = config.text
+    path = stages.out / "text" / "captions.json"
+    settings = {key: getattr(text, key) for key in ("captions", "templates", "per_image", "seed")}
+    fingerprint = {"data": _data_fingerprint(config.data), "captions": settings}
+    if stages.done("text/captions", fingerprint, path):
+        return json.loads(path.read_text())["captions"]
+    start = time.perf_counter()
+    captions = fashion_mnist_captions(dataset.labels, dataset.images, text.templates, text.seed, text.per_image)
+    _save_json(path, {**settings, "captions": captions})
+    stages.record("text/captions", fingerprint, time.perf_counter() - start,
+                  result={"captions": sum(map(len, captions))})
+    return captions
+
+
+def _text_encoder_stage(config: PrepareConfig, stages: Stages) -> TextEncoder:
+    """The text encoder, built or loaded, saved under text_encoder/ so the folder is self-contained; its
+    record (name, weights sha256, context length) goes into prepare.json, and a reuse checks the hash."""
+    text = config.text
+    folder = stages.out / "text_encoder"
+    fingerprint = ({"path": text.path, "architecture": text.architecture, "sha256": text.sha256} if text.path
+                   else {"build": text.encoder, "seed": text.encoder_seed})
+    record = stages.done("text_encoder", fingerprint, folder)
+    if record:
+        return TextEncoder.load(folder, expected_sha256=record["result"]["sha256"])
+    start = time.perf_counter()
+    if text.path:
+        encoder = TextEncoder.load(text.path, text.sha256, text.architecture)
+    else:
+        encoder = TextEncoder.build(text.encoder, text.encoder_seed)
+    encoder.save(folder)
+    stages.record("text_encoder", fingerprint, time.perf_counter() - start,
+                  result={**encoder.record.to_dict(), "width": encoder.width})
+    return encoder
+
+
+def _cached(condition: TextCondition) -> TextCondition:
+    """What is stored: float16, without the positions that are padding in every row (masks are prefixes)."""
+    length = int(condition.mask.sum(dim=1).max())
+    return TextCondition(condition.tokens[:, :length].half().cpu(), condition.mask[:, :length].cpu(),
+                         condition.pooled.half().cpu())
+
+
+def _text_embedding_stage(config: PrepareConfig, captions: list[list[str]], encoder: TextEncoder,
+                          stages: Stages) -> tuple[torch.Tensor, dict]:
+    """Every caption's tokens, mask and pooled embedding, and the null prompt's, in
+    text/embeddings.safetensors (row ``i * per_image + j`` = caption ``j`` of image ``i``); returns the
+    pooled embeddings (R, C) as stored, in float32."""
+    path = stages.out / "text" / "embeddings.safetensors"
+    fingerprint = {"captions": stages.info["stages"]["text/captions"]["fingerprint"], "encoder": encoder.sha256}
+    record = stages.done("text/embeddings", fingerprint, path)
+    if record:
+        return load_file(str(path))["pooled"].float(), record["result"]
+    start = time.perf_counter()
+    encoder.to(config.device)
+    prompts = [caption for per_image in captions for caption in per_image]
+    size = config.text.batch_size
+    parts = [_cached(encoder.encode(prompts[i : i + size]))
+             for i in tqdm(range(0, len(prompts), size), desc="embed captions", unit="batch", dynamic_ncols=True)]
+    condition, null = TextCondition.cat(*parts), _cached(encoder.encode([NULL_PROMPT]))
+    _save(path, {"tokens": condition.tokens, "mask": condition.mask, "pooled": condition.pooled,
+                 "null_tokens": null.tokens, "null_mask": null.mask, "null_pooled": null.pooled},
+          {"encoder": encoder.name, "sha256": encoder.sha256, "per_image": str(config.text.per_image)})
+    seconds = time.perf_counter() - start
+    result = {"captions": len(prompts), "tokens": condition.tokens.shape[1], "width": condition.tokens.shape[2],
+              "captions_per_second": round(len(prompts) / seconds, 1)}
+    stages.record("text/embeddings", fingerprint, seconds, result=result)
+    return condition.pooled.float(), result
+
+
+def _text_stages(config: PrepareConfig, dataset, stages: Stages) -> dict:
+    """Captions, text encoder, text embeddings, and the ``text`` neighbour index: each image's feature is
+    the mean of its captions' L2-normalised pooled embeddings, normalised again (cosine search)."""
+    captions = _caption_stage(config, dataset, stages)
+    encoder = _text_encoder_stage(config, stages)
+    pooled, embedding = _text_embedding_stage(config, captions, encoder, stages)
+    if config.text.neighbours:
+        features = F.normalize(F.normalize(pooled, dim=1).view(len(captions), config.text.per_image, -1).mean(dim=1),
+                               dim=1)
+        fingerprint = stages.info["stages"]["text/embeddings"]["fingerprint"]
+        stats = _searched_neighbours(config, TEXT_INDEX, features, fingerprint, dataset, stages)
+        stages.info["encoders"][TEXT_INDEX] = {"kind": "text", "embedding": embedding, "stats": stats}
+    text = config.text
+    return {"captions": text.captions, "templates": text.templates, "per_image": text.per_image,
+            "encoder": stages.info["stages"]["text_encoder"]["result"], "embedding": embedding}
+
+
+def _print_stats(name: str, stats: dict) -> None:
+    print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
 
 
 def run_prepare(config: PrepareConfig, out_dir: str | Path) -> dict:
@@ -290,7 +442,11 @@ def run_prepare(config: PrepareConfig, out_dir: str | Path) -> dict:
     for encoder_config in config.encoders:
         entry = _neighbour_stage(config, encoder_config, dataset, stages)
         stages.info["encoders"][encoder_config.key] = entry
-        print(f"{encoder_config.key}: " + ", ".join(f"{k} {v:.3f}" for k, v in entry["stats"].items()))
+        _print_stats(encoder_config.key, entry["stats"])
+    if config.text.captions != "none":
+        stages.info["text"] = _text_stages(config, dataset, stages)
+        if config.text.neighbours:
+            _print_stats(TEXT_INDEX, stages.info["encoders"][TEXT_INDEX]["stats"])
 
     stages.info["total_seconds"] = round(time.perf_counter() - total, 2)
     stages.info["complete"] = True

@@ -9,6 +9,9 @@ Layout (see docs/data.md)::
     embeddings/<encoder>.safetensors  features (N, D) float32, L2-normalised
     neighbours/<encoder>.safetensors  indices (N, k), similarities (N, k); tau in metadata
     neighbours/<encoder>.png          query rows with their top neighbours (paper Fig. 4)
+    text/captions.json                captions per image (when prepared with ``text.captions``)
+    text/embeddings.safetensors       every caption's tokens, mask and pooled embedding (float16), the null prompt's
+    text_encoder/                     the text encoder that made them (`TextEncoder.save`)
 
 ``class`` and ``random`` have no files under embeddings/ or neighbours/*.safetensors: their
 neighbours are virtual (`GroupNeighbours`), built from the labels on request.
@@ -23,11 +26,43 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from groupdiff.model.text_condition import TextCondition
+from groupdiff.model.text_encoder import TextEncoder, TextEncoderRecord
+
 from .neighbours import GroupNeighbours, Neighbours, load_neighbours
 
 VIRTUAL_ENCODERS = ("class", "random")
 
-__all__ = ["Neighbours", "GroupNeighbours", "PreparedData", "load_prepared"]
+__all__ = ["Neighbours", "GroupNeighbours", "PreparedData", "PreparedText", "load_prepared"]
+
+
+@dataclass
+class PreparedText:
+    """Captions and their cached text embeddings. Row ``i * per_image + j`` of the tensors is caption ``j``
+    of image ``i``; tokens beyond the longest caption are cut (a `TextCondition` pads them back, masked)."""
+
+    root: Path
+    captions: list[list[str]]  # per image, per_image each
+    tokens: torch.Tensor  # (N * per_image, T, C) float16
+    mask: torch.Tensor  # (N * per_image, T) bool, True = a real token
+    pooled: torch.Tensor  # (N * per_image, C) float16
+    null: TextCondition  # the empty prompt (the unconditional branch), one row, float32
+    encoder_record: TextEncoderRecord  # the encoder's name, weights sha256 and context length
+
+    @property
+    def per_image(self) -> int:
+        return len(self.captions[0])
+
+    def condition(self, index: torch.Tensor, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> TextCondition:
+        """One caption of each image at ``index`` (B,), drawn uniformly with ``generator``; float32."""
+        index = index.cpu()
+        rows = index * self.per_image + torch.randint(self.per_image, index.shape, generator=generator)
+        return TextCondition(self.tokens[rows], self.mask[rows], self.pooled[rows]).to(device, torch.float32)
+
+    def encoder(self) -> TextEncoder:
+        """The text encoder the embeddings came from; refused unless its weights match the recorded sha256."""
+        return TextEncoder.load(self.root / "text_encoder", expected_sha256=self.encoder_record.sha256)
 
 
 @dataclass
@@ -57,6 +92,23 @@ class PreparedData:
         if kind == "random":
             return GroupNeighbours.of_groups(torch.zeros_like(self.labels))
         return load_neighbours(self.root / "neighbours" / f"{encoder}.safetensors")
+
+    def text(self) -> PreparedText:
+        """The captions and text embeddings; ValueError when the folder was prepared without ``text.captions``."""
+        if "text" not in self.info:
+            raise ValueError(f"{self.root} has no captions: prepare it with text.captions set "
+                             "(e.g. --config prepare-fmnist-text)")
+        tensors = load_file(str(self.root / "text" / "embeddings.safetensors"))
+        null = TextCondition(tensors["null_tokens"], tensors["null_mask"], tensors["null_pooled"])
+        return PreparedText(
+            root=self.root,
+            captions=json.loads((self.root / "text" / "captions.json").read_text())["captions"],
+            tokens=tensors["tokens"],
+            mask=tensors["mask"],
+            pooled=tensors["pooled"],
+            null=null.to(dtype=torch.float32),
+            encoder_record=TextEncoderRecord.from_dict(self.info["text"]["encoder"]),
+        )
 
     def gather(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Samples at ``index`` (B,) -> (B, C, H, W) on ``device``. The set stays in host memory: an
