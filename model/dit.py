@@ -2,7 +2,8 @@
 
 Input ``x`` is group-major, ``(G·N, C, H, W)``: ``G`` groups of ``N`` members, members of one group
 adjacent. Time ``t`` and the condition ``y`` are per sample. The output is the flow-matching velocity
-``ε − x₀`` (see `transport`). Only attention sees the group; adaLN, MLP and the final layer are per
+``ε − x₀`` (see `transport`), or with ``transport="ddpm"`` DiT's ε and, with learned σ, its variance
+channels (see `ddpm`). Only attention sees the group; adaLN, MLP and the final layer are per
 image, as in the released GroupDiff code.
 
 The condition is a class id, or with ``condition="text"`` a `TextCondition`: then every block also

@@ -11,7 +11,9 @@ Our parameter names follow DiT's, so the mapping is short (documented in ``docs/
 - original SiT counts time the other way (``t = 0`` is noise, velocity ``x₀ − ε``): the conversion
   folds ``t → 1 − t`` into the first timestep-MLP layer (sin/cos of ``ω(1−t)`` are linear in those of
   ``ωt``) and negates the output layer, so the converted model is exactly SiT in our convention;
-- a missing ``sample_embedder`` (every non-GroupDiff source) keeps its fresh N(0, 0.02) rows.
+- a missing ``sample_embedder`` (every non-GroupDiff source) is set to zero, so the converted model is
+  its source exactly at every sample id (DiT sampled as DiT did); fine-tuning still trains it, since the
+  gradient of an embedding row does not depend on its value.
 
 DiT and GroupDiff-DiT predict noise with DDPM time. Into a ``transport="ddpm"`` model they convert
 exactly (it samples and fine-tunes as DiT did, `groupdiff.model.ddpm`); into a flow model they are an
@@ -127,8 +129,8 @@ def convert_state_dict(
 def init_from_pretrained(model: GroupDiT, path: str | os.PathLike, source: str) -> list[str]:
     """Load foreign weights into ``model`` in place; returns the parameters left at their init.
 
-    Only the sample embedding may be missing; any other missing, extra or mis-shaped tensor is an
-    error that names it.
+    Only the sample embedding may be missing (it is then zeroed, see the module docstring); any other
+    missing, extra or mis-shaped tensor is an error that names it.
     """
     converted = convert_state_dict(read_state_dict(path), model, source)
     expected = model.state_dict()
@@ -146,4 +148,7 @@ def init_from_pretrained(model: GroupDiT, path: str | os.PathLike, source: str) 
     if problems:
         raise ValueError(f"{path} ({source}) does not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(converted, strict=False)
+    with torch.no_grad():
+        for key in allowed_missing:
+            model.get_parameter(key).zero_()
     return allowed_missing
