@@ -1,10 +1,14 @@
-"""Blank members: near-constant images are flagged, real Fashion-MNIST images never are."""
+"""Blank members: near-constant images are flagged, real Fashion-MNIST images never are, and the bundled
+student draws none."""
 
 import numpy as np
 import pytest
 import torch
 
+from groupdiff.evaluation.attention_maps import STUDENT_GUIDANCE
 from groupdiff.evaluation.blank import BLANK_STD, blank_mask, blank_share, blank_share_by_position, image_std
+from groupdiff.evaluation.generation import generate_set, load_generator
+from groupdiff.serving.defaults import BUNDLED_STUDENT
 from groupdiff.training.data import load_fashion_mnist
 
 
@@ -49,3 +53,11 @@ def test_groupdiff_sample_warns_about_blank_members_only(capsys):
     warn_blank_members(real, group_size=4)
     err = capsys.readouterr().err
     assert "1 of 8 images are blank" in err and "group 1 member 2" in err
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_the_bundled_student_draws_no_blank_member(steps):
+    """What a newcomer serves first: 40 groups of 4 (every class four times) at each served step count."""
+    generator = load_generator(BUNDLED_STUDENT, "model")
+    samples = generate_set(generator, 160, 4, steps, "consistency", STUDENT_GUIDANCE, seed=0, progress=False)
+    assert blank_share(samples.images) == 0.0
