@@ -39,6 +39,10 @@ class TrainConfig:
     seed: int = 0
     model: str = "DiT-T/4"  # registry name; input size, channels and classes come from the data
     model_overrides: dict[str, Any] = field(default_factory=dict)  # any GroupDiTConfig field
+    # what a sample is conditioned on: its class id, or with "text" one of its cached captions (data prepared with
+    # text.captions); the model's text width and token count then come from the prepared text encoder, caption
+    # dropout uses the null prompt where a class run uses the null class, and checkpoints carry the encoder
+    condition: Literal["class", "text"] = "class"
     # the objective and the sampler family: "flow" (velocity, flow matching) or "ddpm" (DiT's ε-prediction with
     # learned σ, loss mse + vb on 1000 DDPM steps; resumes DiT-format weights exactly). Sample grids then need
     # sample.sampler ddpm or ddim.
@@ -69,7 +73,8 @@ class TrainConfig:
 
 # Fields that define the training trajectory: a resumed run must agree on all of them.
 TRAJECTORY_FIELDS = (
-    "data", "seed", "model", "model_overrides", "transport", "init_from", "init_source", "plan", "batch_size",
-    "grad_accumulation", "optim", "ema_decay", "ema_warmup",
+    "data", "seed", "model", "model_overrides", "condition", "transport", "init_from", "init_source", "plan",
+    "batch_size", "grad_accumulation", "optim", "ema_decay", "ema_warmup",
 )
-ADDED_FIELDS = {"transport": "flow"}  # trajectory fields newer than some checkpoints: what those ran with
+# trajectory fields newer than some checkpoints: what those ran with
+ADDED_FIELDS = {"transport": "flow", "condition": "class"}

@@ -18,7 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from groupdiff.model import save_model
-from groupdiff.model.checkpoint import CheckpointError, load_state
+from groupdiff.model.checkpoint import CheckpointError, check_text_encoder, load_state
+from groupdiff.model.text_encoder import TextEncoder
 from groupdiff.training.config_files import dump_config, to_dict
 
 from .distributed import Distributed
@@ -46,7 +47,10 @@ class RunStopped(InterruptedError):
 class RunLoop(ABC):
     """Base of a resumable training run. A subclass sets ``config``, ``dist``, ``out``, ``model``,
     ``ema``, ``optimizer``, ``plan`` and ``step`` in its constructor and implements `train_step`,
-    `metadata` and `sample`; the class attributes name its progress bar and its checkpoint config."""
+    `metadata` and `sample`; the class attributes name its progress bar and its checkpoint config.
+
+    A run of a text model sets ``text_encoder``: every checkpoint then records and carries it (so a
+    checkpoint samples on its own), and a resume refuses a checkpoint made with another encoder."""
 
     progress_label = "train"
     config_key = "train_config"  # where checkpoint metadata records the run's config
@@ -62,6 +66,7 @@ class RunLoop(ABC):
     plan: GroupBatchPlan
     step: int
     stop_requested: bool = False
+    text_encoder: TextEncoder | None = None  # a text model's frozen encoder (from the prepared data)
 
     # -- what a subclass provides ---------------------------------------------------------------------------
     @abstractmethod
@@ -104,6 +109,8 @@ class RunLoop(ABC):
         if folder is None:
             return
         check_same_setup(folder, self.config_key, to_dict(self.config), self.trajectory_fields, self.added_fields)
+        if self.text_encoder is not None:  # the same data path may since hold captions encoded by another encoder
+            check_text_encoder(folder, self.text_encoder)
         try:
             self.model.load_state_dict(load_state(folder, "model"))
             self.ema.model.load_state_dict(load_state(folder, "ema"))
@@ -174,7 +181,8 @@ class RunLoop(ABC):
                 write_train_state(tmp, self.optimizer, state)
                 self.write_extra_state(tmp)
 
-            save_model(folder, self.model, self.ema.model, self.metadata(), write_extra=write_extra)
+            save_model(folder, self.model, self.ema.model, self.metadata(), write_extra=write_extra,
+                       text_encoder=self.text_encoder)
             mark_latest(folder)
             prune_checkpoints(self.out, self.config.keep_checkpoints)
         self.dist.barrier()

@@ -53,11 +53,21 @@ class PreparedText:
     def per_image(self) -> int:
         return len(self.captions[0])
 
+    @property
+    def width(self) -> int:
+        """The encoder's token width ``C``."""
+        return self.tokens.shape[2]
+
     def condition(self, index: torch.Tensor, generator: torch.Generator | None = None,
-                  device: torch.device | str | None = None) -> TextCondition:
-        """One caption of each image at ``index`` (B,), drawn uniformly with ``generator``; float32."""
+                  device: torch.device | str | None = None, caption: int | None = None) -> TextCondition:
+        """One caption of each image at ``index`` (B,), drawn uniformly with ``generator`` (or caption number
+        ``caption`` of each, for fixed prompts such as sample grids); float32."""
         index = index.cpu()
-        rows = index * self.per_image + torch.randint(self.per_image, index.shape, generator=generator)
+        if caption is not None:
+            choice = torch.full(index.shape, caption, dtype=torch.long)
+        else:
+            choice = torch.randint(self.per_image, index.shape, generator=generator)
+        rows = index * self.per_image + choice
         return TextCondition(self.tokens[rows], self.mask[rows], self.pooled[rows]).to(device, torch.float32)
 
     def encoder(self) -> TextEncoder:

@@ -3,8 +3,13 @@
 Every step, each rank takes its slice of the group batch plan, runs the loss of the config's transport
 (flow matching, or DiT's DDPM loss ``mse + vb`` for ``transport: ddpm``) on its conditional singles
 (group size 1) and its groups (group size N, per-member times), and the ranks average gradients. All
-randomness of a step (noise, times, sample ids) comes from a generator seeded by ``(seed, step, rank)``,
-so a resumed run repeats exactly what an uninterrupted run would do.
+randomness of a step (noise, times, sample ids, and for a text model which cached caption each sample
+gets) comes from a generator seeded by ``(seed, step, rank)``, so a resumed run repeats exactly what an
+uninterrupted run would do.
+
+A text model (``condition: text``) is the class model with one change of condition: a sample's class id
+becomes one of its image's captions, and the null class of unconditional groups becomes the null prompt
+(`GroupDiT.null_condition`), so GroupDiff-l / -f train exactly as they do for classes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from groupdiff.model.ddpm import GaussianDiffusion, ddpm_loss
 from groupdiff.model.generate import generate, samplers_for
 from groupdiff.model.images import save_group_grid
 from groupdiff.model.pretrained import init_from_pretrained
+from groupdiff.model.text_condition import Condition
 from groupdiff.training.config_files import to_dict
 
 from .config import ADDED_FIELDS, TRAJECTORY_FIELDS, TrainConfig
@@ -34,7 +40,7 @@ from .optim import EMA, autocast_dtype, build_optimizer
 from .plan import GroupBatchPlan, StepBatch, group_timesteps
 
 if TYPE_CHECKING:
-    from .prepared import PreparedData
+    from .prepared import PreparedData, PreparedText
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -45,17 +51,25 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def build_model(config: TrainConfig, data: PreparedData) -> GroupDiT:
+def build_model(config: TrainConfig, data: PreparedData, text: PreparedText | None = None) -> GroupDiT:
+    """The run's GroupDiT; a text model (``text``: the prepared captions) takes its encoder's width and
+    context length."""
     _, channels, height, width = data.samples.shape
     if height != width:
         raise ValueError(f"training needs square samples, got {height}x{width}")
-    transport = config.model_overrides.get("transport", config.transport)
-    if transport != config.transport:
-        raise ValueError(f"model_overrides.transport {transport!r} contradicts transport {config.transport!r}; "
-                         "set transport only")
+    for key in ("transport", "condition"):
+        value = config.model_overrides.get(key, getattr(config, key))
+        if value != getattr(config, key):
+            raise ValueError(f"model_overrides.{key} {value!r} contradicts {key} {getattr(config, key)!r}; "
+                             f"set {key} only")
+    taken = sorted({"text_dim", "text_tokens"} & set(config.model_overrides))
+    if taken:
+        raise ValueError(f"model_overrides {taken} come from the prepared text encoder; leave them out")
     # a DDPM model learns σ unless told otherwise (DiT); a flow model has no variance output
     overrides = {"max_group_size": config.plan.group_size, "transport": config.transport,
                  "learn_sigma": config.transport == "ddpm", **config.model_overrides}
+    if text is not None:
+        overrides |= {"condition": "text", "text_dim": text.width, "text_tokens": text.encoder_record.context_length}
     model_cfg = model_config(
         config.model, input_size=height, in_channels=channels, num_classes=data.num_classes, **overrides
     )
@@ -70,7 +84,7 @@ class LossInputs:
 
     index: torch.Tensor  # (B,) dataset indices
     t: torch.Tensor  # (B,)
-    labels: torch.Tensor  # (B,), null class for unconditional samples
+    y: Condition  # (B,) class ids or a TextCondition of B captions; the null class / prompt for unconditional samples
     noise: torch.Tensor  # (B, C, H, W)
     sample_ids: torch.Tensor  # (B,)
     group_size: int
@@ -82,7 +96,7 @@ class LossInputs:
         for part in groups:
             if len(part):
                 rows = slice(int(part[0]) * self.group_size, (int(part[-1]) + 1) * self.group_size)
-                parts.append(LossInputs(self.index[rows], self.t[rows], self.labels[rows], self.noise[rows],
+                parts.append(LossInputs(self.index[rows], self.t[rows], self.y[rows], self.noise[rows],
                                         self.sample_ids[rows], self.group_size))
         return parts
 
@@ -103,7 +117,12 @@ class Trainer(RunLoop):
             raise ValueError(f"sample.sampler {config.sample.sampler!r} cannot sample a {config.transport} model; "
                              f"choose from {samplers_for(config.transport)}")
         torch.manual_seed(config.seed)  # the same initial weights on every rank
-        self.model = build_model(config, data).to(self.device)
+        # a text run: the cached captions, and their encoder (refused unless its weights hash as prepared)
+        self.text = data.text() if config.condition == "text" else None
+        self.text_encoder = self.text.encoder() if self.text is not None else None
+        self.model = build_model(config, data, self.text).to(self.device)
+        if self.text_encoder is not None:
+            self.model.set_null_prompt(self.text_encoder)  # before the EMA copy: both carry it
         # DiT's whole 1000-step diffusion (training never respaces); None for flow matching
         self.diffusion = (GaussianDiffusion.create(learn_sigma=self.model.config.learn_sigma)
                           if config.transport == "ddpm" else None)
@@ -136,18 +155,27 @@ class Trainer(RunLoop):
         inputs = []
         if len(batch.singles):
             idx = batch.singles
-            inputs.append(LossInputs(
-                idx, torch.rand(len(idx), generator=generator), self.data.labels[idx],
-                torch.randn(len(idx), *sample_shape, generator=generator), torch.zeros(len(idx), dtype=torch.long), 1,
-            ))
+            t = torch.rand(len(idx), generator=generator)
+            noise = torch.randn(len(idx), *sample_shape, generator=generator)
+            y = self._conditions(idx, torch.zeros(len(idx), dtype=torch.bool), generator)
+            inputs.append(LossInputs(idx, t, y, noise, torch.zeros(len(idx), dtype=torch.long), 1))
         if len(batch.groups):
             idx = batch.groups.reshape(-1)  # (G·N,) group-major
-            labels = torch.where(batch.null_groups.repeat_interleave(n), self.model.null_class, self.data.labels[idx])
             t = group_timesteps(len(batch.groups), n, self.config.plan.noise_variation, generator)
             noise = torch.randn(len(idx), *sample_shape, generator=generator)
             ids = random_sample_ids(len(idx), n, self.model.config.max_group_size, generator)
-            inputs.append(LossInputs(idx, t, labels, noise, ids, n))
+            y = self._conditions(idx, batch.null_groups.repeat_interleave(n), generator)
+            inputs.append(LossInputs(idx, t, y, noise, ids, n))
         return inputs
+
+    def _conditions(self, index: torch.Tensor, null: torch.Tensor, generator: torch.Generator) -> Condition:
+        """The condition of each sample at ``index`` (B,): its class id, or one of its image's captions drawn
+        with ``generator`` (drawn for dropped rows too, so what is drawn never depends on the plan's nulls);
+        rows where ``null`` (B,) is set get the null class or the null prompt (caption dropout)."""
+        if self.text is None:
+            return torch.where(null, self.model.null_class, self.data.labels[index])
+        captions = self.text.condition(index, generator)  # (B, T, C) float32 on the CPU
+        return captions.where(~null, self.model.null_condition(captions).to("cpu"))
 
     def _loss(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
         """Per-sample loss terms of one forward, each summed over the samples: ``loss`` (and, for DDPM, its
@@ -157,7 +185,7 @@ class Trainer(RunLoop):
         autocast = (
             torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         )
-        args = (self.network, x0, inputs.t.to(**to), inputs.labels.to(**to), inputs.noise.to(**to),
+        args = (self.network, x0, inputs.t.to(**to), inputs.y.to(**to), inputs.noise.to(**to),
                 inputs.group_size, inputs.sample_ids.to(**to))
         with autocast:
             if self.diffusion is not None:
@@ -201,12 +229,11 @@ class Trainer(RunLoop):
 
     # -- what the run loop records and draws ---------------------------------------------------------------
     def metadata(self) -> dict:
-        return {
-            "train_config": to_dict(self.config),
-            "step": self.step,
-            "data": {"root": str(self.data.root), "space": self.data.space, "scale_factor": self.data.scale_factor,
-                     "class_names": self.data.class_names, "query": self.config.plan.query},
-        }
+        data = {"root": str(self.data.root), "space": self.data.space, "scale_factor": self.data.scale_factor,
+                "class_names": self.data.class_names, "query": self.config.plan.query}
+        if self.text is not None:  # the encoder itself is recorded in config.json and carried in text_encoder/
+            data["text"] = {key: self.data.info["text"][key] for key in ("captions", "templates", "per_image")}
+        return {"train_config": to_dict(self.config), "step": self.step, "data": data}
 
     def log_extra(self) -> dict[str, Any]:
         return {"s_cross": self.cross_sample_score()}
@@ -228,25 +255,33 @@ class Trainer(RunLoop):
         x0 = self.data.gather(probe, self.device)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         t = torch.full((len(probe),), 0.5, device=self.device)
-        labels = torch.full((len(probe),), self.model.null_class, device=self.device)
+        null = self.ema.model.null_condition(torch.zeros(len(probe), dtype=torch.long, device=self.device))
         if self.diffusion is not None:  # DDPM step 500, which the network sees as t = 0.5
             step = torch.full((len(probe),), 500, device=self.device)
             x_t, t = self.diffusion.q_sample(x0, step, noise), self.diffusion.model_time(step)
         else:
             x_t = 0.5 * x0 + 0.5 * noise
-        _, attention = self.ema.model.forward_with_attention(x_t, t, labels, n)
+        _, attention = self.ema.model.forward_with_attention(x_t, t, null, n)
         return float(attention.score.mean())
 
     def sample_grid(self) -> Path:
-        """Rows of classes 0, 1, …: each row one group (or independent images for group size 1)."""
+        """Rows of classes 0, 1, … (a text model: the first caption of images 0, 1, …, listed in a .txt beside
+        the grid): each row one group (or independent images for group size 1)."""
         cfg = self.config.sample
         n = self.config.plan.group_size
-        rows = min(cfg.rows, self.data.num_classes)
+        path = self.out / "samples" / f"step-{self.step:07d}.png"
+        if self.text is None:
+            rows = min(cfg.rows, self.data.num_classes)
+            y: Condition = torch.arange(rows)
+        else:
+            rows = min(cfg.rows, len(self.text.captions))
+            y = self.text.condition(torch.arange(rows), caption=0)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.with_suffix(".txt").write_text("".join(c[0] + "\n" for c in self.text.captions[:rows]))
         per_row = n if n > 1 else 4
-        classes = torch.arange(rows)
-        labels, group_size = (classes, n) if n > 1 else (classes.repeat_interleave(per_row), 1)
+        y, group_size = (y, n) if n > 1 else (y.repeat_interleave(per_row), 1)
         guidance = Guidance(cfg.guidance_scale, cfg.guidance_mode if n > 1 else "plain", cfg.guidance_interval)
-        samples = generate(self.ema.model, labels, group_size, cfg.steps, cfg.sampler, guidance, seed=self.config.seed)
+        samples = generate(self.ema.model, y, group_size, cfg.steps, cfg.sampler, guidance, seed=self.config.seed)
         images = self.data.decode(samples)
-        return save_group_grid(self.out / "samples" / f"step-{self.step:07d}.png", images, per_row, upscale=2)
+        return save_group_grid(path, images, per_row, upscale=2)
 
