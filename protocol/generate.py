@@ -5,16 +5,20 @@ classes, group sizes and steps, its image limit), so the OpenAPI document shows 
 frontends validate with the same model. Clients send `OPTIONAL_FIELDS` only when set, leaving the defaults to
 the server.
 
-A request names its condition one of two ways: ``class_id`` with ``num_images`` (images of one class, in groups
-of ``group_size``), or ``class_ids``, an *image set*: one class per image, generated as one group whose members
-attend to each other (so a T-shirt, trousers and sneakers share a style), never shared with other requests.
+A request names its condition one of three ways: ``class_id`` with ``num_images`` (images of one class, in groups
+of ``group_size``), ``class_ids``, an *image set*: one class per image, generated as one group whose members
+attend to each other (so a T-shirt, trousers and sneakers share a style), never shared with other requests, or,
+for a text-conditioned model, ``prompt`` with ``num_images``. Which kind a server takes is its model's
+(`RequestLimits.condition`); the other kind is refused by the body model itself, so every frontend refuses it
+with the same message. A prompt is checked and normalised by `groupdiff.protocol.prompts.check_prompt` here;
+whether the text encoder's tokenizer can hold it is the server's check (it needs the tokenizer).
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -24,6 +28,7 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    StrictStr,
     ValidationError,
     WithJsonSchema,
     create_model,
@@ -31,9 +36,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .limits import GROUP_POLICIES, MAX_GUIDANCE_SCALE, MAX_SEED, MAX_TIMEOUT_S, TEACHER_MAX_STEPS
+from .limits import GROUP_POLICIES, MAX_GUIDANCE_SCALE, MAX_PROMPT_CHARS, MAX_SEED, MAX_TIMEOUT_S, TEACHER_MAX_STEPS
+from .prompts import check_prompt
 
-CONDITION_FIELDS = ("class_id", "class_ids")  # exactly one: images of one class, or an image set
+CONDITION_FIELDS = ("class_id", "class_ids", "prompt")  # exactly one: a class, an image set, or a text prompt
+CONDITIONS = ("class", "text")  # what a served model is conditioned on
 OPTIONAL_FIELDS = ("group_size", "steps", "guidance_scale", "seed", "group_policy", "timeout_s", "return_attention")
 ATTENTION_DOC = (
     "also return, for each group that holds this request's images, the N x N image-to-image attention mass: "
@@ -59,6 +66,8 @@ class RequestLimits:
     guidance_scale: float  # the default (teacher) or the baked-in scale (student)
     guidance_adjustable: bool
     default_timeout_s: float
+    condition: Literal["class", "text"] = "class"  # the served model's: class ids, or text prompts
+    max_prompt_tokens: int | None = None  # a text model's tokenizer limit (start and end tokens included)
 
     def describe_steps(self) -> str:
         return ", ".join(map(str, self.steps)) if self.steps else f"1..{TEACHER_MAX_STEPS}"
@@ -90,19 +99,36 @@ def int_among(values: tuple[int, ...]) -> Any:
                      WithJsonSchema({"type": "integer", "enum": list(values)})]
 
 
+def _checked_prompt(text: str) -> str:
+    return check_prompt(text, MAX_PROMPT_CHARS)  # ValueError: pydantic reports it under the field's name
+
+
+Prompt = Annotated[StrictStr, AfterValidator(_checked_prompt),
+                   WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS})]
+ASK_CONDITION = {"class": "give class_id (with num_images) or class_ids (an image set)",
+                 "text": "give prompt (with num_images)"}
+WRONG_CONDITION = {  # the served model's kind -> why a request of the other kind is refused
+    "class": "prompt: this model is class-conditioned; send class_id (with num_images) or class_ids, not a prompt",
+    "text": "this model is text-conditioned; send prompt (with num_images), not class_id or class_ids",
+}
+
+
 class _GenerateBody(BaseModel):
     """The rules across fields; each field's own bounds come from `request_model`."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
-        {"required": ["class_id", "num_images"]}, {"required": ["class_ids"]}]})
+    condition: ClassVar[str]  # the served model's kind, set by the subclass
 
     @model_validator(mode="after")
     def _one_condition(self):
-        if (self.class_id is None) == (self.class_ids is None):
-            both = ", not both" if self.class_id is not None else ""
-            raise ValueError(f"give class_id (with num_images) or class_ids (an image set){both}")
-        if self.class_id is not None and self.num_images is None:
-            raise ValueError("num_images: Field required (with class_id)")
+        given = [name for name in CONDITION_FIELDS if getattr(self, name) is not None]
+        if not given:
+            raise ValueError(ASK_CONDITION[self.condition])
+        if len(given) > 1:
+            raise ValueError(f"{ASK_CONDITION[self.condition]}: one condition, not both ({' and '.join(given)})")
+        if ("text" if given == ["prompt"] else "class") != self.condition:
+            raise ValueError(WRONG_CONDITION[self.condition])
+        if self.class_ids is None and self.num_images is None:
+            raise ValueError(f"num_images: Field required (with {given[0]})")
         if self.class_ids is not None:
             size = len(self.class_ids)
             for field in ("num_images", "group_size"):
@@ -114,6 +140,17 @@ class _GenerateBody(BaseModel):
         return self
 
 
+class _ClassBody(_GenerateBody):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["class_id", "num_images"]}, {"required": ["class_ids"]}]})
+    condition: ClassVar[str] = "class"
+
+
+class _TextBody(_GenerateBody):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [{"required": ["prompt", "num_images"]}]})
+    condition: ClassVar[str] = "text"
+
+
 @functools.lru_cache(maxsize=16)
 def request_model(limits: RequestLimits) -> type[BaseModel]:
     """The JSON body model with these exact limits (unknown fields are refused)."""
@@ -121,12 +158,15 @@ def request_model(limits: RequestLimits) -> type[BaseModel]:
     guidance_doc = (f"teacher: 0..{MAX_GUIDANCE_SCALE:g}, default {limits.guidance_scale:g}"
                     if limits.guidance_adjustable
                     else f"baked into the student ({limits.guidance_scale:g}); omit it or pass that value")
+    # a text model takes no class: any id is refused by the condition rule, not by a bound it does not have
+    last_class = limits.num_classes - 1 if limits.condition == "class" else MAX_SEED
     fields = {
-        "class_id": (json_int(0, limits.num_classes - 1) | None, Field(
+        "class_id": (json_int(0, last_class) | None, Field(
             default=None, description="the condition: a class id (with num_images)")),
-        "class_ids": (list[json_int(0, limits.num_classes - 1)] | None, Field(
+        "class_ids": (list[json_int(0, last_class)] | None, Field(
             default=None, min_length=1, max_length=max(limits.group_sizes), description=(
                 "an image set: one class per image, generated together as one group (instead of class_id)"))),
+        "prompt": (Prompt | None, Field(default=None, description=_prompt_doc(limits))),
         "num_images": (json_int(1, limits.max_images) | None, Field(
             default=None, description="images to return (k); with class_ids, their count")),
         "group_size": (int_among(limits.group_sizes) | None, Field(
@@ -145,7 +185,18 @@ def request_model(limits: RequestLimits) -> type[BaseModel]:
                                    strict=True, description="deadline in seconds; expired work is dropped (504)")),
         "return_attention": (StrictBool, Field(default=False, description=ATTENTION_DOC)),
     }
-    return create_model("GenerateRequest", __base__=_GenerateBody, **fields)
+    return create_model("GenerateRequest", __base__=_TextBody if limits.condition == "text" else _ClassBody, **fields)
+
+
+def _prompt_doc(limits: RequestLimits) -> str:
+    if limits.condition != "text":
+        return "text models only (this server's model is class-conditioned: a prompt is refused)"
+    tokens = f" and at most {limits.max_prompt_tokens} tokens of the model's text encoder" if \
+        limits.max_prompt_tokens else ""
+    return (f"the condition of a text model (with num_images): Unicode NFC, whitespace runs folded to one space, "
+            f"at most {MAX_PROMPT_CHARS} characters after that{tokens} (longer prompts are refused, never "
+            "truncated); control characters are refused. Requests whose normalised prompts and settings are equal "
+            "may share groups")
 
 
 def describe_validation_error(error: ValidationError | list) -> str:
@@ -164,7 +215,8 @@ def describe_validation_error(error: ValidationError | list) -> str:
 
 class GeneratedImage(BaseModel):
     index: int = Field(ge=0, description="position in the request")
-    class_id: int = Field(ge=0, description="the image's condition (an image set's class for this member)")
+    class_id: int | None = Field(default=None, ge=0, description=(
+        "the image's class (an image set's class for this member); absent for a prompt"))
     seed: int = Field(ge=0, le=MAX_SEED, description="the image's seed: the request's seed + index (mod 2^63)")
     png_base64: str = Field(description="the image as a base64-encoded PNG")
 
@@ -196,6 +248,8 @@ class GenerateResponse(BaseModel):
     steps: int
     guidance_scale: float
     group_policy: Literal[GROUP_POLICIES]
+    prompt: str | None = Field(default=None, description="the prompt as the model saw it (normalised); absent for "
+                                                         "a class request")
     images: list[GeneratedImage]
     timings_ms: StageTimings
     attention: list[GroupAttention] | None = Field(default=None, description=(
@@ -213,7 +267,11 @@ class ModelInfo(BaseModel):
 
     model_version: str
     kind: Literal["teacher", "student"]
-    num_classes: int
+    condition: Literal[CONDITIONS] = "class"
+    num_classes: int = Field(description="class ids 0 .. num_classes - 1 (a class-conditioned model)")
+    max_prompt_chars: int | None = Field(default=None, description="a text model's prompt limit in characters")
+    max_prompt_tokens: int | None = Field(default=None, description=(
+        "a text model's prompt limit in tokens of its text encoder (start and end of text included)"))
     max_group_size: int
     default_group_size: int
     group_sizes: list[int]

@@ -11,3 +11,4 @@ TEACHER_DEFAULT_STEPS = 25
 TEACHER_MAX_STEPS = 250  # a teacher samples with any step count in 1..TEACHER_MAX_STEPS
 MAX_GUIDANCE_SCALE = 20.0
 DEFAULT_MAX_IMAGES = 64  # num_images per request, unless the server sets its own
+MAX_PROMPT_CHARS = 500  # a prompt's characters after `normalise_prompt`; the text encoder's token limit also applies

@@ -1,7 +1,8 @@
 """The Triton (KServe v2) model ``groupdiff``: tensor names, datatypes and how its errors map to contract codes.
 
 One request per call: every input carries one `/v1/generate` field, in shape [1] but ``CLASS_IDS`` (an image
-set: [k], one class per image); the outputs are the request's images, their seeds and their classes, and the
+set: [k], one class per image); ``PROMPT`` is the UTF-8 prompt of a text model. The outputs are the request's
+images, their seeds and either their classes (``CLASS_IDS``) or the normalised prompt (``PROMPT``, [1]), and the
 attention mass its ``RETURN_ATTENTION`` asks for: ``ATTENTION`` (groups, N, N), row i -> column j as in the REST
 answer's ``attention[g].mass``, and ``ATTENTION_MEMBERS`` (groups, N), each member's image index (-1: padding or
 another request's member). Without the flag the answer has neither.
@@ -34,6 +35,7 @@ class TritonOutput:
 INPUTS = (
     TritonInput("CLASS_ID", "INT64", "class_id"),
     TritonInput("CLASS_IDS", "INT64", "class_ids", shape=(-1,)),
+    TritonInput("PROMPT", "BYTES", "prompt"),  # UTF-8
     TritonInput("NUM_IMAGES", "INT32", "num_images"),
     TritonInput("GROUP_SIZE", "INT32", "group_size"),
     TritonInput("STEPS", "INT32", "steps"),
@@ -45,7 +47,8 @@ INPUTS = (
 OUTPUTS = (
     TritonOutput("IMAGES", "UINT8", (-1, -1, -1, -1)),  # (k, H, W, C)
     TritonOutput("SEEDS", "INT64", (-1,)),  # (k,)
-    TritonOutput("CLASS_IDS", "INT64", (-1,)),  # (k,) each image's class
+    TritonOutput("CLASS_IDS", "INT64", (-1,)),  # (k,) each image's class; only for a class request
+    TritonOutput("PROMPT", "BYTES", (1,)),  # the normalised prompt, UTF-8; only for a prompt request
     TritonOutput("ATTENTION", "FP32", (-1, -1, -1)),  # (groups, N, N); only with RETURN_ATTENTION
     TritonOutput("ATTENTION_MEMBERS", "INT64", (-1, -1)),  # (groups, N) image index per member, -1: not this request's
 )

@@ -8,7 +8,7 @@ decides `groupdiff.evaluation.attention_maps.GroupRecipe.capture_branch`; servin
 and both should call one function in `groupdiff.model.guidance` once it has one.
 
 How: `GroupDiT.forward_with_attention` on the group's latents at the start of its final step (the time and
-labels of that pass; the member's own labels, or the null class for the unconditional pass). It computes
+conditions of that pass; the member's own, or the null class / null prompt for the unconditional pass). It computes
 attention by explicit math, which no exported graph does: ONNX Runtime and TensorRT cannot hand back attention
 probabilities. So the capture always runs a torch model: the torch runtime's own module (no extra memory), or
 a torch copy of the checkpoint loaded at start-up beside any other runtime (one more set of fp32 weights in
@@ -28,6 +28,7 @@ from groupdiff.model import GroupDiT, fixed_sample_ids
 from groupdiff.model.checkpoint import load_model, preferred_weights
 from groupdiff.model.guidance import Guidance
 from groupdiff.model.spec import DenoiserSpec
+from groupdiff.model.text_condition import Condition, TextCondition
 
 from .runtime import Runtime
 
@@ -64,15 +65,20 @@ class AttentionCapture:
         return cls(model, runtime.spec)
 
     @torch.no_grad()
-    def mass(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance: list[float],
+    def mass(self, x: torch.Tensor, t: torch.Tensor, y: Condition, guidance: list[float],
              group_size: int) -> np.ndarray:
         """(G, N, N) float32 mass, averaged over layers, of groups ``x`` (G·N, C, H, W) at times ``t`` (G·N,)
-        with labels ``y`` (G·N,) and one guidance scale per group (which picks the captured pass)."""
+        with conditions ``y`` (G·N class ids, or a text model's `TextCondition` of G·N rows) and one guidance
+        scale per group (which picks the captured pass)."""
         device, dtype = self._parameter.device, self._parameter.dtype
         unconditional = torch.tensor([attention_branch(self.spec, group_size, scale) == "unconditional"
                                       for scale in guidance], device=device).repeat_interleave(group_size)
-        y = y.to(device)
-        labels = torch.where(unconditional, torch.full_like(y, self.model.null_class), y)
+        if isinstance(y, TextCondition):
+            y = y.to(device, dtype)
+            labels = y.where(~unconditional, self.model.null_condition(y))
+        else:
+            y = y.to(device)
+            labels = torch.where(unconditional, self.model.null_condition(y), y)
         _, attention = self.model.forward_with_attention(
             x.to(device, dtype), t.to(device, dtype), labels, group_size,
             sample_ids=fixed_sample_ids(len(y), group_size, device))

@@ -8,7 +8,8 @@
     model thread, one iteration per runtime call:
       -> GroupScheduler.add / drop                new and cancelled requests
       -> GroupScheduler.schedule                  expired (504), dropped, started groups, the calls to run
-      -> Executor.start / step                    noise for new groups, one batched step per group size
+      -> Executor.start / step                    noise (and prompt encodings) for new groups, one batched
+                                                  step per group size
                                                   (first the attention capture of groups that asked for it)
       -> GroupScheduler.advance                   finished groups
       -> Executor.decode                          images; completed requests go to the encoder pool
@@ -39,10 +40,13 @@ import numpy as np
 import torch
 
 from .admission import Admission, CostModel, Published, choose_knee, request_work
+from groupdiff.model.text_encoder import TextEncoder
+
 from .attention import AttentionCapture
 from .executor import Executor
 from .metrics import ServingMetrics
 from .pipeline import encode_png
+from .prompt_cache import DEFAULT_PROMPT_CACHE_SIZE, PromptCache
 from .requests import RequestError, ResolvedRequest, ServedModel, ServerLimits
 from .runtime import Decoder, Runtime
 from .scheduler import Backlog, Group, GroupScheduler, Job, SchedulerConfig
@@ -50,6 +54,11 @@ from .scheduler import Backlog, Group, GroupScheduler, Job, SchedulerConfig
 LOG = logging.getLogger("groupdiff.serving")
 ProgressFn = Callable[[int, int], None]  # (steps done, steps) for one request, called from the model thread
 CaptureFn = Callable[[Runtime], AttentionCapture | None]  # the torch model beside a loaded runtime, if any
+TextEncoderFn = Callable[[Runtime], TextEncoder | None]  # a text model's encoder, loaded beside its runtime
+
+
+def no_text_encoder(runtime: Runtime) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,7 @@ class EngineConfig:
     encode_workers: int = 2
     profile_repeats: int = 5  # timed calls per size when measuring the runtime's curve at start-up
     switch_interval_s: float | None = 0.0005  # the process's GIL switch interval while serving (None: leave it)
+    prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE  # a text model's cached prompt encodings (0: none)
 
 
 @dataclass(frozen=True)
@@ -112,11 +122,13 @@ class _Handle:
 
 class Engine:
     def __init__(self, load: Callable[[], tuple[Runtime, Decoder]], config: EngineConfig | None = None,
-                 metrics: ServingMetrics | None = None, capture: CaptureFn = AttentionCapture.of_runtime):
+                 metrics: ServingMetrics | None = None, capture: CaptureFn = AttentionCapture.of_runtime,
+                 text_encoder: TextEncoderFn = no_text_encoder):
         self.config = config or EngineConfig()
         self.metrics = metrics or ServingMetrics()
         self._load = load
         self._load_capture = capture  # called on the model thread once the runtime is loaded
+        self._load_text_encoder = text_encoder  # likewise; only for a text model
         self._inbox: deque[tuple[str, Job]] = deque()  # ("add" | "drop", job), drained by the model thread
         self._wake = threading.Event()
         self._open: set[Job] = set()  # accepted and not yet answered
@@ -271,9 +283,11 @@ class Engine:
     def _load_and_profile(self) -> None:
         torch.set_grad_enabled(False)
         runtime, decoder = self._load()
-        self.executor = Executor(runtime, decoder, self._load_capture(runtime))
+        prompts = self._prompt_cache(runtime)
+        self.executor = Executor(runtime, decoder, self._load_capture(runtime), prompts)
         served = ServedModel.for_runtime(runtime.spec, runtime.group_sizes, runtime.name,
-                                         self.executor.capture is not None)
+                                         self.executor.capture is not None,
+                                         prompts.check if prompts is not None else None)
         n = served.default_group_size
         curve = self.executor.profile(n, runtime.max_groups, self.config.profile_repeats)
         if self.config.max_batch_groups:  # the operator's cap, in groups of any size
@@ -294,6 +308,20 @@ class Engine:
                  "images (%d groups of %d)", runtime.spec.model_version, runtime.name, served.group_sizes,
                  ", ".join(f"{p.members}: {p.seconds * 1000:.1f} ms" for p in curve), call_members,
                  call_members // n, n)
+
+    def _prompt_cache(self, runtime: Runtime) -> PromptCache | None:
+        """A text model's encoder behind its prompt cache, on the runtime's device; None for a class model."""
+        record = runtime.spec.text_encoder
+        if record is None:
+            return None
+        encoder = self._load_text_encoder(runtime)
+        if encoder is None:
+            raise ValueError(f"{runtime.spec.model_version} is a text model: it needs its text encoder "
+                             f"{record.name!r} to encode prompts")
+        if encoder.sha256 != record.sha256:
+            raise ValueError(f"the text encoder given (sha256 {encoder.sha256}) is not the one the model was trained "
+                             f"with ({record.name!r}, sha256 {record.sha256})")
+        return PromptCache(encoder.to(runtime.device), self.config.prompt_cache_size, self.metrics)
 
     @property
     def cost(self) -> CostModel | None:

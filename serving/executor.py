@@ -8,6 +8,11 @@ decode finished groups, and forget dropped ones. Before a step it runs the atten
 one's mass until the engine takes it. `profile` measures the runtime's cost curve at
 start-up, from which the engine picks the call size and seeds the admission estimate.
 
+A text model's groups are conditioned on their prompt's encoding: when groups start, the executor asks the
+prompt cache (`prompt_cache.PromptCache`) for the encodings of their distinct prompts, which runs the text
+encoder once for those it does not hold, and keeps each group's encoding beside its latents until the group
+leaves. The unconditional branch needs no encoder call: the denoiser takes the null prompt from the model.
+
 Every random draw comes from the member's own seed (and step), so an image never depends on the
 groups it was batched with; the step rules come from `groupdiff.model.samplers` via `pipeline`.
 """
@@ -21,17 +26,23 @@ import numpy as np
 import torch
 
 from .admission import KNEE_TOLERANCE, CurvePoint
+from groupdiff.model.text_condition import NULL_PROMPT, Condition, TextCondition
+
 from .attention import AttentionCapture
 from .pipeline import denoise_step, member_noise, step_noise, step_rule, time_grid
+from .prompt_cache import PromptCache
 from .runtime import Decoder, Runtime
 from .scheduler import Group
 
 
 class Executor:
-    def __init__(self, runtime: Runtime, decoder: Decoder, capture: AttentionCapture | None = None):
+    def __init__(self, runtime: Runtime, decoder: Decoder, capture: AttentionCapture | None = None,
+                 prompts: PromptCache | None = None):
         self.runtime = runtime
         self.decoder = decoder
         self.capture = capture  # None: this server reports no attention (requests asking are refused)
+        self.prompts = prompts  # a text model's prompt encodings; None for a class model
+        self._encodings: dict[int, TextCondition] = {}  # group id -> its prompt's encoding (1, T, C), while it runs
         self._attention: dict[int, np.ndarray] = {}  # group id -> (N, N) mass, until the engine takes it
         spec = runtime.spec
         self.shape = (spec.channels, spec.size, spec.size)  # model-space sample shape
@@ -46,6 +57,9 @@ class Executor:
             return
         noise = member_noise([m.seed for g in groups for m in g.members], self.shape)  # (ΣN, C, H, W)
         noise = noise.to(self.runtime.device)
+        if self.prompts is not None:  # one encoder call at most, for the prompts the cache does not hold
+            encodings = self.prompts.conditions([g.request.prompt for g in groups])
+            self._encodings.update((g.id, encodings[g.request.prompt]) for g in groups)
         offset = 0
         for group in groups:
             self._latents[group.id] = noise[offset:offset + group.size]  # (N, C, H, W)
@@ -62,8 +76,7 @@ class Executor:
                          dtype=torch.float32, device=device)
         t_next = torch.tensor([ts[g.step + 1] for g, ts in zip(groups, times, strict=True) for _ in range(n)],
                               dtype=torch.float32, device=device)
-        y = torch.tensor([g.request.member_class(m.index) for g in groups for m in g.members], dtype=torch.int64,
-                         device=device)
+        y = self._condition(groups)
         guidance = torch.tensor([g.request.guidance_scale for g in groups], dtype=torch.float32, device=device)
         began = time.perf_counter()
         self._capture([i for i, g in enumerate(groups) if g.captures_attention], groups, x, t, y)
@@ -76,8 +89,17 @@ class Executor:
             self._latents[group.id] = x[i * n:(i + 1) * n]
         return seconds
 
+    def _condition(self, groups: list[Group]) -> Condition:
+        """Each member's condition, group-major: (G·N,) class ids, or a `TextCondition` of G·N rows."""
+        device = self.runtime.device
+        if self.prompts is None:
+            return torch.tensor([g.request.member_class(m.index) for g in groups for m in g.members],
+                                dtype=torch.int64, device=device)
+        rows = TextCondition.cat(*(self._encodings[g.id] for g in groups))  # (G, T, C): one prompt per group
+        return rows.repeat_interleave(groups[0].size).to(device)  # (G·N, T, C)
+
     def _capture(self, chosen: list[int], groups: list[Group], x: torch.Tensor, t: torch.Tensor,
-                 y: torch.Tensor) -> None:
+                 y: Condition) -> None:
         """The attention mass of the groups at positions ``chosen`` of this step's batch, on the step's input."""
         if not chosen:
             return
@@ -95,6 +117,8 @@ class Executor:
         """Decode finished groups together: ((N, H, W, C) uint8 per group, seconds); their latents go."""
         began = time.perf_counter()
         images = self.decoder.decode(torch.cat([self._latents.pop(g.id) for g in groups]))  # (ΣN, H, W, C)
+        for group in groups:
+            self._encodings.pop(group.id, None)
         seconds = time.perf_counter() - began
         bounds = np.cumsum([0] + [g.size for g in groups])
         return [images[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)], seconds
@@ -103,10 +127,12 @@ class Executor:
         for group in groups:
             self._latents.pop(group.id, None)
             self._attention.pop(group.id, None)
+            self._encodings.pop(group.id, None)
 
     def free_all(self) -> None:
         self._latents.clear()
         self._attention.clear()
+        self._encodings.clear()
 
     def profile(self, group_size: int, max_groups: int, repeats: int = 5) -> list[CurvePoint]:
         """Seconds per step call at 1, 2, 4, ... groups of ``group_size`` (up to ``max_groups``); the
@@ -139,7 +165,10 @@ class Executor:
         device = self.runtime.device
         x = member_noise(range(members), self.shape).to(device)  # (G·N, C, H, W)
         t = torch.ones(members, device=device)
-        y = torch.zeros(members, dtype=torch.int64, device=device)
+        if self.prompts is None:
+            y = torch.zeros(members, dtype=torch.int64, device=device)
+        else:  # any prompt costs the same; this one leaves the cache and its metrics alone
+            y = self.prompts.encoder.encode([NULL_PROMPT]).repeat_interleave(members).to(device)
         guidance = torch.full((groups,), self.runtime.spec.guidance_scale, device=device)
 
         def call() -> float:

@@ -4,8 +4,13 @@ The denoiser graph has inputs ``x`` (G, N, C, H, W) float32, ``t`` (G, N) float3
 ``guidance_scale`` (G,) float32 and output ``velocity`` (G, N, C, H, W). Both the group count ``G``
 (1..max_groups) and the group size ``N`` (1..max_group_size) are dynamic axes (the Dynamo exporter,
 ``torch.export`` in strict mode, REFERENCES §5). Everything that does not change between sampling
-calls is a constant of the graph: the weights, the guidance mode and interval, the null class, the
-position embedding; the exporter's optimiser folds what it can. ``simplify`` also runs ONNX Runtime's
+calls is a constant of the graph: the weights, the guidance mode and interval, the null class (or a text model's
+stored null prompt), the position embedding; the exporter's optimiser folds what it can.
+
+A text model's graph takes ``tokens`` (G, N, T, C_text) float32, ``mask`` (G, N, T) bool and ``pooled``
+(G, N, C_text) float32 in place of ``y``, the prompt's encoding (`text_inputs`), with the token count ``T``
+(1..the model's ``text_tokens``) a third dynamic axis; the text encoder itself is not in the graph (the
+executor runs it once per distinct prompt and caches the result). ``simplify`` also runs ONNX Runtime's
 portable (basic-level) graph optimisations offline and saves the result.
 
 Metadata (``metadata_props["groupdiff"]``, JSON) records the model hash, the spec, the group-size and
@@ -26,10 +31,9 @@ import numpy as np
 import torch
 
 from groupdiff.model.checkpoint import preferred_weights
-from groupdiff.model.spec import DenoiserSpec
 
 from .decoders import latent_decoder_module
-from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, OUTPUT_NAME, PRECISION_DTYPES, ServedDenoiser, load_denoiser
+from .denoiser import DEFAULT_MAX_GROUPS, OUTPUT_NAME, PRECISION_DTYPES, ServedDenoiser, input_names, load_denoiser
 
 ONNX_FORMAT = "groupdiff-onnx"
 ONNX_FORMAT_VERSION = 1
@@ -82,17 +86,24 @@ def export_served_denoiser(
         "guidance": {"kind": spec.kind, "mode": spec.guidance_mode, "interval": list(spec.guidance_interval),
                      "default_scale": spec.guidance_scale,
                      "scale_input": "per group" if spec.kind == "teacher" else "ignored (baked into the student)"},
-        "dynamic_axes": {"groups": [1, max_groups], "group_size": [1, max_group_size]},
+        "dynamic_axes": {"groups": [1, max_groups], "group_size": [1, max_group_size], **_token_axis(denoiser)},
+        "condition": "text" if spec.text_encoder is not None else "class",
         "opset": OPSET, "torch": torch.__version__, "precision": precision_name(denoiser.dtype),
     }
     reference = denoiser(*example).detach().numpy()
-    _write_onnx(program, example, dynamic, INPUT_NAMES, [OUTPUT_NAME], metadata, Path(out), simplify, reference)
+    _write_onnx(program, example, dynamic, input_names(spec), [OUTPUT_NAME], metadata, Path(out), simplify, reference)
     return metadata
 
 
+def _token_axis(denoiser: ServedDenoiser) -> dict[str, list[int]]:
+    text_tokens = denoiser.model.config.text_tokens
+    return {"tokens": [1, text_tokens]} if denoiser.spec.text_encoder is not None else {}
+
+
 def export_program(denoiser: ServedDenoiser, max_group_size: int, max_groups: int):
-    """``torch.export`` (strict) of the denoiser with dynamic G in 1..max_groups and N in 1..max_group_size:
-    (program, example inputs, dynamic shapes). The ONNX export and the CUDA-graph torch runtime start here."""
+    """``torch.export`` (strict) of the denoiser with dynamic G in 1..max_groups and N in 1..max_group_size (and a
+    text model's token count T in 1..text_tokens): (program, example inputs, dynamic shapes). The ONNX export and
+    the CUDA-graph torch runtime start here."""
     from torch.export import Dim
 
     spec = denoiser.spec
@@ -105,11 +116,15 @@ def export_program(denoiser: ServedDenoiser, max_group_size: int, max_groups: in
         raise ValueError(f"group attention window {window} switches attention per call on data; only the full "
                          "window (0, 1) exports to a static graph (serve this model with the torch runtime)")
     device = next(denoiser.parameters()).device
-    example = tuple(z.to(device) for z in example_inputs(spec, min(2, max_groups), min(2, max_group_size)))
+    named = example_inputs(denoiser, min(2, max_groups), min(2, max_group_size))
+    example = tuple(z.to(device) for z in named.values())
     groups = Dim("groups", min=1, max=max_groups)
     group_size = Dim("group_size", min=1, max=max_group_size) if max_group_size > 1 else None
     per_member = {0: groups, 1: group_size} if group_size is not None else {0: groups}
-    dynamic = {"x": per_member, "t": per_member, "y": per_member, "guidance_scale": {0: groups}}
+    dynamic = {name: per_member for name in named} | {"guidance_scale": {0: groups}}
+    if "tokens" in named:  # a text model: T is dynamic too
+        tokens = Dim("tokens", min=1, max=denoiser.model.config.text_tokens)
+        dynamic |= {"tokens": {**per_member, 2: tokens}, "mask": {**per_member, 2: tokens}}
     with torch.no_grad():
         program = torch.export.export(denoiser.eval(), example, dynamic_shapes=dynamic, strict=True)
     return program, example, dynamic
@@ -143,12 +158,23 @@ def export_decoder(
     return metadata
 
 
-def example_inputs(spec: DenoiserSpec, groups: int, group_size: int) -> tuple[torch.Tensor, ...]:
+def example_inputs(denoiser: ServedDenoiser, groups: int, group_size: int) -> dict[str, torch.Tensor]:
+    """Inputs of every kind the denoiser takes, by name in `input_names` order, for tracing and checks."""
+    spec = denoiser.spec
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(groups, group_size, spec.channels, spec.size, spec.size, generator=generator)
     t = torch.rand(groups, group_size, generator=generator)
-    y = torch.randint(0, spec.num_classes, (groups, group_size), generator=generator)
-    return x, t, y, torch.full((groups,), 1.5)
+    scale = torch.full((groups,), 1.5)
+    if spec.text_encoder is None:
+        y = torch.randint(0, spec.num_classes, (groups, group_size), generator=generator)
+        return {"x": x, "t": t, "y": y, "guidance_scale": scale}
+    config = denoiser.model.config
+    length = max(2, config.text_tokens // 2)  # inside 1..text_tokens, so tracing keeps T dynamic
+    tokens = torch.randn(groups, group_size, length, config.text_dim, generator=generator)
+    real = torch.randint(1, length + 1, (groups, group_size, 1), generator=generator)  # prompt lengths
+    mask = torch.arange(length) < real  # (G, N, T)
+    pooled = torch.randn(groups, group_size, config.text_dim, generator=generator)
+    return {"x": x, "t": t, "tokens": tokens, "mask": mask, "pooled": pooled, "guidance_scale": scale}
 
 
 def _write_onnx(program, example, dynamic, input_names, output_names, metadata, out: Path, simplify, reference) -> None:

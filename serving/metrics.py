@@ -39,12 +39,21 @@ class ServingMetrics:
         self.requests = Counter("groupdiff_requests_total", "Finished requests by outcome", ["outcome"], registry=r)
         self.rejections = Counter("groupdiff_rejections_total", "Requests refused or dropped, by reason",
                                   ["reason"], registry=r)
+        self.prompt_cache_lookups = Counter(
+            "groupdiff_prompt_cache_lookups_total", "Text models: distinct prompts of the groups started, by whether "
+            "their encoding was cached (hit) or had to be encoded (miss)", ["result"], registry=r)
+        self.prompt_cache_evictions = Counter("groupdiff_prompt_cache_evictions_total",
+                                              "Text models: prompt encodings dropped from the full cache", registry=r)
+        self.prompt_cache_entries = Gauge("groupdiff_prompt_cache_entries", "Text models: prompt encodings cached",
+                                          registry=r, multiprocess_mode="livesum")
         self.model_info = Gauge("groupdiff_model_info", "The served model and runtime (value 1)",
                                 ["model_version", "kind", "runtime"], registry=r, multiprocess_mode="max")
         for stage in STAGES:  # every series exists from the start, so dashboards and alerts see zeros
             self.stage_seconds.labels(stage=stage)
         for outcome in OUTCOMES:
             self.requests.labels(outcome=outcome)
+        for result in ("hit", "miss"):
+            self.prompt_cache_lookups.labels(result=result)
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason=reason)
 

@@ -28,7 +28,7 @@ from groupdiff.model.images import to_uint8
 from groupdiff.model.spec import DenoiserSpec, spec_from_checkpoint
 
 from .decoders import autoencoder_folder, verify_autoencoder
-from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, check_velocity_inputs, load_denoiser
+from .denoiser import DEFAULT_MAX_GROUPS, check_velocity_inputs, denoiser_inputs, load_denoiser
 from .engine_cache import EngineCache, EngineKey
 from .export import (
     DECODER_INPUT,
@@ -134,12 +134,13 @@ class OnnxRuntime:
         return cls(model_file, spec_from_checkpoint(checkpoint, weights), device, providers, threads, shards)
 
     def velocity(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance_scale: torch.Tensor
+        self, x: torch.Tensor, t: torch.Tensor, y, guidance_scale: torch.Tensor
     ) -> torch.Tensor:  # (G, N, C, H, W) float32 on self.device
+        """``y``: (G, N) class ids, or a text model's `TextCondition` of G·N rows (fed as tokens, mask, pooled)."""
         check_velocity_inputs(self.spec, self.max_groups, self.group_sizes, x, t, y, guidance_scale)
         feeds = declared_inputs(self.session, {
-            name: np.ascontiguousarray(z.detach().cpu().numpy())
-            for name, z in zip(INPUT_NAMES, (x.float(), t.float(), y, guidance_scale.float()), strict=True)})
+            name: np.ascontiguousarray((z.float() if z.is_floating_point() else z).detach().cpu().numpy())
+            for name, z in denoiser_inputs(x, t, y, guidance_scale).items()})
         groups = x.shape[0]
         if self.shards == 1 or groups == 1:
             (velocity,) = self.session.run(None, feeds)

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from groupdiff.model import samplers
+from groupdiff.model.text_condition import Condition, TextCondition
 
 from .runtime import Decoder, Runtime
 
@@ -72,14 +73,15 @@ def time_grid(steps: int, sampler: str) -> torch.Tensor:
     return samplers.time_grid(steps, sampler).to(torch.float32)
 
 
-def batch_velocity(runtime: Runtime, y: torch.Tensor, guidance: torch.Tensor, group_size: int) -> samplers.VelocityFn:
-    """``v(x, t)`` over a flat group-major batch (G·N, C, H, W), evaluated by the runtime on (G, N, ...)."""
+def batch_velocity(runtime: Runtime, y: Condition, guidance: torch.Tensor, group_size: int) -> samplers.VelocityFn:
+    """``v(x, t)`` over a flat group-major batch (G·N, C, H, W), evaluated by the runtime on (G, N, ...); a text
+    model's condition stays a `TextCondition` of G·N rows (the runtime lays it out for its graph)."""
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         groups = x.shape[0] // group_size
         out = runtime.velocity(
             x.view(groups, group_size, *x.shape[1:]),  # (G, N, C, H, W)
-            t.view(groups, group_size), y.view(groups, group_size), guidance,
+            t.view(groups, group_size), y if isinstance(y, TextCondition) else y.view(groups, group_size), guidance,
         )
         return out.reshape(x.shape)  # (G·N, C, H, W)
 
@@ -87,9 +89,10 @@ def batch_velocity(runtime: Runtime, y: torch.Tensor, guidance: torch.Tensor, gr
 
 
 def denoise_step(runtime: Runtime, rule: StepRule, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
-                 y: torch.Tensor, guidance: torch.Tensor, group_size: int,
+                 y: Condition, guidance: torch.Tensor, group_size: int,
                  noise: torch.Tensor | None = None) -> torch.Tensor:
-    """One sampler step for G groups: x and noise (G·N, C, H, W), t / t_next / y (G·N,), guidance (G,)."""
+    """One sampler step for G groups: x and noise (G·N, C, H, W), t / t_next / y (G·N,; a text model's: a
+    `TextCondition` of G·N rows), guidance (G,)."""
     return rule(batch_velocity(runtime, y, guidance, group_size), x, t, t_next,
                 None if noise is None else noise.to(x.device))
 

@@ -4,6 +4,9 @@ The body's schema and bounds are the protocol's (`groupdiff.protocol.generate.re
 this server's model and limits accept: `ServedModel.request_limits`); `resolve` validates a body and turns it
 into a `ResolvedRequest` with every default filled in. Anything wrong raises `RequestError`, which each frontend
 turns into its own error format.
+
+A prompt arrives normalised by the body model (`groupdiff.protocol.prompts`); here it must also fit the text
+encoder's tokenizer (`ServedModel.check_tokens`), or it is refused with the limit named, never truncated.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import math
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError
@@ -71,15 +75,22 @@ class ServedModel:
     default_group_size: int
     runtime: str
     captures_attention: bool = False  # a torch model beside the runtime can report attention mass
+    # a text model's tokenizer check: raises a ValueError naming the limit (`PromptTooLong`) for a prompt too long
+    check_tokens: Callable[[str], None] | None = None
 
     @classmethod
     def for_runtime(cls, spec: DenoiserSpec, group_sizes: tuple[int, ...], runtime: str,
-                    captures_attention: bool = False) -> ServedModel:
+                    captures_attention: bool = False,
+                    check_tokens: Callable[[str], None] | None = None) -> ServedModel:
         """The one place the default group size is decided: the checkpoint's (a student's distilled
         size, a teacher's largest) when the runtime serves it, else the runtime's largest."""
         sizes = tuple(sorted(group_sizes))
         default = spec.default_group_size if spec.default_group_size in sizes else max(sizes)
-        return cls(spec, sizes, default, runtime, captures_attention)
+        return cls(spec, sizes, default, runtime, captures_attention, check_tokens)
+
+    @property
+    def condition(self) -> str:
+        return "text" if self.spec.text_encoder is not None else "class"
 
     def request_limits(self, limits: ServerLimits) -> RequestLimits:
         spec = self.spec
@@ -87,7 +98,8 @@ class ServedModel:
             num_classes=spec.num_classes, max_images=limits.max_images, group_sizes=self.group_sizes,
             default_group_size=self.default_group_size, steps=spec.steps, default_steps=spec.default_steps,
             guidance_scale=spec.guidance_scale, guidance_adjustable=spec.guidance_adjustable,
-            default_timeout_s=limits.default_timeout_s)
+            default_timeout_s=limits.default_timeout_s, condition=self.condition,
+            max_prompt_tokens=spec.text_encoder.context_length if spec.text_encoder is not None else None)
 
 
 @dataclass(frozen=True)
@@ -95,7 +107,7 @@ class ResolvedRequest:
     """A validated request with its defaults filled in: what the scheduler works on."""
 
     request_id: str
-    class_id: int | None  # None for an image set
+    class_id: int | None  # None for an image set or a prompt
     num_images: int
     group_size: int
     steps: int
@@ -105,17 +117,23 @@ class ResolvedRequest:
     timeout_s: float
     class_ids: tuple[int, ...] = ()  # an image set: one class per member of its one group
     return_attention: bool = False  # not in the settings key: it never changes the images
+    prompt: str | None = None  # a text model's condition, normalised (`groupdiff.protocol.prompts`)
 
     @property
     def settings_key(self) -> tuple:
-        """Requests with equal keys may share a group (same condition, shape and sampling settings)."""
-        return (self.class_ids or self.class_id, self.group_size, self.steps, self.guidance_scale)
+        """Requests with equal keys may share a group (same condition, shape and sampling settings); prompts
+        are compared in their normal form, so "a  shirt" and "a shirt" share groups."""
+        condition = ("prompt", self.prompt) if self.prompt is not None else self.class_ids or self.class_id
+        return (condition, self.group_size, self.steps, self.guidance_scale)
 
-    def member_class(self, index: int) -> int:
-        """The class of image ``index`` (a padding member of a one-class request has the request's class)."""
+    def member_class(self, index: int) -> int | None:
+        """The class of image ``index`` (a padding member of a one-class request has the request's class);
+        None for a prompt."""
         return self.class_ids[index] if self.class_ids else self.class_id
 
     def describe_condition(self) -> str:
+        if self.prompt is not None:
+            return f"prompt={self.prompt if len(self.prompt) <= 60 else self.prompt[:57] + '...'!r}"
         return f"set={list(self.class_ids)}" if self.class_ids else f"class={self.class_id}"
 
     def image_seed(self, index: int) -> int:
@@ -155,12 +173,23 @@ def resolve(body: BaseModel | dict, served: ServedModel, limits: ServerLimits) -
                       f"omit the field or pass that value (got {body.guidance_scale:g})")
     if body.return_attention:
         check_attention(served, group_size, guidance)
+    if body.prompt is not None:
+        check_tokens(served, body.prompt)
     seed = secrets.randbelow(MAX_SEED + 1) if body.seed is None else body.seed
     return ResolvedRequest(
         request_id=uuid.uuid4().hex, class_id=body.class_id, num_images=num_images, group_size=group_size,
         steps=steps, guidance_scale=guidance, seed=seed, group_policy=body.group_policy,
         timeout_s=float(body.timeout_s), class_ids=class_ids, return_attention=body.return_attention,
+        prompt=body.prompt,
     )
+
+
+def check_tokens(served: ServedModel, prompt: str) -> None:
+    """A prompt the text encoder's tokenizer cannot hold is refused with its limit (never truncated)."""
+    try:
+        served.check_tokens(prompt)
+    except ValueError as error:
+        raise invalid(f"prompt: {error}") from None
 
 
 def check_attention(served: ServedModel, group_size: int, guidance_scale: float) -> None:

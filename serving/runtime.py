@@ -1,7 +1,7 @@
 """The interface every engine implements, so the scheduler and pipeline never know which one runs.
 
 A runtime evaluates the served denoiser on a batch of whole groups. Groups in one call share the
-group size ``N`` (it is a shape axis), but each member has its own time, label and, for teachers,
+group size ``N`` (it is a shape axis), but each member has its own time, condition and, for teachers,
 guidance scale, so groups at different sampling steps and from different requests share a batch.
 Implementations: torch (eager / ``torch.compile``), ONNX Runtime, TensorRT and torch-tensorrt.
 """
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from groupdiff.model.spec import DenoiserSpec
+from groupdiff.model.text_condition import Condition
 
 
 class RuntimeShapeError(ValueError):
@@ -31,7 +32,7 @@ class Runtime(Protocol):
         self,
         x: torch.Tensor,  # (G, N, C, H, W) float32, model-space samples at time t
         t: torch.Tensor,  # (G, N) float32 in [0, 1], 1 = noise
-        y: torch.Tensor,  # (G, N) int64 class ids
+        y: Condition,  # (G, N) int64 class ids, or for a text model a TextCondition of G·N rows (group-major)
         guidance_scale: torch.Tensor,  # (G,) float32; ignored by students (baked in)
     ) -> torch.Tensor:  # (G, N, C, H, W) float32: the velocity the sampler integrates
         ...

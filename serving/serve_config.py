@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from groupdiff.model.checkpoint import check_loads, preferred_weights
+from groupdiff.model.checkpoint import check_loads, load_text_encoder, preferred_weights
 from groupdiff.model.spec import DenoiserSpec, spec_from_checkpoint
 
 from .attention import AttentionCapture
@@ -19,6 +19,7 @@ from .decoders import autoencoder_folder, verify_autoencoder
 from .defaults import BUNDLED_STUDENT
 from .engine import Engine, EngineConfig
 from .metrics import ServingMetrics
+from .prompt_cache import DEFAULT_PROMPT_CACHE_SIZE
 from .requests import ServerLimits
 
 ENV_CONFIG = "GROUPDIFF_SERVE_CONFIG"
@@ -40,9 +41,12 @@ class ServeConfig:
     naive: bool = False  # the benchmark's baseline: one request at a time
     drain_timeout_s: float = 20.0  # graceful shutdown: how long in-flight work may take to finish
     cache_dir: str | None = None  # engine cache (ONNX / TensorRT)
+    prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE  # a text model's cached prompt encodings (0: none)
 
     def __post_init__(self) -> None:
         self.limits  # noqa: B018 - checks the limits when the config is made, not when the server starts
+        if self.prompt_cache_size < 0:
+            raise ValueError(f"prompt_cache_size must not be negative, got {self.prompt_cache_size}")
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -64,7 +68,8 @@ class ServeConfig:
 def check_checkpoint(path: str | os.PathLike, verify: bool = True) -> DenoiserSpec:
     """The served spec, once everything serving reads is shown intact: the served weights (their bytes
     against the sha256 in ``config.json``, their tensors against the model config) and, for a latent model,
-    the autoencoder. `groupdiff serve` calls this before it starts a server, so a corrupt checkpoint exits
+    the autoencoder, and for a text model its own text encoder (``text_encoder/``, its weights against the sha256 the
+    checkpoint records). `groupdiff serve` calls this before it starts a server, so a corrupt checkpoint exits
     with one line (`CheckpointError`) instead of starting.
 
     ``verify=False`` reads ``config.json`` alone, for a Triton GPU repository's copy of the checkpoint,
@@ -84,12 +89,15 @@ def check_checkpoint(path: str | os.PathLike, verify: bool = True) -> DenoiserSp
         autoencoder = autoencoder_folder(folder)
         if autoencoder is not None:
             verify_autoencoder(autoencoder)
+        if spec.text_encoder is not None:
+            load_text_encoder(folder)  # CheckpointError: missing, or not the encoder the model was trained with
     return spec
 
 
 def build_engine(config: ServeConfig, metrics: ServingMetrics | None = None) -> Engine:
-    """An engine whose model thread loads the runtime and decoder named by ``config``, and the torch model that
-    captures attention (`AttentionCapture.for_runtime`: the torch runtime's own, else a copy of the checkpoint)."""
+    """An engine whose model thread loads the runtime and decoder named by ``config``, the torch model that
+    captures attention (`AttentionCapture.for_runtime`: the torch runtime's own, else a copy of the checkpoint)
+    and, for a text model, the checkpoint's own text encoder (verified against its recorded sha256)."""
     check_checkpoint(config.checkpoint)
 
     def load():
@@ -109,7 +117,8 @@ def build_engine(config: ServeConfig, metrics: ServingMetrics | None = None) -> 
 
     engine_config = EngineConfig(
         limits=config.limits, max_batch_groups=config.max_batch_groups, batch_wait_ms=config.batch_wait_ms,
-        latency_budget_s=config.latency_budget_s, naive=config.naive,
+        latency_budget_s=config.latency_budget_s, naive=config.naive, prompt_cache_size=config.prompt_cache_size,
     )
     return Engine(load, engine_config, metrics,
-                  capture=lambda runtime: AttentionCapture.for_runtime(runtime, config.checkpoint))
+                  capture=lambda runtime: AttentionCapture.for_runtime(runtime, config.checkpoint),
+                  text_encoder=lambda runtime: load_text_encoder(config.checkpoint))

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from groupdiff.protocol.auth import TOKEN_ENV
 from groupdiff.protocol.errors import ErrorBody, code_for_status, error_body
 from groupdiff.protocol.generate import GenerateResponse, ModelInfo, StepRange, describe_validation_error, request_model
-from groupdiff.protocol.limits import MAX_TIMEOUT_S, TEACHER_MAX_STEPS
+from groupdiff.protocol.limits import MAX_PROMPT_CHARS, MAX_TIMEOUT_S, TEACHER_MAX_STEPS
 
 from .engine import Engine, Result
 from .metrics import ServingMetrics
@@ -177,8 +177,9 @@ def response_body(result: Result) -> dict:
         "request_id": request.request_id, "model_version": result.model_version, "width": int(width),
         "height": int(height), "group_size": request.group_size, "steps": request.steps,
         "guidance_scale": request.guidance_scale, "group_policy": request.group_policy,
-        "images": [{"index": i, "class_id": request.member_class(i), "seed": seed,
-                    "png_base64": base64.b64encode(png).decode("ascii")}
+        **({} if request.prompt is None else {"prompt": request.prompt}),
+        "images": [{"index": i, **({} if request.prompt is not None else {"class_id": request.member_class(i)}),
+                    "seed": seed, "png_base64": base64.b64encode(png).decode("ascii")}
                    for i, (seed, png) in enumerate(zip(result.seeds, result.pngs, strict=True))],
         "timings_ms": {stage: round(ms, 3) for stage, ms in result.timings_ms.items()},
         **({} if result.attention is None else {"attention": [
@@ -252,7 +253,7 @@ class GroupDiffService:
                  request.describe_condition(), request.num_images, request.group_size, request.steps,
                  request.group_policy, request.seed, status, (time.perf_counter() - started) * 1000)
 
-    @app.post("/v1/generate", summary="Generate images of a class, or an image set",
+    @app.post("/v1/generate", summary="Generate images of a class or a prompt, or an image set",
               response_model=GenerateResponse,
               responses=error_responses(400, 413, 422, 429, 503, 504, 500))
     async def generate(self, body: GenerateRequest, request: Request) -> JSONResponse:
@@ -320,8 +321,11 @@ class GroupDiffService:
             raise self.engine.not_ready_error()
         spec = served.spec
         height, width, _ = self.engine.image_shape
+        text = spec.text_encoder is not None
         return ModelInfo(
-            model_version=spec.model_version, kind=spec.kind, num_classes=spec.num_classes,
+            model_version=spec.model_version, kind=spec.kind, condition=served.condition,
+            num_classes=spec.num_classes, max_prompt_chars=MAX_PROMPT_CHARS if text else None,
+            max_prompt_tokens=spec.text_encoder.context_length if text else None,
             max_group_size=max(served.group_sizes), default_group_size=served.default_group_size,
             group_sizes=list(served.group_sizes),
             steps=list(spec.steps) if spec.steps else StepRange(min=1, max=TEACHER_MAX_STEPS),

@@ -23,7 +23,7 @@ import torch
 from groupdiff.model.checkpoint import preferred_weights
 from groupdiff.model.spec import DenoiserSpec, spec_from_checkpoint
 
-from .denoiser import DEFAULT_MAX_GROUPS, INPUT_NAMES, OUTPUT_NAME, check_velocity_inputs
+from .denoiser import DEFAULT_MAX_GROUPS, OUTPUT_NAME, check_velocity_inputs, denoiser_inputs, input_names
 from .engine_cache import EngineCache, EngineKey, EngineMismatchError, check_sidecar, read_sidecar
 from .export import ONNX_PRECISIONS, OPSET, read_onnx_metadata
 from .runtime import RuntimeShapeError
@@ -31,7 +31,8 @@ from .runtime import RuntimeShapeError
 ENGINE_FILE = "denoiser.plan"
 DEFAULT_OPT_GROUPS = 8
 WORKSPACE_BYTES = 4 << 30
-TORCH_DTYPES = {"x": torch.float32, "t": torch.float32, "y": torch.int64, "guidance_scale": torch.float32}
+TORCH_DTYPES = {"x": torch.float32, "t": torch.float32, "y": torch.int64, "guidance_scale": torch.float32,
+                "tokens": torch.float32, "mask": torch.bool, "pooled": torch.float32}
 
 
 def import_tensorrt():
@@ -52,16 +53,23 @@ class EngineProfile:
     opt_groups: int
     max_groups: int
 
-    def input_shapes(self, spec: DenoiserSpec) -> dict[str, tuple[tuple[int, ...], ...]]:
-        """Input name -> (min, opt, max) shape."""
+    def input_shapes(self, spec: DenoiserSpec, text: tuple[int, int] | None = None
+                     ) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """Input name -> (min, opt, max) shape, in `input_names` order. ``text`` is a text model's (most tokens,
+        token width): its token count ranges over 1..most, optimised for the encoder's context length."""
         sample = (spec.channels, spec.size, spec.size)
         counts = (self.min_groups, self.opt_groups, self.max_groups)
-        return {
-            "x": tuple((g, self.group_size, *sample) for g in counts),
-            "t": tuple((g, self.group_size) for g in counts),
-            "y": tuple((g, self.group_size) for g in counts),
-            "guidance_scale": tuple((g,) for g in counts),
-        }
+        member = tuple((g, self.group_size) for g in counts)
+        if spec.text_encoder is None:
+            condition = {"y": member}
+        else:
+            most, width = text
+            lengths = (1, min(spec.text_encoder.context_length, most), most)
+            condition = {"tokens": tuple((*m, n, width) for m, n in zip(member, lengths, strict=True)),
+                         "mask": tuple((*m, n) for m, n in zip(member, lengths, strict=True)),
+                         "pooled": tuple((*m, width) for m in member)}
+        return {"x": tuple((*m, *sample) for m in member), "t": member, **condition,
+                "guidance_scale": tuple((g,) for g in counts)}
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -148,12 +156,13 @@ def build_engine(
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ValueError(f"TensorRT cannot parse {onnx_path}: {errors}")
-    kept = {network.get_input(i).name for i in range(network.num_inputs)}
+    kept = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
+    text = _text_dims(onnx_path, kept) if spec.text_encoder is not None else None
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     for profile in profiles:
         optimization = builder.create_optimization_profile()
-        for name, (low, opt, high) in profile.input_shapes(spec).items():
+        for name, (low, opt, high) in profile.input_shapes(spec, text).items():
             if name in kept:
                 optimization.set_shape(name, low, opt, high)
         config.add_optimization_profile(optimization)
@@ -169,6 +178,12 @@ def build_engine(
     if cache is not None:
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+
+def _text_dims(onnx_path: str | os.PathLike, inputs: dict[str, tuple[int, ...]]) -> tuple[int, int]:
+    """A text graph's (most tokens, token width): the export's dynamic token range and ``pooled``'s static width."""
+    most = read_onnx_metadata(onnx_path, "denoiser")["dynamic_axes"]["tokens"][1]
+    return int(most), int(inputs["pooled"][-1])
 
 
 def tensorrt_engine(
@@ -218,7 +233,7 @@ class TensorRTRuntime:
         if self._engine is None:
             raise ValueError(f"TensorRT cannot deserialise {engine_path}: the file is corrupt or truncated")
         declared = {self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)}
-        self.input_names = tuple(name for name in INPUT_NAMES if name in declared)  # pruned inputs are not fed
+        self.input_names = tuple(name for name in input_names(spec) if name in declared)  # pruned ones are not fed
         self._stream = torch.cuda.Stream(self.device)
         self._contexts = []
         for index in range(len(self.profiles)):
@@ -227,7 +242,7 @@ class TensorRTRuntime:
             self._contexts.append(context)
         self._stream.synchronize()
         self.cuda_graphs = cuda_graphs
-        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]] = {}
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]] = {}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, model_file: str | os.PathLike | None = None,
@@ -242,12 +257,14 @@ class TensorRTRuntime:
                                      cache_dir=cache_dir, onnx_file=model_file)
         return cls(engine, spec_from_checkpoint(checkpoint, weights), device, cuda_graphs)
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, y,
                  guidance_scale: torch.Tensor) -> torch.Tensor:  # (G, N, C, H, W) float32 on self.device
+        """``y``: (G, N) class ids, or a text model's `TextCondition` of G·N rows, fed by name (tokens, mask,
+        pooled). The text path is written for TensorRT's API but has not run on a GPU yet."""
         check_velocity_inputs(self.spec, self.max_groups, self.group_sizes, x, t, y, guidance_scale)
         groups, group_size = x.shape[:2]
         index = profile_index(self.profiles, groups, group_size)
-        given = dict(zip(INPUT_NAMES, (x, t, y, guidance_scale), strict=True))
+        given = denoiser_inputs(x, t, y, guidance_scale)
         inputs = {name: given[name].to(self.device, TORCH_DTYPES[name]).contiguous() for name in self.input_names}
         if not self.cuda_graphs:
             output = torch.empty(x.shape, dtype=torch.float32, device=self.device)
@@ -267,7 +284,7 @@ class TensorRTRuntime:
             raise RuntimeError("TensorRT execution failed (see its log)")
 
     def _replay(self, index: int, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        shape = tuple(inputs["x"].shape[:2])
+        shape = tuple(tuple(tensor.shape) for tensor in inputs.values())  # (G, N) and a text model's token count
         if shape not in self._graphs:
             static = {name: tensor.clone() for name, tensor in inputs.items()}
             static[OUTPUT_NAME] = torch.empty(inputs["x"].shape, dtype=torch.float32, device=self.device)

@@ -4,7 +4,8 @@ It is the reference every other runtime is checked against (parity tests) and th
 ``groupdiff bench runtime``. ``precision="bf16"`` runs under CUDA autocast; outputs are float32.
 ``cuda_graphs`` captures one CUDA graph per (G, N) shape on its first call and replays it after: the
 graph is captured from the ``torch.export`` program (the eager model's input checks read tensor
-values, which a capture forbids), with the inputs copied into static buffers.
+values, which a capture forbids), with the inputs copied into static buffers. A text model's condition
+arrives as a `TextCondition` and is fed as the denoiser's ``tokens``, ``mask`` and ``pooled`` inputs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 
 import torch
 
-from .denoiser import DEFAULT_MAX_GROUPS, ServedDenoiser, check_velocity_inputs, load_denoiser
+from .denoiser import DEFAULT_MAX_GROUPS, ServedDenoiser, check_velocity_inputs, denoiser_inputs, load_denoiser
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -46,7 +47,7 @@ class TorchRuntime:
             raise ValueError("cuda_graphs needs a CUDA device and excludes compile")
         self._forward = torch.compile(self.denoiser, dynamic=True) if compile else self.denoiser
         self.name = "torch-compile" if compile else "torch-cudagraph" if cuda_graphs else "torch"
-        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
         if cuda_graphs:
             from .export import export_program
 
@@ -73,17 +74,17 @@ class TorchRuntime:
         return cls(load_denoiser(path, weights), device, compile, precision, max_groups, cuda_graphs)
 
     def velocity(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance_scale: torch.Tensor
+        self, x: torch.Tensor, t: torch.Tensor, y, guidance_scale: torch.Tensor
     ) -> torch.Tensor:  # (G, N, C, H, W) float32 on self.device
         check_velocity_inputs(self.spec, self.max_groups, self.group_sizes, x, t, y, guidance_scale)
-        inputs = [z.to(self.device) for z in (x, t, y, guidance_scale)]
+        inputs = [z.to(self.device) for z in denoiser_inputs(x, t, y, guidance_scale).values()]
         if self.cuda_graphs:
             return self._replay(inputs)
         with torch.inference_mode(), self._autocast():
             return self._forward(*inputs).float()
 
     def _replay(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        shape = tuple(inputs[0].shape[:2])
+        shape = tuple(tuple(z.shape) for z in inputs)  # (G, N) and, for a text model, the token count
         if shape not in self._graphs:
             static = [z.clone() for z in inputs]
             side = torch.cuda.Stream(self.device)

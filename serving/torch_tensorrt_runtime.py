@@ -14,9 +14,9 @@ import os
 
 import torch
 
-from .denoiser import DEFAULT_MAX_GROUPS, ServedDenoiser, check_velocity_inputs, load_denoiser
+from .denoiser import DEFAULT_MAX_GROUPS, ServedDenoiser, check_velocity_inputs, denoiser_inputs, load_denoiser
 from .export import example_inputs
-from .tensorrt_runtime import DEFAULT_OPT_GROUPS, EngineProfile, engine_profiles, profile_index
+from .tensorrt_runtime import DEFAULT_OPT_GROUPS, TORCH_DTYPES, EngineProfile, engine_profiles, profile_index
 
 
 def import_torch_tensorrt():
@@ -30,21 +30,26 @@ def import_torch_tensorrt():
 
 
 def compile_profile(denoiser: ServedDenoiser, profile: EngineProfile, device: torch.device):
-    """One compiled module for group size ``profile.group_size`` and G in the profile's range."""
+    """One compiled module for group size ``profile.group_size`` and G in the profile's range (and a text model's
+    token count in 1..text_tokens; that path is written for torch-tensorrt's API but has not run on a GPU yet)."""
     from torch.export import Dim
 
     torch_tensorrt = import_torch_tensorrt()
     spec = denoiser.spec
-    example = tuple(z.to(device) for z in example_inputs(spec, profile.opt_groups, profile.group_size))
+    named = example_inputs(denoiser, profile.opt_groups, profile.group_size)
+    example = tuple(z.to(device) for z in named.values())
     groups = Dim("groups", min=profile.min_groups, max=profile.max_groups)
-    dynamic = {"x": {0: groups}, "t": {0: groups}, "y": {0: groups}, "guidance_scale": {0: groups}}
+    dynamic = {name: {0: groups} for name in named}
+    text = None
+    if spec.text_encoder is not None:
+        config = denoiser.model.config
+        text = (config.text_tokens, config.text_dim)
+        tokens = Dim("tokens", min=1, max=config.text_tokens)
+        dynamic |= {"tokens": {0: groups, 2: tokens}, "mask": {0: groups, 2: tokens}}
     with torch.no_grad():
         program = torch.export.export(denoiser, example, dynamic_shapes=dynamic, strict=True)
-    inputs = [
-        torch_tensorrt.Input(min_shape=low, opt_shape=opt, max_shape=high, dtype=dtype)
-        for (low, opt, high), dtype in zip(profile.input_shapes(spec).values(),
-                                           (torch.float32, torch.float32, torch.int64, torch.float32), strict=True)
-    ]
+    inputs = [torch_tensorrt.Input(min_shape=low, opt_shape=opt, max_shape=high, dtype=TORCH_DTYPES[name])
+              for name, (low, opt, high) in profile.input_shapes(spec, text).items()]
     return torch_tensorrt.dynamo.compile(program, inputs=inputs, use_explicit_typing=True, device=device,
                                          min_block_size=1)
 
@@ -72,12 +77,14 @@ class TorchTensorRTRuntime:
                         group_sizes: tuple[int, ...] | None = None) -> TorchTensorRTRuntime:
         return cls(load_denoiser(checkpoint, weights, precision=precision), device, group_sizes, max_groups)
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, y,
                  guidance_scale: torch.Tensor) -> torch.Tensor:  # (G, N, C, H, W) float32 on self.device
+        """``y``: (G, N) class ids, or a text model's `TextCondition` of G·N rows (fed as tokens, mask, pooled)."""
         check_velocity_inputs(self.spec, self.max_groups, self.group_sizes, x, t, y, guidance_scale)
         module = self._modules[profile_index(self.profiles, x.shape[0], x.shape[1])]
+        inputs = denoiser_inputs(x, t, y, guidance_scale)
         with torch.inference_mode():
-            return module(*(z.to(self.device) for z in (x.float(), t.float(), y, guidance_scale.float()))).float()
+            return module(*(z.to(self.device, TORCH_DTYPES[name]) for name, z in inputs.items())).float()
 
     def close(self) -> None:
         self._modules = []

@@ -55,7 +55,8 @@ INPUT_NAMES = frozenset(tensor.name for tensor in INPUTS)
 
 
 def body_from_inputs(inputs: dict[str, np.ndarray]) -> dict:
-    """KServe v2 inputs (each of shape [1], ``CLASS_IDS`` [k]) -> the JSON body a REST client would send."""
+    """KServe v2 inputs (each of shape [1], ``CLASS_IDS`` [k]) -> the JSON body a REST client would send (a
+    ``PROMPT`` is its UTF-8 text; the body model checks and normalises it as over REST)."""
     unknown = sorted(set(inputs) - INPUT_NAMES)
     if unknown:
         raise invalid(f"unknown inputs {unknown}")
@@ -70,7 +71,7 @@ def body_from_inputs(inputs: dict[str, np.ndarray]) -> dict:
         if value.size != 1:
             raise invalid(f"{field}: {name} must hold exactly one value, got shape {value.shape}")
         item = value.reshape(()).item()
-        if field == "group_policy":
+        if field in ("group_policy", "prompt"):
             try:
                 item = item.decode("utf-8") if isinstance(item, bytes) else str(item)
             except UnicodeDecodeError:
@@ -86,11 +87,15 @@ def body_from_inputs(inputs: dict[str, np.ndarray]) -> dict:
 
 
 def outputs_of(result: Result) -> dict[str, np.ndarray]:
-    """The model's outputs for one answered request (`groupdiff.protocol.triton.OUTPUTS`); the attention ones
-    only when asked for (PyTriton cannot send a tensor with no elements)."""
+    """The model's outputs for one answered request (`groupdiff.protocol.triton.OUTPUTS`): the classes of a class
+    request or the normalised prompt of a prompt request, and the attention ones only when asked for (PyTriton
+    cannot send a tensor with no elements)."""
     request = result.request
-    outputs = {"IMAGES": result.images, "SEEDS": np.asarray(result.seeds, dtype=np.int64),
-               "CLASS_IDS": np.asarray([request.member_class(i) for i in range(request.num_images)], dtype=np.int64)}
+    outputs = {"IMAGES": result.images, "SEEDS": np.asarray(result.seeds, dtype=np.int64)}
+    if request.prompt is not None:
+        outputs["PROMPT"] = np.asarray([request.prompt.encode("utf-8")], dtype=np.bytes_)
+    else:
+        outputs["CLASS_IDS"] = np.asarray([request.member_class(i) for i in range(request.num_images)], np.int64)
     if result.attention is not None:
         outputs["ATTENTION"] = np.stack([group.mass for group in result.attention]).astype(np.float32)
         outputs["ATTENTION_MEMBERS"] = np.asarray(

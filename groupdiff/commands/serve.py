@@ -56,6 +56,8 @@ def register(subparsers) -> None:
     p.add_argument("--naive", action="store_true",
                    help="baseline scheduling: one request at a time, no cross-request batching (benchmarks)")
     p.add_argument("--cache-dir", help="engine cache (default $GROUPDIFF_CACHE/engines)")
+    p.add_argument("--prompt-cache-size", type=int, metavar="ENTRIES",
+                   help="text models: prompt encodings kept, least recently used out (default 1024; 0: none)")
     p.add_argument("--workspace", help="PyTriton workspace (default: a temporary folder)")
     p.set_defaults(run=run)
 
@@ -71,6 +73,8 @@ def serve_config(args: argparse.Namespace):
         raise ValueError("--max-batch-groups must be positive")
     if args.batch_wait_ms < 0 or args.drain_timeout < 0:
         raise ValueError("--batch-wait-ms and --drain-timeout must not be negative")
+    if args.prompt_cache_size is not None and args.prompt_cache_size < 0:
+        raise ValueError("--prompt-cache-size must not be negative")
     if args.latency_budget is not None and not args.latency_budget > 0:
         raise ValueError("--latency-budget must be positive")
     if args.runtime == "onnxruntime" and (args.precision != "fp32" or args.compile or args.cuda_graphs):
@@ -83,6 +87,7 @@ def serve_config(args: argparse.Namespace):
         max_images=args.max_images, max_batch_groups=args.max_batch_groups,
         batch_wait_ms=args.batch_wait_ms, latency_budget_s=args.latency_budget, naive=args.naive,
         drain_timeout_s=args.drain_timeout, cache_dir=args.cache_dir,
+        **({} if args.prompt_cache_size is None else {"prompt_cache_size": args.prompt_cache_size}),
     )
 
 

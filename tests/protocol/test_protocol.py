@@ -16,7 +16,7 @@ from groupdiff.protocol.generate import (
     describe_validation_error,
     request_model,
 )
-from groupdiff.protocol.limits import MAX_SEED, TEACHER_MAX_STEPS
+from groupdiff.protocol.limits import MAX_PROMPT_CHARS, MAX_SEED, TEACHER_MAX_STEPS
 from groupdiff.protocol.triton import INPUT_BY_FIELD, INPUTS, OUTPUTS, triton_error_code
 
 STUDENT = RequestLimits(num_classes=10, max_images=8, group_sizes=(1, 2, 4), default_group_size=4, steps=(1, 2, 4),
@@ -137,3 +137,49 @@ def test_a_response_carries_each_groups_mass_with_its_members():
     assert group.members == [0, None] and group.mass[0] == [0.75, 0.25]
     with pytest.raises(ValidationError, match="attention"):
         GenerateResponse.model_validate({**answer, "attention": [{"members": [0, None]}]})
+
+
+TEXT = RequestLimits(num_classes=1000, max_images=8, group_sizes=(1, 2, 4), default_group_size=4, steps=(1, 2, 4),
+                     default_steps=1, guidance_scale=1.5, guidance_adjustable=False, default_timeout_s=30.0,
+                     condition="text", max_prompt_tokens=77)
+
+
+def test_a_prompt_is_normalised_by_the_body_model():
+    body = request_model(TEXT).model_validate({"prompt": " a  red\u00a0shirt\n", "num_images": 2})
+    assert body.prompt == "a red shirt" and body.class_id is None
+    assert request_model(TEXT).model_validate({"prompt": "e\u0301t\u00e9", "num_images": 1}).prompt == "\u00e9t\u00e9"
+
+
+@pytest.mark.parametrize("limits, body, message", [
+    (TEXT, {"prompt": "", "num_images": 1}, "prompt: prompt is empty"),
+    (TEXT, {"prompt": "  \t ", "num_images": 1}, "prompt: prompt is empty"),
+    (TEXT, {"prompt": "x" * (MAX_PROMPT_CHARS + 1), "num_images": 1}, f"at most {MAX_PROMPT_CHARS} are allowed"),
+    (TEXT, {"prompt": "a\x00b", "num_images": 1}, "prompt: prompt contains control character U+0000 at position 1"),
+    (TEXT, {"prompt": "a\x7fb", "num_images": 1}, "control character U+007F"),
+    (TEXT, {"prompt": 3, "num_images": 1}, "prompt: Input should be a valid string"),
+    (TEXT, {"prompt": "a shirt"}, "num_images: Field required (with prompt)"),
+    (TEXT, {"prompt": "a shirt", "class_id": 1, "num_images": 1}, "not both (class_id and prompt)"),
+    (TEXT, {"class_id": 1, "num_images": 1}, "this model is text-conditioned; send prompt"),
+    (TEXT, {"class_ids": [1, 2]}, "this model is text-conditioned; send prompt"),
+    (TEXT, {"num_images": 1}, "give prompt (with num_images)"),
+    (STUDENT, {"prompt": "a shirt", "num_images": 1}, "prompt: this model is class-conditioned"),
+    (STUDENT, {"prompt": "a shirt", "class_id": 1, "num_images": 1}, "not both (class_id and prompt)"),
+])
+def test_prompt_refusals_name_the_field_and_the_rule(limits, body, message):
+    with pytest.raises(ValidationError) as refused:
+        request_model(limits).model_validate(body)
+    assert message in describe_validation_error(refused.value)
+
+
+def test_the_prompt_in_the_schema_on_triton_and_in_the_answer():
+    schema = request_model(TEXT).model_json_schema()
+    assert schema["oneOf"] == [{"required": ["prompt", "num_images"]}]
+    prompt = next(option for option in schema["properties"]["prompt"]["anyOf"] if option.get("type") == "string")
+    assert prompt["maxLength"] == MAX_PROMPT_CHARS and "77 tokens" in schema["properties"]["prompt"]["description"]
+    assert INPUT_BY_FIELD["prompt"].datatype == "BYTES" and "PROMPT" in {tensor.name for tensor in OUTPUTS}
+    answer = GenerateResponse.model_validate({
+        "request_id": "r", "model_version": "m", "width": 8, "height": 8, "group_size": 4, "steps": 1,
+        "guidance_scale": 1.5, "group_policy": "isolated", "prompt": "a shirt",
+        "images": [{"index": 0, "seed": 1, "png_base64": ""}],
+        "timings_ms": {"queue": 0, "denoise": 0, "decode": 0, "encode": 0, "total": 0}})
+    assert answer.prompt == "a shirt" and answer.images[0].class_id is None

@@ -1,4 +1,4 @@
-"""Tiny teacher, student and latent checkpoints for the serving tests, saved into tmp folders."""
+"""Tiny teacher, student, latent and text checkpoints for the serving tests, saved into tmp folders."""
 
 from __future__ import annotations
 
@@ -53,3 +53,20 @@ def save_latent_teacher(folder: Path) -> tuple[Path, Path]:
     model = tiny_model(4, input_size=4, in_channels=2)
     checkpoint = save_model(folder / "teacher", model, metadata=teacher_metadata(data=data))
     return checkpoint, autoencoder
+
+
+def text_encoder(seed: int = 0):
+    """The CPU-sized `tiny-clip-text` encoder (random weights, CLIP's real tokenizer: 32 tokens of width 64)."""
+    from groupdiff.model import TextEncoder
+
+    return TextEncoder.build("tiny-clip-text", seed=seed)
+
+
+def save_text_student(folder: Path, kind: str = "student", encoder=None) -> Path:
+    """A tiny text-conditioned student (or, with ``kind="teacher"``, a GroupDiff-l teacher) carrying its encoder
+    in ``text_encoder/``; the weights are noise, so prompts change the images."""
+    encoder = encoder or text_encoder()
+    model = tiny_model(5 if kind == "student" else 6, condition="text", text_dim=encoder.width, text_tokens=encoder.context_length)
+    model.set_null_prompt(encoder)
+    metadata = student_metadata() if kind == "student" else teacher_metadata()
+    return save_model(folder, model, metadata=metadata, text_encoder=encoder)
