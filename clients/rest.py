@@ -66,9 +66,22 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
-def generate_body(class_id: int, num_images: int, **options: Any) -> dict[str, Any]:
-    """The JSON body of `/v1/generate` for images of one class; unset options are left to the server's defaults."""
-    return with_options({"class_id": int(class_id), "num_images": int(num_images)}, options)
+def generate_body(class_id: int | None = None, num_images: int = 1, prompt: str | None = None,
+                  **options: Any) -> dict[str, Any]:
+    """The JSON body of `/v1/generate` for images of one class or, for a text model, of one prompt (sent as given:
+    the server normalises and checks it); unset options are left to the server's defaults."""
+    return with_options({**condition(class_id, prompt), "num_images": int(num_images)}, options)
+
+
+def condition(class_id: int | None, prompt: str | None) -> dict[str, Any]:
+    """``class_id`` or ``prompt``, exactly one (which one a server takes is its model's: `ModelInfo.condition`)."""
+    if (class_id is None) == (prompt is None):
+        raise TypeError("give class_id or prompt (for a text model), exactly one")
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        return {"prompt": prompt}
+    return {"class_id": int(class_id)}
 
 
 def set_body(class_ids: Sequence[int], **options: Any) -> dict[str, Any]:
@@ -135,7 +148,7 @@ class EventParser:
         return None
 
 
-def stream_item(event: str, data: dict, class_id: int, started: float) -> Progress | GenerationResult:
+def stream_item(event: str, data: dict, class_id: int | None, started: float) -> Progress | GenerationResult:
     if event == "progress":
         return Progress(int(data["step"]), int(data["steps"]))
     if event == "result":
@@ -186,9 +199,11 @@ class GroupDiffClient:
             time.sleep(delay)
             attempt += 1
 
-    def generate(self, class_id: int, num_images: int = 1, **options: Any) -> GenerationResult:
-        """Options: group_size, steps, guidance_scale, seed, group_policy, timeout_s (server deadline)."""
-        return self._generate(generate_body(class_id, num_images, **options), class_id)
+    def generate(self, class_id: int | None = None, num_images: int = 1, *, prompt: str | None = None,
+                 **options: Any) -> GenerationResult:
+        """Images of class ``class_id`` or, for a text model, of ``prompt``. Options: group_size, steps,
+        guidance_scale, seed, group_policy, timeout_s (server deadline), return_attention."""
+        return self._generate(generate_body(class_id, num_images, prompt, **options), class_id)
 
     def generate_set(self, class_ids: Sequence[int], **options: Any) -> GenerationResult:
         """An image set: image i of class ``class_ids[i]``, all generated together as one group (up to the
@@ -200,9 +215,10 @@ class GroupDiffClient:
         response = self._request("POST", "/v1/generate", json=body, timeout=read_timeout(body))
         return GenerationResult.from_rest(response.json(), class_id, time.perf_counter() - started)
 
-    def stream(self, class_id: int, num_images: int = 1, **options: Any) -> Iterator[Progress | GenerationResult]:
+    def stream(self, class_id: int | None = None, num_images: int = 1, *, prompt: str | None = None,
+               **options: Any) -> Iterator[Progress | GenerationResult]:
         """`Progress` per sampling step, then the `GenerationResult` (errors raise)."""
-        body = generate_body(class_id, num_images, **options)
+        body = generate_body(class_id, num_images, prompt, **options)
         started = time.perf_counter()
         attempt, streamed = 0, False
         while True:
@@ -283,8 +299,9 @@ class AsyncGroupDiffClient:
             await asyncio.sleep(delay)
             attempt += 1
 
-    async def generate(self, class_id: int, num_images: int = 1, **options: Any) -> GenerationResult:
-        return await self._generate(generate_body(class_id, num_images, **options), class_id)
+    async def generate(self, class_id: int | None = None, num_images: int = 1, *, prompt: str | None = None,
+                       **options: Any) -> GenerationResult:
+        return await self._generate(generate_body(class_id, num_images, prompt, **options), class_id)
 
     async def generate_set(self, class_ids: Sequence[int], **options: Any) -> GenerationResult:
         return await self._generate(set_body(class_ids, **options), None)
@@ -294,9 +311,9 @@ class AsyncGroupDiffClient:
         response = await self._request("POST", "/v1/generate", json=body, timeout=read_timeout(body))
         return GenerationResult.from_rest(response.json(), class_id, time.perf_counter() - started)
 
-    async def stream(self, class_id: int, num_images: int = 1,
+    async def stream(self, class_id: int | None = None, num_images: int = 1, *, prompt: str | None = None,
                      **options: Any) -> AsyncIterator[Progress | GenerationResult]:
-        body = generate_body(class_id, num_images, **options)
+        body = generate_body(class_id, num_images, prompt, **options)
         started = time.perf_counter()
         attempt, streamed = 0, False
         while True:

@@ -33,7 +33,7 @@ class GeneratedImage:
 @dataclass
 class GenerationResult:
     images: list[GeneratedImage]
-    class_id: int | None  # None for an image set (each image carries its class)
+    class_id: int | None  # None for an image set (each image carries its class) or a prompt
     model_version: str | None = None  # None where the protocol does not report it (Triton)
     request_id: str | None = None
     width: int | None = None
@@ -46,6 +46,7 @@ class GenerationResult:
     latency_s: float | None = None  # measured by the client, retries and back-off included
     protocol: str = "rest"
     attention: list[GroupAttention] | None = None  # with return_attention: each group's member-to-member mass
+    prompt: str | None = None  # a text model's prompt as the server normalised it
 
     def attention_table(self) -> str:
         """The attention mass as text, a block per group: ``i -> j`` rows labelled by image index (``-`` for a
@@ -79,7 +80,8 @@ class GenerationResult:
         """One PNG per image (``<prefix>-<index>-seed<seed>.png``), ``contact-sheet.png`` and ``metadata.json``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        prefix = prefix or ("set" if self.class_id is None else f"class{self.class_id}")
+        prefix = prefix or ("prompt" if self.prompt is not None else "set" if self.class_id is None
+                            else f"class{self.class_id}")
         paths = []
         for generated in self.images:
             path = folder / f"{prefix}-{generated.index:03d}-seed{generated.seed}.png"
@@ -100,13 +102,15 @@ class GenerationResult:
                    request_id=answer.request_id, width=answer.width, height=answer.height,
                    group_size=answer.group_size, steps=answer.steps, guidance_scale=answer.guidance_scale,
                    group_policy=answer.group_policy, timings_ms=answer.timings_ms.model_dump(), latency_s=latency_s,
-                   protocol="rest", attention=answer.attention)
+                   protocol="rest", attention=answer.attention, prompt=answer.prompt)
 
     @classmethod
     def from_arrays(cls, images: np.ndarray, seeds: np.ndarray, class_id: int | None, settings: dict[str, Any],
                     latency_s: float | None = None, protocol: str = "grpc", classes: np.ndarray | None = None,
-                    attention: np.ndarray | None = None, members: np.ndarray | None = None) -> GenerationResult:
-        """From Triton's outputs: ``IMAGES`` uint8 (k, H, W, C), ``SEEDS`` int64 (k,) and ``CLASS_IDS`` (k,), and
+                    attention: np.ndarray | None = None, members: np.ndarray | None = None,
+                    prompt: str | None = None) -> GenerationResult:
+        """From Triton's outputs: ``IMAGES`` uint8 (k, H, W, C), ``SEEDS`` int64 (k,) and ``CLASS_IDS`` (k,) or the
+        decoded ``PROMPT``, and
         ``ATTENTION`` (groups, N, N) with ``ATTENTION_MEMBERS`` (groups, N) where the server sent them (only
         with ``return_attention``)."""
         if str(images.dtype) != "uint8" or images.ndim != 4 or len(images) != len(seeds):
@@ -121,7 +125,7 @@ class GenerationResult:
                                      mass=mass.tolist())
                       for mass, group_members in zip(attention, members, strict=True)]
         return cls(images=generated, class_id=class_id, width=images.shape[2], height=images.shape[1],
-                   latency_s=latency_s, protocol=protocol, attention=groups, **settings)
+                   latency_s=latency_s, protocol=protocol, attention=groups, prompt=prompt, **settings)
 
 
 @dataclass(frozen=True)

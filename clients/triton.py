@@ -1,7 +1,7 @@
 """KServe v2 SDK (gRPC or HTTP) for the Triton frontend, on NVIDIA's tritonclient.
 
-The model ``groupdiff`` takes one request per call (inputs of shape [1], see the contract in
-docs/clients.md) and returns ``IMAGES`` uint8 [k, H, W, C], ``SEEDS`` int64 [k] and, with
+The model ``groupdiff`` takes one request per call (inputs of shape [1], a text model's ``PROMPT`` as UTF-8
+BYTES; see the contract in docs/clients.md) and returns ``IMAGES`` uint8 [k, H, W, C], ``SEEDS`` int64 [k] and, with
 ``return_attention=True``, the attention mass (`GenerationResult.attention`). Results are the
 same `GenerationResult` as over REST. `TritonClient.stream` sends many requests on one gRPC
 bidirectional stream and yields each result as it completes. Errors map to the SDK's typed errors,
@@ -24,7 +24,7 @@ from groupdiff.protocol.generate import CONDITION_FIELDS
 from groupdiff.protocol.triton import CODE_FOR_TRITON_STATUS, INPUT_BY_FIELD, MODEL_NAME, OUTPUTS
 
 from .errors import ERRORS_BY_CODE, DeadlineExceeded, GroupDiffError, QueueFull, ServerUnavailable, error_for
-from .rest import DEFAULT_RETRY, RetryPolicy, retry_delay
+from .rest import DEFAULT_RETRY, RetryPolicy, condition, retry_delay
 from .results import GenerationResult
 
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
@@ -45,9 +45,9 @@ def protocol_module(protocol: str, asynchronous: bool = False):
 
 
 def build_inputs(module, class_id: int | None = None, num_images: int | None = None,
-                 class_ids: Sequence[int] | None = None, **options: Any) -> list:
-    """The request's tensors (``CLASS_IDS`` [k] for an image set, every other input [1]); unset options are left
-    to the server's defaults."""
+                 class_ids: Sequence[int] | None = None, prompt: str | None = None, **options: Any) -> list:
+    """The request's tensors (``CLASS_IDS`` [k] for an image set, every other input [1], ``PROMPT`` as UTF-8);
+    unset options are left to the server's defaults."""
     import numpy as np
     from tritonclient.utils import triton_to_np_dtype
 
@@ -55,7 +55,7 @@ def build_inputs(module, class_id: int | None = None, num_images: int | None = N
     unknown = set(options) - set(optional)
     if unknown:
         raise TypeError(f"unknown generate options {sorted(unknown)}; known: {', '.join(optional)}")
-    values = {"class_id": class_id, "num_images": num_images, "class_ids": class_ids, **options}
+    values = {"class_id": class_id, "num_images": num_images, "class_ids": class_ids, "prompt": prompt, **options}
     inputs = []
     for field, value in values.items():
         if value is None:
@@ -101,9 +101,11 @@ def call_errors() -> tuple[type[Exception], ...]:
 def to_result(response, class_id: int | None, options: dict[str, Any], started: float,
               protocol: str) -> GenerationResult:
     settings = {k: options.get(k) for k in ("group_size", "steps", "guidance_scale", "group_policy")}
+    prompt = response.as_numpy("PROMPT")  # a text model's normalised prompt, (1,) UTF-8
     return GenerationResult.from_arrays(response.as_numpy("IMAGES"), response.as_numpy("SEEDS"), class_id, settings,
                                         time.perf_counter() - started, protocol, response.as_numpy("CLASS_IDS"),
-                                        response.as_numpy("ATTENTION"), response.as_numpy("ATTENTION_MEMBERS"))
+                                        response.as_numpy("ATTENTION"), response.as_numpy("ATTENTION_MEMBERS"),
+                                        None if prompt is None else bytes(prompt.reshape(-1)[0]).decode("utf-8"))
 
 
 class TritonClient:
@@ -136,9 +138,12 @@ class TritonClient:
         return self._client.infer(self.model, inputs, outputs=outputs, request_id=request_id, headers=self._headers,
                                   **extra)
 
-    def generate(self, class_id: int, num_images: int = 1, **options: Any) -> GenerationResult:
-        """Options: group_size, steps, guidance_scale, seed, group_policy, return_attention."""
-        return self._generate(build_inputs(self._module, class_id, num_images, **options), class_id, options)
+    def generate(self, class_id: int | None = None, num_images: int = 1, *, prompt: str | None = None,
+                 **options: Any) -> GenerationResult:
+        """Images of class ``class_id`` or, for a text model, of ``prompt``. Options: group_size, steps,
+        guidance_scale, seed, group_policy, return_attention."""
+        inputs = build_inputs(self._module, **condition(class_id, prompt), num_images=num_images, **options)
+        return self._generate(inputs, class_id, options)
 
     def generate_set(self, class_ids: Sequence[int], **options: Any) -> GenerationResult:
         """An image set: image i of class ``class_ids[i]``, generated together as one group."""
@@ -168,8 +173,9 @@ class TritonClient:
             sent = {}
             for index, request in enumerate(requests):
                 request = dict(request)
-                class_id, num_images = request.pop("class_id"), request.pop("num_images", 1)
-                inputs = build_inputs(self._module, class_id, num_images, **request)
+                class_id, prompt = request.pop("class_id", None), request.pop("prompt", None)
+                num_images = request.pop("num_images", 1)
+                inputs = build_inputs(self._module, **condition(class_id, prompt), num_images=num_images, **request)
                 sent[str(index)] = (class_id, request, time.perf_counter())
                 outputs = [self._module.InferRequestedOutput(name) for name in OUTPUT_NAMES]
                 self._client.async_stream_infer(self.model, inputs, outputs=outputs, request_id=str(index))
@@ -224,8 +230,9 @@ class AsyncTritonClient:
     async def close(self) -> None:
         await self._client.close()
 
-    async def generate(self, class_id: int, num_images: int = 1, **options: Any) -> GenerationResult:
-        inputs = build_inputs(self._module, class_id, num_images, **options)
+    async def generate(self, class_id: int | None = None, num_images: int = 1, *, prompt: str | None = None,
+                       **options: Any) -> GenerationResult:
+        inputs = build_inputs(self._module, **condition(class_id, prompt), num_images=num_images, **options)
         outputs = [self._module.InferRequestedOutput(name) for name in OUTPUT_NAMES]
         extra = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         started, attempt = time.perf_counter(), 0

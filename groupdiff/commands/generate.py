@@ -32,10 +32,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate images with a running server (REST or Triton gRPC)")
     condition = p.add_mutually_exclusive_group(required=True)
     condition.add_argument("--class", dest="class_id", type=int, help="class id: -n images of this class")
+    condition.add_argument("--prompt", help="a text model's prompt: -n images of it (normalised and checked by the "
+                                            "server; too long a prompt is refused, never truncated)")
     condition.add_argument("--classes", dest="class_ids", type=int, nargs="+", metavar="CLASS",
                            help="an image set: one image per class given, generated together as one group "
                                 "(up to the model's group size), e.g. --classes 0 1 4 7")
-    p.add_argument("-n", "--num-images", type=int, default=8, help="images of --class (default 8)")
+    p.add_argument("-n", "--num-images", type=int, default=8, help="images of --class or --prompt (default 8)")
     p.add_argument("--out", required=True, help="folder for the PNGs, contact-sheet.png and metadata.json")
     add_server_arguments(p)
     add_request_arguments(p)
@@ -80,12 +82,14 @@ def run(args: argparse.Namespace) -> None:
                 timeout = {"timeout_s": args.timeout_s} if args.protocol == "rest" else {}
                 result = client.generate_set(args.class_ids, **options, **timeout)
             elif args.protocol != "rest":
-                result = client.generate(args.class_id, args.num_images, **options)
+                result = client.generate(args.class_id, args.num_images, prompt=args.prompt, **options)
             elif args.no_progress:
-                result = client.generate(args.class_id, args.num_images, **options, timeout_s=args.timeout_s)
+                result = client.generate(args.class_id, args.num_images, prompt=args.prompt, **options,
+                                         timeout_s=args.timeout_s)
             else:
                 result, bar = None, None  # the bar opens with the first progress event, which knows the total
-                for item in client.stream(args.class_id, args.num_images, **options, timeout_s=args.timeout_s):
+                for item in client.stream(args.class_id, args.num_images, prompt=args.prompt, **options,
+                                          timeout_s=args.timeout_s):
                     if isinstance(item, GenerationResult):
                         result = item
                     else:

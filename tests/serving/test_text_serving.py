@@ -120,12 +120,12 @@ def test_prompt_cache_hits_evicts_the_least_recently_used_and_counts(encoder):
                                           encode(prompts)})()
     first = cache.conditions(["a shirt", "a coat", "a shirt"])  # one encoder call for the two distinct prompts
     assert calls == [["a shirt", "a coat"]] and (cache.hits, cache.misses) == (0, 2)
-    again = cache.conditions(["a coat"])  # a hit; "a shirt" is now the least recently used
-    assert calls == [["a shirt", "a coat"]] and again["a coat"] is first["a coat"]
-    cache.conditions(["a bag"])  # evicts "a shirt"
-    assert "a shirt" not in cache and "a coat" in cache and len(cache) == 2 and cache.evictions == 1
-    cache.conditions(["a shirt"])
-    assert calls[-1] == ["a shirt"] and (cache.hits, cache.misses) == (1, 4)
+    again = cache.conditions(["a shirt"])  # a hit, so "a coat", stored after it, is now the least recently used
+    assert calls == [["a shirt", "a coat"]] and again["a shirt"] is first["a shirt"]
+    cache.conditions(["a bag"])  # evicts "a coat", not "a shirt" (first in, but used since)
+    assert "a coat" not in cache and "a shirt" in cache and len(cache) == 2 and cache.evictions == 1
+    cache.conditions(["a coat"])
+    assert calls[-1] == ["a coat"] and (cache.hits, cache.misses) == (1, 4)
     reference = encode(["a shirt"])
     torch.testing.assert_close(first["a shirt"].tokens, reference.tokens)  # a cached row is the encoder's
     text = metrics_text(metrics)

@@ -1,0 +1,100 @@
+"""Text prompts against real servers: REST (BentoML) and Triton (PyTriton) serving a tiny text student, through the
+SDK and `groupdiff generate`: the normalised prompt echoed, the same refusals and error code on both frontends,
+and the prompt cache on /metrics."""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+
+from groupdiff.cli import main
+from groupdiff.clients.errors import InvalidRequest
+from groupdiff.clients.rest import GroupDiffClient
+from groupdiff.clients.triton import TritonClient
+from tests.support.checkpoints import save_text_student
+from tests.support.servers import metric_value, rest_server, triton_server
+
+pytestmark = pytest.mark.integration  # starts real servers (make test-fast skips it)
+
+TOO_LONG = "shirt " * 40  # 42 tokens; the tiny encoder holds 32
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    checkpoint = save_text_student(tmp_path_factory.mktemp("text-clients") / "student")
+    quick_stop = ["--drain-timeout", "1"]
+    managers = [rest_server(checkpoint, args=["--prompt-cache-size", "8", *quick_stop]),
+                triton_server(checkpoint, args=quick_stop)]
+    with ThreadPoolExecutor(2) as pool:
+        entered = [pool.submit(manager.__enter__) for manager in managers]
+        try:
+            rest, triton = (future.result() for future in entered)
+            yield SimpleNamespace(rest=rest, triton=triton)
+        finally:
+            running = [m for m, future in zip(managers, entered, strict=True) if future.exception() is None]
+            list(pool.map(lambda manager: manager.__exit__(None, None, None), running))
+
+
+def pixels(result) -> np.ndarray:
+    return np.stack([np.asarray(image) for image in result.pil_images])
+
+
+def refusal(call) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as refused:
+        call()
+    return refused.value
+
+
+def test_prompts_over_rest(servers, tmp_path):
+    with GroupDiffClient(servers.rest.url) as client:
+        info = client.model_info()
+        assert (info.condition, info.max_prompt_tokens, info.max_prompt_chars) == ("text", 32, 500)
+        result = client.generate(prompt="a  red\tshirt ", num_images=3, seed=5, group_size=2)
+        assert result.prompt == "a red shirt" and [g.seed for g in result.images] == [5, 6, 7]
+        assert all(g.class_id is None for g in result.images)
+        again = client.generate(prompt="a red shirt", num_images=3, seed=5, group_size=2)
+        assert np.array_equal(pixels(again), pixels(result))  # one normalised prompt and seed: the same images
+        other = client.generate(prompt="a leather bag", num_images=3, seed=5, group_size=2)
+        assert not np.array_equal(pixels(other), pixels(result))
+        streamed = list(client.stream(prompt="a red shirt", num_images=3, seed=5, group_size=2))
+        assert np.array_equal(pixels(streamed[-1]), pixels(result)) and streamed[-1].prompt == "a red shirt"
+        wrong = refusal(lambda: client.generate(3, 1))
+        assert (wrong.status, wrong.code) == (422, "invalid_request") and "text-conditioned" in wrong.message
+        long = refusal(lambda: client.generate(prompt=TOO_LONG))
+        assert long.status == 422 and "42 tokens" in long.message and "at most 32" in long.message
+        control = refusal(lambda: client.generate(prompt="a\x1bshirt"))
+        assert control.status == 422 and "U+001B" in control.message
+        metrics = client.metrics()
+    assert metric_value(metrics, "groupdiff_prompt_cache_lookups_total", result="hit") >= 1
+    assert metric_value(metrics, "groupdiff_prompt_cache_lookups_total", result="miss") == 2
+    assert metric_value(metrics, "groupdiff_prompt_cache_entries") == 2
+    both = httpx.post(f"{servers.rest.url}/v1/generate", json={"prompt": "a shirt", "class_id": 1, "num_images": 1})
+    assert both.status_code == 422 and "not both" in both.json()["error"]["message"]
+    assert main(["generate", "--prompt", "a  red shirt", "-n", "2", "--seed", "5", "--group-size", "2",
+                 "--no-progress", "--server", servers.rest.url, "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "metadata.json").read_text())["prompt"] == "a red shirt"
+    assert len(list(tmp_path.glob("prompt-*.png"))) == 2
+
+
+def test_prompts_over_triton_match_rest(servers, tmp_path):
+    grpc = f"127.0.0.1:{servers.triton.grpc_port}"
+    with GroupDiffClient(servers.rest.url) as rest, TritonClient(grpc) as triton:
+        reference = rest.generate(prompt="a red shirt", num_images=3, seed=9, group_size=2)
+        result = triton.generate(prompt=" a red  shirt", num_images=3, seed=9, group_size=2)
+        assert result.prompt == "a red shirt" and [g.seed for g in result.images] == [9, 10, 11]
+        assert np.array_equal(pixels(result), pixels(reference))  # the same scheduler and runtime behind both
+        for condition in ({"class_id": 3}, {"prompt": TOO_LONG}, {"prompt": ""}, {"prompt": "a\x1bshirt"}):
+            over_triton = refusal(lambda c=condition: triton.generate(**c))
+            over_rest = refusal(lambda c=condition: rest.generate(**c))
+            assert over_triton.code == over_rest.code == "invalid_request"
+            assert over_rest.message in over_triton.message  # Triton's message is "<code>: <the same message>"
+        streamed = list(triton.stream([{"prompt": "a red shirt", "num_images": 3, "seed": 9, "group_size": 2}]))
+        assert np.array_equal(pixels(streamed[0]), pixels(reference))
+    metrics = httpx.get(servers.triton.scheduler_metrics_url).text
+    assert metric_value(metrics, "groupdiff_prompt_cache_lookups_total", result="hit") >= 1
+    assert main(["generate", "--grpc", "--prompt", "a red shirt", "-n", "3", "--seed", "9", "--group-size", "2",
+                 "--server", grpc, "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "metadata.json").read_text())["prompt"] == "a red shirt"
