@@ -4,6 +4,10 @@ The pieces (Inception features, Fréchet distance, k-NN precision/recall, the pr
 group diversity, ``S_cross``) live in their own modules; this one wires them to a `SampleSet` and a
 reference split, and says which sample counts each number rests on (FID is strongly biased at small
 N, so a number without its N is meaningless).
+
+Samples of a text model come with their prompts: ``accuracy`` then scores the class each prompt names,
+``attributes`` the brightness and size it asks for (`prompted`), and ``clip_score`` the text–image agreement
+under a separate CLIP model, when one is given (`clip_score`; otherwise the report says why it is missing).
 """
 
 from __future__ import annotations
@@ -22,14 +26,18 @@ from groupdiff.training.data import FASHION_MNIST_DIR, load_idx_dataset
 from .attention import cross_sample_scores
 from .cache import cache_dir
 from .classifier import WEIGHTS_FILE, check_input, classify, load_classifier, trained_classifier
+from .clip_score import NOT_GIVEN as CLIP_NOT_GIVEN
+from .clip_score import ClipScorer
 from .diversity import group_diversity
 from .frechet import frechet_distance, gaussian_stats
 from .images import SampleSet
 from .inception import InceptionFeatures
 from .precision_recall import precision_recall
+from .prompted import attribute_agreement
 from .reference import cached_features, load_reference
 
-METRICS = ("fid", "pr", "accuracy", "fd_classifier", "diversity", "s_cross")
+METRICS = ("fid", "pr", "accuracy", "fd_classifier", "diversity", "s_cross", "attributes", "clip_score")
+PROMPT_METRICS = ("attributes", "clip_score")  # need the prompt of every sample
 NO_INCEPTION_SCORE = ("Inception Score not computed: the shipped TF Inception TorchScript returns pool3 "
                       "features only, no logits")
 
@@ -49,6 +57,8 @@ class EvalSettings:
     s_cross_times: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     s_cross_samples: int = 64
     s_cross_labels: str = "null"  # "null" (what GroupDiff-l groups train with) or "class"
+    clip: str | None = None  # a CLIP checkpoint with an image tower for clip_score (local files only)
+    clip_architecture: str | None = None  # its open_clip name when ``clip`` is a bare weights file
     seed: int = 0
     progress: bool = True
     device: str = "cpu"  # where the Inception network runs (the classifier is cheap on the CPU)
@@ -75,9 +85,10 @@ def model_space(images: np.ndarray, model: GroupDiT) -> torch.Tensor:
 
 
 def evaluate(samples: SampleSet, settings: EvalSettings, model: GroupDiT | None = None,
-             model_samples: torch.Tensor | None = None) -> dict:
+             model_samples: torch.Tensor | None = None, prompts: list[str] | None = None) -> dict:
     """Metric values, the sample counts behind them, and notes. ``model`` is needed for ``s_cross``;
-    ``model_samples`` (model space) are used for it when given, else the images are mapped to pixels."""
+    ``model_samples`` (model space) are used for it when given, else the images are mapped to pixels.
+    ``prompts`` (one per sample) are what a text model's samples were asked for (``attributes``, ``clip_score``)."""
     wanted, cache = set(settings.metrics), cache_dir(settings.cache)
     values: dict = {}
     counts = {"samples": len(samples)}
@@ -92,6 +103,12 @@ def evaluate(samples: SampleSet, settings: EvalSettings, model: GroupDiT | None 
                          f"into groups of {settings.group_size}")
     if "s_cross" in wanted and model is None:
         raise ValueError("s_cross needs a checkpoint (--checkpoint) to run attention on")
+    if wanted & set(PROMPT_METRICS) and prompts is None:
+        raise ValueError(f"metric(s) {sorted(wanted & set(PROMPT_METRICS))} need prompts: sample from a text "
+                         "checkpoint (--checkpoint)")
+    text_model = model is not None and model.config.condition == "text"
+    if "s_cross" in wanted and text_model and settings.s_cross_labels == "class":
+        raise ValueError("s_cross of a text model runs on the null prompt (--s-cross-labels null)")
 
     reference = None
     if wanted & {"fid", "pr", "fd_classifier"}:
@@ -140,8 +157,8 @@ def evaluate(samples: SampleSet, settings: EvalSettings, model: GroupDiT | None 
         start = time.perf_counter()
         n = min(len(samples), settings.s_cross_samples) // settings.group_size * settings.group_size
         x = model_samples[:n] if model_samples is not None else model_space(samples.images[:n], model)
-        if settings.s_cross_labels == "null" or samples.labels is None:
-            labels = torch.full((n,), model.null_class, dtype=torch.int64)
+        if settings.s_cross_labels == "null" or samples.labels is None:  # null class or null prompt
+            labels = model.null_condition(torch.zeros(n, dtype=torch.int64))
         else:
             labels = torch.as_tensor(samples.labels[:n], dtype=torch.int64)
         scores = cross_sample_scores(model, x, labels, settings.group_size, settings.s_cross_times, settings.seed,
@@ -151,6 +168,23 @@ def evaluate(samples: SampleSet, settings: EvalSettings, model: GroupDiT | None 
                            "per_time_layer": scores.tolist()}
         counts["s_cross"] = n
         seconds["s_cross"] = time.perf_counter() - start
+
+    if "attributes" in wanted:
+        start = time.perf_counter()
+        agreement, stated = attribute_agreement(samples.images, prompts)
+        values.update(agreement)
+        counts.update({f"attributes_{k}": v for k, v in stated.items()})
+        seconds["attributes"] = time.perf_counter() - start
+
+    if "clip_score" in wanted:
+        if settings.clip is None:
+            notes.append(CLIP_NOT_GIVEN)
+        else:
+            start = time.perf_counter()
+            scorer = ClipScorer(settings.clip, settings.clip_architecture, settings.device)
+            values["clip_score"] = scorer(samples.images, prompts)
+            info["clip"] = {"checkpoint": settings.clip, "architecture": scorer.name}
+            seconds["clip_score"] = time.perf_counter() - start
 
     return {"metrics": values, "counts": counts, "info": info, "notes": notes, "seconds": seconds}
 

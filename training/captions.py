@@ -170,6 +170,30 @@ def fashion_mnist_captions(labels, images, templates: Literal["train", "heldout"
     return captions
 
 
+def balanced_prompts(count: int, templates: Literal["train", "heldout"] = "heldout", seed: int = 0) -> list[str]:
+    """``count`` prompts for scoring prompt following: prompt ``g`` asks for class ``g mod 10`` with brightness
+    and size cycling after it (every 40 prompts hold each class × brightness × size once; every 10, each class
+    once), the template cycling once per 40, and the class name and attribute words drawn with ``seed``.
+
+    `parse_caption` of each prompt gives back what it asks for; an evaluation uses the held-out templates,
+    which training never saw."""
+    if templates not in TEMPLATES:
+        raise ValueError(f"templates must be one of {list(TEMPLATES)}, got {templates!r}")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    pool, classes = TEMPLATES[templates], len(CLASS_NAMES)
+    (dark, light), (small, large) = ATTRIBUTES["brightness"], ATTRIBUTES["size"]
+    draws = np.random.default_rng([seed, 0x70726F6D]).random((count, 3))  # name, brightness word, size word
+    prompts = []
+    for g, u in enumerate(draws):
+        label, brightness, size = g % classes, (dark, light)[g // classes % 2], (small, large)[g // (2 * classes) % 2]
+        template = pool[g // (4 * classes) % len(pool)]
+        names, bright_words, size_words = CLASS_NAMES[label], ATTRIBUTE_WORDS[brightness], ATTRIBUTE_WORDS[size]
+        prompts.append(_fill(template, names[int(u[0] * len(names))], bright_words[int(u[1] * len(bright_words))],
+                             size_words[int(u[2] * len(size_words))]))
+    return prompts
+
+
 @dataclass(frozen=True)
 class CaptionFacts:
     """What a caption states: the class id, and each attribute's canonical value or None when unstated."""

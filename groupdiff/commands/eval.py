@@ -1,4 +1,9 @@
-"""``groupdiff eval``: score a checkpoint (sampling an evaluation set) or existing samples (.npz / PNGs)."""
+"""``groupdiff eval``: score a checkpoint (sampling an evaluation set) or existing samples (.npz / PNGs).
+
+A text checkpoint is sampled with prompts from the held-out caption templates (balanced over classes,
+brightness and size) and scored for prompt following as well: the class accuracy of the prompted samples,
+the agreement of their measured brightness and size with the prompts' words, and a CLIP score when a CLIP
+checkpoint with an image tower is given (otherwise the report notes why there is none)."""
 
 from __future__ import annotations
 
@@ -40,6 +45,9 @@ def register(subparsers) -> None:
     p.add_argument("--s-cross-samples", type=int, default=64, help="first N samples scored for s_cross")
     p.add_argument("--s-cross-labels", choices=["null", "class"], default="null",
                    help="labels for the attention pass: null (GroupDiff-l groups train unconditionally) or class")
+    p.add_argument("--clip", help="text checkpoints: a local CLIP checkpoint with an image tower (open_clip "
+                                  "folder, or a weights file with --clip-architecture) for clip_score")
+    p.add_argument("--clip-architecture", help="the open_clip architecture of a bare --clip weights file (ViT-L-14)")
     p.add_argument("--save-npz", help="write the generated set here (ADM .npz)")
     p.add_argument("--save-grid", help="write the first --grid-groups groups here as a PNG grid")
     p.add_argument("--grid-groups", type=int, default=20)
@@ -52,23 +60,27 @@ def run(args: argparse.Namespace) -> None:
 
     from groupdiff.clients.reporting import format_table, json_ready, machine
     from groupdiff.evaluation import EvalSettings, evaluate, load_samples, save_npz
-    from groupdiff.evaluation.evaluate import METRICS
+    from groupdiff.evaluation.evaluate import METRICS, PROMPT_METRICS
     from groupdiff.evaluation.generation import generate_set, load_generator
     from groupdiff.model.images import save_group_grid
 
     if not args.checkpoint and not args.samples:
         raise ValueError("give --checkpoint (to sample an evaluation set) or --samples (.npz or PNG folder)")
-    metrics = args.metrics or [m for m in METRICS if m != "s_cross" or args.checkpoint]
+    metrics = args.metrics or [m for m in METRICS if (m != "s_cross" or args.checkpoint) and m not in PROMPT_METRICS]
     settings = EvalSettings(
         metrics=metrics, group_size=args.group_size, reference=args.reference, reference_split=args.reference_split,
         reference_count=args.reference_count, cache=args.cache, classifier=args.classifier,
         classifier_steps=args.classifier_steps, batch_size=args.inception_batch, s_cross_times=args.s_cross_times,
-        s_cross_samples=args.s_cross_samples, s_cross_labels=args.s_cross_labels, seed=args.seed)
+        s_cross_samples=args.s_cross_samples, s_cross_labels=args.s_cross_labels, seed=args.seed, clip=args.clip,
+        clip_architecture=args.clip_architecture)
     generator = load_generator(args.checkpoint, args.weights) if args.checkpoint else None
+    prompted = generator is not None and generator.text_encoder is not None and not args.samples
+    if prompted and not args.metrics:  # a text checkpoint's samples are also scored for prompt following
+        settings.metrics += list(PROMPT_METRICS)
     report: dict = {"command": getattr(args, "invocation", "groupdiff eval"),
                     "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
 
-    model_samples = None
+    model_samples, prompts = None, None
     if args.samples:
         sample_set = load_samples(args.samples)
         report["samples"] = {"source": sample_set.source}
@@ -79,12 +91,14 @@ def run(args: argparse.Namespace) -> None:
         generated = generate_set(generator, args.num_samples, args.group_size, args.steps, args.sampler, guidance,
                                  args.seed, args.batch_groups)
         sample_set = SampleSet(generated.images, generated.labels, f"checkpoint:{args.checkpoint}")
-        model_samples = generated.samples
+        model_samples, prompts = generated.samples, generated.prompts
         report["samples"] = {"source": sample_set.source, "weights": args.weights, "group_size": args.group_size,
                              "steps": args.steps, "sampler": args.sampler, "guidance": {
                                  "scale": args.guidance_scale, "mode": args.guidance_mode,
                                  "interval": list(args.guidance_interval)},
                              "seed": args.seed, "batch_groups": args.batch_groups, "chunk_seeds": generated.seeds}
+        if prompted:  # one prompt per group, from the held-out templates
+            report["samples"]["prompts"] = {"templates": "heldout", "per_group": prompts[::args.group_size]}
         if args.save_npz:
             report["samples"]["npz"] = str(save_npz(args.save_npz, sample_set.images, sample_set.labels))
         if args.save_grid:
@@ -92,14 +106,14 @@ def run(args: argparse.Namespace) -> None:
             grid = torch.from_numpy(sample_set.images[:rows]).permute(0, 3, 1, 2).float() / 127.5 - 1
             report["samples"]["grid"] = str(save_group_grid(args.save_grid, grid, args.group_size, upscale=2))
 
-    result = evaluate(sample_set, settings, generator.model if generator else None, model_samples)
+    result = evaluate(sample_set, settings, generator.model if generator else None, model_samples, prompts)
     report.update(result)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
 
     counts = result["counts"]
-    rows = [{"metric": name, "value": value, "n": counts["s_cross" if name == "s_cross" else "samples"],
+    rows = [{"metric": name, "value": value, "n": counts.get(_count_key(name), counts["samples"]),
              "reference_n": counts.get("reference", "-") if name in ("fid", "precision", "recall", "fd_classifier")
              else "-"} for name, value in result["metrics"].items()]
     print(format_table(rows, ["metric", "value", "n", "reference_n"]))
@@ -110,3 +124,10 @@ def run(args: argparse.Namespace) -> None:
         print(f"classifier: {classifier['path']} (test accuracy {classifier.get('test_accuracy')})")
     print(f"wrote {out}")
 
+
+def _count_key(metric: str) -> str:
+    """The entry of ``counts`` a metric rests on: s_cross scores a subset, an attribute the prompts stating it."""
+    if metric == "s_cross":
+        return metric
+    attribute = {"brightness_agreement": "brightness", "size_agreement": "size", "attributes_both": "both"}
+    return f"attributes_{attribute[metric]}" if metric in attribute else "samples"

@@ -1,4 +1,5 @@
-"""``groupdiff sample``: draw groups from a checkpoint (or untrained weights) into a PNG grid."""
+"""``groupdiff sample``: draw groups from a checkpoint (or untrained weights) into a PNG grid; a text checkpoint
+takes ``--prompt`` (encoded by the text encoder its checkpoint carries) where a class checkpoint takes ``--class``."""
 
 from __future__ import annotations
 
@@ -35,9 +36,13 @@ def register(subparsers) -> None:
     source.add_argument("--untrained", metavar="MODEL", default=None,
                         help="use freshly initialised weights of a registry size, e.g. DiT-T/2 (output is noise)")
     p.add_argument("--weights", choices=["model", "ema"], default="model")
-    p.add_argument("--class", dest="classes", type=int, nargs="+", default=[0],
-                   help="class ids; group g gets classes[g mod len(classes)]")
-    p.add_argument("--groups", type=int, default=None, help="number of groups (grid rows; default: one per class)")
+    condition = p.add_mutually_exclusive_group()
+    condition.add_argument("--class", dest="classes", type=int, nargs="+", default=None,
+                           help="class ids (default 0); group g gets classes[g mod len(classes)]")
+    condition.add_argument("--prompt", dest="prompts", nargs="+", default=None, metavar="TEXT",
+                           help="text checkpoints: prompts; group g gets prompts[g mod len(prompts)]")
+    p.add_argument("--groups", type=int, default=None,
+                   help="number of groups (grid rows; default: one per class or prompt)")
     p.add_argument("--autoencoder", help="autoencoder folder for latent-space checkpoints "
                                          "(default: the one recorded in the checkpoint)")
     p.add_argument("--group-size", type=int, default=4, help="images generated jointly per group")
@@ -57,27 +62,41 @@ def run(args: argparse.Namespace) -> None:
     from groupdiff.model.generate import generate
     from groupdiff.model.images import save_group_grid
 
+    loaded = None
     if args.checkpoint:
         loaded = load_generator(args.checkpoint, args.weights, args.autoencoder)
         model, decode = loaded.model, loaded.decode
     else:
+        if args.prompts:
+            raise ValueError("--prompt needs a text checkpoint (--checkpoint): untrained weights have no text encoder")
         name = args.untrained or "DiT-T/2"
         model = GroupDiT(model_config(name, input_size=28, in_channels=1, num_classes=10)).eval()
         decode = sample_decoder("pixel", 1.0, None)
         print(f"note: {name} with untrained weights; the grid shows what an untrained model makes (noise)")
-    groups = args.groups or len(args.classes)
+    text = model.config.condition == "text"
+    if text and not args.prompts:
+        raise ValueError(f"{args.checkpoint} is a text model: give --prompt TEXT [TEXT ...] instead of --class")
+    if args.prompts and not text:
+        raise ValueError(f"{args.checkpoint} is class-conditioned: give --class ids instead of --prompt")
+    given = args.prompts or args.classes or [0]
+    groups = args.groups or len(given)
     if groups < 1:
         raise ValueError("--groups must be at least 1")
-    bad = [c for c in args.classes if not 0 <= c < model.config.num_classes]
-    if bad:
-        raise ValueError(f"--class {bad} outside 0..{model.config.num_classes - 1}")
+    chosen = [given[g % len(given)] for g in range(groups)]
+    if text:
+        condition = loaded.encode(chosen)  # refuses over-long and blank prompts
+    else:
+        bad = [c for c in given if not 0 <= c < model.config.num_classes]
+        if bad:
+            raise ValueError(f"--class {bad} outside 0..{model.config.num_classes - 1}")
+        condition = torch.tensor(chosen)
     guidance = guidance_from_args(args)
-    labels = torch.tensor(args.classes).repeat(groups)[:groups]
-    samples = generate(model, labels, args.group_size, args.steps, args.sampler, guidance, args.seed,
+    samples = generate(model, condition, args.group_size, args.steps, args.sampler, guidance, args.seed,
                        progress=True)  # sampler None: the default of the checkpoint's transport
     images = decode(samples)
     path = save_group_grid(args.out, images, args.group_size, upscale=4)
-    print(f"wrote {path} ({groups} groups x {args.group_size} images, classes {labels.tolist()})")
+    what = f"prompts {chosen}" if text else f"classes {chosen}"
+    print(f"wrote {path} ({groups} groups x {args.group_size} images, {what})")
     warn_blank_members(images, args.group_size)
 
 
