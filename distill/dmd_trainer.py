@@ -3,10 +3,10 @@
 Each step makes ``critic_updates`` critic updates on fresh generator groups, then one generator update
 by the distribution-matching loss (`distill.dmd`); the first ``critic_warmup`` steps skip that update and
 only report the loss, so the log shows the critic closing in on the generator before it is followed.
-Labels come from the same data plan as FACM's (each group is its anchor's class), images never do: the
-method is data-free. The critic starts as a copy of the teacher's network and is saved, with its
-optimizer, inside every checkpoint, so a resumed run repeats an uninterrupted one; all noise of a step
-comes from ``(seed, step, rank)``.
+Conditions come from the same data plan as FACM's (each group is its anchor's class, or one of its captions
+for a text teacher), images never do: the method is data-free. The critic starts as a copy of the teacher's
+network and is saved, with its optimizer, inside every checkpoint, so a resumed run repeats an uninterrupted
+one; all noise of a step comes from ``(seed, step, rank)``.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class DMDDistiller(Distiller):
         n, config = self.group_size, self.config
         batch = self.plan.batch(self.step, self.dist.rank)
         generator = step_generator(config.seed, self.step, self.dist.rank)
-        y = self.data.labels[batch.groups[:, 0]].repeat_interleave(n).to(self.device)  # (G·N,) anchor's class
+        y = self.group_conditions(batch.groups[:, 0], generator).to(self.device)  # (G·N,) anchor's class / caption
         ids = fixed_sample_ids(len(y), n, self.device)
         critic_n = self.critic_group_size
         critic_ids = fixed_sample_ids(len(y), critic_n, self.device)

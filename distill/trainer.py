@@ -1,7 +1,8 @@
 """The distillation trainer: one process or many under `torchrun`.
 
 Each step takes real groups from the teacher's retrieval plan (the same neighbour index), conditions
-every member on its anchor's class (a served group is one class), noises each group to one time,
+every member on its anchor's class (a served group is one class; a text teacher's: one of its anchor's
+captions, drawn per step, so a group is one prompt), noises each group to one time,
 asks the frozen teacher for its guided velocity and updates the student by the FACM loss. Random
 inputs come from a generator seeded by ``(seed, step, rank)`` and the plan from ``(seed, epoch)``, so a
 resumed run repeats what an uninterrupted run would do. Ranks average gradients after each backward
@@ -17,9 +18,16 @@ import torch
 import torch.distributed
 
 from groupdiff.model import GroupDiT, fixed_sample_ids, interpolate, load_model, model_config, save_model
-from groupdiff.model.checkpoint import CheckpointError, preferred_weights, read_checkpoint_info
+from groupdiff.model.checkpoint import (
+    CheckpointError,
+    check_text_encoder,
+    load_text_encoder,
+    preferred_weights,
+    read_checkpoint_info,
+)
 from groupdiff.model.config import GroupDiTConfig
 from groupdiff.model.images import save_group_grid
+from groupdiff.model.text_condition import Condition, cat_conditions
 from groupdiff.training.config_files import to_dict
 from groupdiff.training.distributed import Distributed
 from groupdiff.training.loop import RunLoop
@@ -49,6 +57,8 @@ def build_student(config: DistillConfig, teacher: Teacher, group_size: int) -> A
     registry size from scratch."""
     base = teacher.model.config
     shape = {"input_size": base.input_size, "in_channels": base.in_channels, "num_classes": base.num_classes}
+    if base.condition == "text":
+        shape |= {"condition": "text", "text_dim": base.text_dim, "text_tokens": base.text_tokens}
     max_group = {"max_group_size": max(base.max_group_size, group_size)}
     if config.student is None:
         student = AnchoredStudent(base.replace(**max_group, **config.student_overrides))
@@ -103,8 +113,15 @@ class Distiller(RunLoop):
             raise ValueError(f"data {config.data} holds samples {tuple(data.samples.shape[1:])}, the teacher takes "
                              f"({teacher_cfg.in_channels}, {teacher_cfg.input_size}, {teacher_cfg.input_size})")
         self.group_size = config.group_size or teacher_cfg.max_group_size
+        # a text teacher: the prepared captions, and their encoder, which must be the one the teacher learned
+        self.text = data.text() if teacher_cfg.condition == "text" else None
+        if self.text is not None:
+            self.text_encoder = self.text.encoder()
+            check_text_encoder(config.teacher, self.text_encoder)
         torch.manual_seed(config.seed)
         self.model = self.initial_student().to(self.device)
+        if self.text_encoder is not None:  # a student built from scratch has none yet; the teacher's is the same
+            self.model.set_null_prompt(self.text_encoder)
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
         self.optimizer = build_optimizer(self.model, config.optim)
         plan = PlanConfig(mode="groupdiff-f", group_size=self.group_size, label_dropout=0.0, query=config.query)
@@ -128,17 +145,16 @@ class Distiller(RunLoop):
         batch = self.plan.batch(self.step, self.dist.rank)
         generator = step_generator(config.seed, self.step, self.dist.rank)
         index = batch.groups.reshape(-1)  # (G·N,) group-major
-        labels = self.data.labels[batch.groups[:, 0]].repeat_interleave(n)  # each group is its anchor's class
         t = sample_times(len(batch.groups), n, config.facm, config.serve_steps, generator)
         noise = torch.randn(len(index), *self.data.samples.shape[1:], generator=generator)
         to = {"device": self.device}
-        y, t, noise = labels.to(**to), t.to(**to), noise.to(**to)
+        y, t, noise = self.group_conditions(batch.groups[:, 0], generator).to(**to), t.to(**to), noise.to(**to)
         x_t = interpolate(self.data.gather(index, self.device), noise, t)
         ids = fixed_sample_ids(len(y), n, self.device)  # the ids the teacher and the served student use
 
         def student(x: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
             repeats = len(x) // len(y)  # the anchor and consistency halves share one forward
-            return self.model(x, times, y.repeat(repeats), group_size=n, sample_ids=ids.repeat(repeats))
+            return self.model(x, times, cat_conditions(*[y] * repeats), group_size=n, sample_ids=ids.repeat(repeats))
 
         self.model.train()
         for group in self.optimizer.param_groups:
@@ -155,6 +171,13 @@ class Distiller(RunLoop):
         self.ema.update(self.model, self.step)
         self.step += 1
         return {"loss": loss.item(), **parts}
+
+    def group_conditions(self, anchors: torch.Tensor, generator: torch.Generator) -> Condition:
+        """The condition of every member (G·N,) from the groups' anchors (G,): the anchor's class, or one of its
+        captions drawn with ``generator`` (a served group is one class or one prompt)."""
+        if self.text is None:
+            return self.data.labels[anchors].repeat_interleave(self.group_size)
+        return self.text.condition(anchors, generator).repeat_interleave(self.group_size)
 
     # -- outputs --------------------------------------------------------------------------------------------
     def metadata(self) -> dict:
@@ -173,10 +196,14 @@ class Distiller(RunLoop):
         self.sample_grids()
 
     def sample_grids(self) -> list[Path]:
-        """One grid per served step count: a row per class, each row one group of the EMA student."""
+        """One grid per served step count: a row per class (a text student: per first caption of images 0, 1, …),
+        each row one group of the EMA student."""
         n, cfg = self.group_size, self.model.config
-        classes = torch.arange(min(10, cfg.num_classes), device=self.device)
-        y = classes.repeat_interleave(n)
+        if self.text is None:
+            y: Condition = torch.arange(min(10, cfg.num_classes), device=self.device).repeat_interleave(n)
+        else:
+            y = self.text.condition(torch.arange(min(10, len(self.text.captions))), caption=0, device=self.device)
+            y = y.repeat_interleave(n)
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         noise = torch.randn(len(y), cfg.in_channels, cfg.input_size, cfg.input_size, generator=generator,
                             device=self.device)
@@ -194,8 +221,9 @@ def export_student(checkpoint: str | Path, out: str | Path, reproduce: str | Non
     info = read_checkpoint_info(checkpoint)
     if "distill" not in info.get("metadata", {}):
         raise CheckpointError(f"{checkpoint} is not a distilled student")
-    model = load_model(checkpoint, weights="ema")
+    encoder = load_text_encoder(checkpoint) if info["model"].get("condition") == "text" else None
+    model = load_model(checkpoint, weights="ema", text_encoder=encoder)
     metadata = {**info["metadata"], "exported_from": str(checkpoint), "weights": "ema of the distilled student"}
     if reproduce:
         metadata["reproduce"] = reproduce
-    return save_model(out, model, None, metadata)
+    return save_model(out, model, None, metadata, text_encoder=encoder)  # a text student carries its encoder
