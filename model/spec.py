@@ -78,6 +78,14 @@ class DenoiserSpec:
         return ", ".join(map(str, self.steps)) if self.steps else f"1..{TEACHER_MAX_STEPS}"
 
     @property
+    def graph_digest(self) -> str:
+        """What a built graph depends on besides the weights: kind, guidance recipe, shapes, encoder. Engine
+        caches key on it with `model_hash`, so a teacher and a student of identical weights (a student before
+        its first step) never share an export, which bakes in one recipe."""
+        recipe = {k: v for k, v in self.to_dict().items() if k not in ("model_hash", "model_version")}
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+    @property
     def guidance_adjustable(self) -> bool:
         """Teachers take a guidance scale per request; students have theirs baked in."""
         return self.kind == "teacher"

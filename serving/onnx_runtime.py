@@ -72,9 +72,8 @@ def cached_denoiser_onnx(
 ) -> Path:
     """The checkpoint's denoiser exported into the cache at ``precision`` (exported now when missing)."""
     spec = spec_from_checkpoint(checkpoint, weights)
-    settings = {"max_groups": max_groups, "max_group_size": spec.max_group_size, "opset": OPSET}
-    if precision != "fp32":  # (fp32 keys stay as they were, so existing caches still hit)
-        settings["precision"] = precision
+    settings = {"max_groups": max_groups, "max_group_size": spec.max_group_size, "opset": OPSET,
+                "graph": spec.graph_digest, "precision": precision}
     key = EngineKey(spec.model_hash, "onnx-denoiser", settings)
 
     def build(path: Path) -> None:

@@ -116,7 +116,7 @@ def engine_key(
                          f"{ONNX_PRECISIONS}, got {precision!r} (bf16: the torch-tensorrt runtime)")
     return EngineKey(spec.model_hash, "tensorrt-denoiser", {
         "tensorrt": tensorrt_version, "compute_capability": compute_capability, "precision": precision,
-        "profiles": [p.to_dict() for p in profiles], "opset": OPSET,
+        "profiles": [p.to_dict() for p in profiles], "opset": OPSET, "graph": spec.graph_digest,
     })
 
 

@@ -6,13 +6,20 @@ import pytest
 import torch
 
 from groupdiff.cli import main
-from groupdiff.model import samplers
+from groupdiff.model import samplers, save_model
 from groupdiff.model.checkpoint import CheckpointError
 from groupdiff.serving.export import OnnxFileError, read_onnx_metadata
 from groupdiff.serving.runtime import RuntimeShapeError
 from groupdiff.serving.runtimes import load_decoder, load_runtime
 from tests.serving.test_runtimes import group_inputs
-from tests.support.checkpoints import save_latent_teacher, save_student, save_teacher
+from tests.support.checkpoints import (
+    save_latent_teacher,
+    save_student,
+    save_teacher,
+    student_metadata,
+    teacher_metadata,
+    tiny_model,
+)
 
 ATOL = 1e-4  # fp32 ONNX Runtime vs torch, per forward (observed: ~4e-6)
 LOOP_ATOL = 1e-3  # after a full sampling loop
@@ -91,8 +98,8 @@ def test_full_sampling_loop_matches_torch(runtimes, kind, rule):
     torch.testing.assert_close(finals[1], finals[0], atol=LOOP_ATOL, rtol=0)
 
 
-def test_cache_reuses_the_export_and_refuses_foreign_files(student, teacher, teacher_onnx, cache):
-    (entry,) = cache.glob("*/onnx-denoiser-*/denoiser.onnx")
+def test_cache_reuses_the_export_and_refuses_foreign_files(runtimes, student, teacher, teacher_onnx, cache):
+    (entry,) = cache.glob("*/onnx-denoiser-*/denoiser.onnx")  # the student, exported by `runtimes`
     before = entry.stat().st_mtime_ns
     load_runtime("onnxruntime", student, cache_dir=cache)
     assert entry.stat().st_mtime_ns == before  # reused, not exported again
@@ -204,3 +211,18 @@ def test_a_float16_export_is_strongly_typed(student, tmp_path):
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     with pytest.raises(ValueError, match="torch-tensorrt"):
         export_served_denoiser(load_denoiser(student, precision="bf16"), tmp_path / "bf16.onnx", "ema", max_groups=4)
+
+
+def test_a_teacher_and_a_student_of_identical_weights_never_share_an_export(tmp_path):
+    """A student starts as its teacher's weights: the exported graph bakes in one guidance recipe, so the cache
+    key must tell them apart, or one would be served with the other's recipe."""
+    model = tiny_model(4)
+    teacher = save_model(tmp_path / "teacher", model, metadata=teacher_metadata())
+    student = save_model(tmp_path / "student", model, metadata=student_metadata())
+    cache = tmp_path / "cache"
+    x, t, y, scale = group_inputs(2, 4)
+    for checkpoint in (teacher, student):
+        served = load_runtime("onnxruntime", checkpoint, cache_dir=cache)
+        torch.testing.assert_close(served.velocity(x, t, y, scale),
+                                   load_runtime("torch", checkpoint).velocity(x, t, y, scale), atol=ATOL, rtol=0)
+    assert len(list(cache.glob("*/onnx-denoiser-*/denoiser.onnx"))) == 2
