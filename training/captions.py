@@ -41,8 +41,14 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from groupdiff.protocol.prompts import normalise_prompt
+
+from .data import center_crop_arr
 
 # ---------------------------------------------------------------------------------------------------------
 # The Fashion-MNIST caption set
@@ -306,6 +312,40 @@ def read_captioned_folder(root: str | os.PathLike) -> list[CaptionedImage]:
     return entries
 
 
+class CaptionedFolder(Dataset):
+    """A captioned folder as a `groupdiff prepare` data source: RGB uint8 ``(3, size, size)`` items after ADM's
+    centre crop, in captions.jsonl order, read from disk on access; one class (label 0), since captions, not
+    labels, condition the model."""
+
+    def __init__(self, root: str | os.PathLike, size: int = 256, limit: int | None = None):
+        self.root, self.size = Path(root), size
+        self.entries = read_captioned_folder(self.root)[:limit]
+        self.labels = torch.zeros(len(self.entries), dtype=torch.int64)
+        self.class_names = ["image"]
+        self.source = f"captioned-folder:{self.root}"
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path = self.root / self.entries[index].file
+        try:
+            with Image.open(path) as image:
+                image = center_crop_arr(image.convert("RGB"), self.size)
+        except OSError as error:
+            raise ValueError(f"cannot read image {path}: {error}") from None
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1), 0  # (H, W, 3) -> (3, H, W)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (3, self.size, self.size)
+
+    def captions(self, per_image: int) -> list[list[str]]:
+        """``per_image`` captions of every image: its first ones, cycling through them again when it has fewer
+        (a prepared folder stores the same number for every image; COCO has 5 to 7)."""
+        return [[entry.captions[j % len(entry.captions)] for j in range(per_image)] for entry in self.entries]
+
+
 def _place(source: Path, target: Path, link: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)
@@ -347,7 +387,7 @@ def coco_to_captioned_folder(annotations: str | os.PathLike, images: str | os.Pa
         raise ValueError(f"{annotations}: not a COCO captions file ({type(error).__name__}: {error})") from None
     out.mkdir(parents=True, exist_ok=True)
     lines, total = [], 0
-    for image_id, file in files.items():
+    for image_id, file in tqdm(files.items(), desc="coco images", unit="image", dynamic_ncols=True):
         if not captions[image_id]:
             continue
         source = images / PurePosixPath(file).relative_to(IMAGES_DIR)

@@ -4,7 +4,7 @@ Stages, each skipped on a re-run when its output exists and was made from the sa
 (recorded as a "fingerprint" in prepare.json, which is rewritten after every stage so an
 interrupted run resumes):
 
-1. dataset (idx files or an image folder)
+1. dataset (idx files, an image folder, or a captioned folder: images/ + captions.jsonl)
 2. autoencoder: train or load, save under ``autoencoder/`` (latent space only)
 3. samples: pixels in [-1, 1], or posterior-mean latents times 1/std
 4. embeddings, one file per feature encoder
@@ -33,7 +33,7 @@ from groupdiff.model.text_encoder import TextEncoder
 from groupdiff.training.config_files import dump_config, to_dict
 
 from .autoencoder import AutoencoderConfig, encode_latents, latent_scale_factor, reconstruction_error, train_autoencoder
-from .captions import fashion_mnist_captions
+from .captions import CaptionedFolder, fashion_mnist_captions
 from .data import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
@@ -57,9 +57,11 @@ from .neighbours import (
 @dataclass
 class DataConfig:
     """``fashion-mnist`` is ``idx`` with Debian's path and the Fashion-MNIST class names; ``split``
-    applies to idx data (``all`` = train then test), ``image_size`` to image folders (ADM crop)."""
+    applies to idx data (``all`` = train then test), ``image_size`` to image folders (ADM crop).
+    ``captioned-folder`` is `captions.CaptionedFolder` (``images/`` + ``captions.jsonl``, e.g. MS-COCO converted
+    by ``groupdiff prepare --coco``): one class, its captions for ``text.captions: folder``."""
 
-    dataset: Literal["fashion-mnist", "idx", "image-folder"] = "fashion-mnist"
+    dataset: Literal["fashion-mnist", "idx", "image-folder", "captioned-folder"] = "fashion-mnist"
     path: str | None = None
     split: Literal["train", "test", "all"] = "train"
     image_size: int = 256
@@ -89,13 +91,14 @@ class TextConfig:
     """Captions and their text embeddings for a text-conditioned model; off while ``captions`` is ``none``.
 
     ``fashion-mnist`` captions every image with `captions.fashion_mnist_captions` (``per_image`` captions
-    from the ``templates`` split, drawn with ``seed``). The text encoder is built (``encoder``: a
+    from the ``templates`` split, drawn with ``seed``); ``folder`` takes each image's first ``per_image`` captions
+    from a captioned folder (cycling when it has fewer). The text encoder is built (``encoder``: a
     `TextEncoder.build` config, weights drawn with ``encoder_seed``) or, with ``path``, loaded from local
     files (``architecture`` names a bare open_clip weights file's model, ``sha256`` checks the weights).
     ``neighbours`` adds the neighbour index ``text``: cosine between images' mean pooled caption embeddings,
     searched with the same ``neighbours`` settings as the image encoders."""
 
-    captions: Literal["none", "fashion-mnist"] = "none"
+    captions: Literal["none", "fashion-mnist", "folder"] = "none"
     templates: Literal["train", "heldout"] = "train"
     per_image: int = 2
     seed: int = 0
@@ -141,9 +144,13 @@ def validate(config: PrepareConfig) -> None:
         raise ValueError(f"neighbours.method must be one of {list(SEARCH_METHODS)}")
     if config.data.limit is not None and config.data.limit < 2:
         raise ValueError("data.limit must be at least 2")
+    captioned = config.data.dataset == "captioned-folder"
+    if config.text.captions == "fashion-mnist" and config.data.dataset in ("image-folder", "captioned-folder"):
+        raise ValueError("text.captions=fashion-mnist captions Fashion-MNIST idx data, not an image folder")
+    if (config.text.captions == "folder") != captioned and config.text.captions != "none":
+        raise ValueError("text.captions=folder reads the captions of a captioned folder: set "
+                         "data.dataset=captioned-folder")
     if config.text.captions != "none":
-        if config.data.dataset == "image-folder":
-            raise ValueError("text.captions=fashion-mnist captions Fashion-MNIST idx data, not an image folder")
         if config.text.per_image < 1 or config.text.batch_size < 1:
             raise ValueError("text.per_image and text.batch_size must be at least 1")
         if config.text.neighbours and TEXT_INDEX in names:
@@ -158,6 +165,10 @@ def load_dataset(config: DataConfig):
         raise ValueError(f"data.path is required for dataset {config.dataset!r}")
     if config.dataset == "idx":
         return load_idx_dataset(config.path, config.split, config.limit, config.class_names)
+    if config.dataset == "captioned-folder":
+        if config.class_names:
+            raise ValueError("data.class_names does not apply to a captioned folder (its images have captions)")
+        return CaptionedFolder(config.path, config.image_size, config.limit)
     folder = ImageFolder(config.path, config.image_size, config.limit)
     if config.class_names:
         raise ValueError("data.class_names does not apply to image folders (the folder names are the classes)")
@@ -330,7 +341,10 @@ def _caption_stage(config: PrepareConfig, dataset, stages: Stages) -> list[list[
     if stages.done("text/captions", fingerprint, path):
         return json.loads(path.read_text())["captions"]
     start = time.perf_counter()
-    captions = fashion_mnist_captions(dataset.labels, dataset.images, text.templates, text.seed, text.per_image)
+    if text.captions == "folder":
+        captions = dataset.captions(text.per_image)
+    else:
+        captions = fashion_mnist_captions(dataset.labels, dataset.images, text.templates, text.seed, text.per_image)
     _save_json(path, {**settings, "captions": captions})
     stages.record("text/captions", fingerprint, time.perf_counter() - start,
                   result={"captions": sum(map(len, captions))})

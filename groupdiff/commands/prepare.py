@@ -1,4 +1,7 @@
-"""``groupdiff prepare``: dataset -> samples (pixels or latents), embeddings, neighbour indices."""
+"""``groupdiff prepare``: dataset -> samples (pixels or latents), embeddings, neighbour indices.
+
+``--coco ANNOTATIONS IMAGES`` first converts MS-COCO captions into the captioned folder at ``data.path``
+(`captions.coco_to_captioned_folder`), which the run then prepares (``prepare-coco-text``)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,11 @@ def register(subparsers) -> None:
                         "a checkpoint: set them in the config file)")
     p.add_argument("--space", choices=["pixel", "latent"])
     p.add_argument("--limit", type=int, help="use only the first N images (smoke runs)")
+    p.add_argument("--coco", nargs=2, metavar=("ANNOTATIONS", "IMAGES"),
+                   help="convert COCO captions (captions_train2017.json and its image folder) into the captioned "
+                        "folder data.path first; kept when data.path already holds captions.jsonl")
+    p.add_argument("--coco-link", choices=["copy", "hardlink", "symlink"], default="copy",
+                   help="how --coco places the images in data.path/images (hardlink: same file system, no space)")
     p.set_defaults(run=run)
 
 
@@ -40,6 +48,23 @@ def run(args: argparse.Namespace) -> None:
 
     path = find_config(args.config, "prepare") if args.config else None
     config = load_config(PrepareConfig, path, overrides_from_flags(args))
+    if args.coco:
+        convert_coco(config, *args.coco, args.coco_link)
     info = run_prepare(config, args.out)
     print(f"wrote {args.out} ({info['dataset']['num_images']} images, space {info['space']}, "
           f"encoders {', '.join(info['encoders'])}) in {info['total_seconds']:.0f} s")
+
+
+def convert_coco(config, annotations: str, images: str, link: str) -> None:
+    """Write the captioned folder ``data.path`` from COCO's captions, unless it is already there."""
+    from pathlib import Path
+
+    from groupdiff.training.captions import CAPTIONS_FILE, coco_to_captioned_folder
+
+    if config.data.dataset != "captioned-folder" or not config.data.path:
+        raise ValueError("--coco writes a captioned folder: set data.dataset=captioned-folder and data.path (--data)")
+    if (Path(config.data.path) / CAPTIONS_FILE).is_file():
+        print(f"coco: {config.data.path} already holds {CAPTIONS_FILE}; not converted again")
+        return
+    counts = coco_to_captioned_folder(annotations, images, config.data.path, link)
+    print(f"coco: wrote {config.data.path} (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")")
