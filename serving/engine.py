@@ -387,7 +387,7 @@ class Engine:
                     real += 1
                     if member.job.handle.started is None:
                         member.job.handle.started = now
-            self.metrics.group_fill.observe(real / group.size)
+            self.metrics.group_started(real, group.size)
 
     def _count_steps(self, batch: list[Group]) -> None:
         for group in batch:

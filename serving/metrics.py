@@ -31,6 +31,9 @@ class ServingMetrics:
                                     registry=r, multiprocess_mode="livesum")
         self.group_fill = Histogram("groupdiff_group_fill_ratio", "Real (non-padding) members / group size, per group",
                                     buckets=FILL_BUCKETS, registry=r)
+        self.group_members = Counter(
+            "groupdiff_group_members_total", "Real (non-padding) members of the groups started, by whether their "
+            "group was full: the share of images served in full groups", ["fill"], registry=r)
         self.batch_groups = Histogram("groupdiff_batch_groups", "Groups per runtime call",
                                       buckets=BATCH_BUCKETS, registry=r)
         self.stage_seconds = Histogram("groupdiff_stage_seconds", "Seconds per request in each stage",
@@ -52,6 +55,8 @@ class ServingMetrics:
             self.stage_seconds.labels(stage=stage)
         for outcome in OUTCOMES:
             self.requests.labels(outcome=outcome)
+        for fill in ("full", "partial"):
+            self.group_members.labels(fill=fill)
         for result in ("hit", "miss"):
             self.prompt_cache_lookups.labels(result=result)
         for reason in REJECTION_REASONS:
@@ -59,6 +64,12 @@ class ServingMetrics:
 
     def set_model(self, model_version: str, kind: str, runtime: str) -> None:
         self.model_info.labels(model_version=model_version, kind=kind, runtime=runtime).set(1)
+
+    def group_started(self, real: int, size: int) -> None:
+        """A group joined the batch with ``real`` of its ``size`` members real (the rest padding). The fill
+        histogram counts groups; the members counter counts images, which is what a client sees."""
+        self.group_fill.observe(real / size)
+        self.group_members.labels(fill="full" if real == size else "partial").inc(real)
 
     def reject(self, reason: str) -> None:
         """A request refused or dropped: counted once as a rejection and once as a finished request."""

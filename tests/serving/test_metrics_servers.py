@@ -43,3 +43,15 @@ def test_two_servers_on_one_host_keep_their_own_counters(tmp_path):
         assert ok_requests(first) == 5
         assert len(list(home.glob("prometheus-*"))) == 1  # the second server removed its own on exit
     assert not list(home.glob("prometheus-*"))
+
+
+def test_images_are_counted_by_whether_their_group_was_full(tmp_path):
+    """groupdiff_group_members_total{fill}: real members of the groups started (padding never counts)."""
+    checkpoint = tiny_checkpoint(tmp_path / "student", kind="student")
+    with rest_server(checkpoint, env={"GROUPDIFF_CACHE": str(tmp_path / "cache")}) as server:
+        for num_images in (4, 1, 6):  # isolated, groups of 4: one full; one padded with 3; one full and one of 2
+            body = {**BODY, "num_images": num_images, "group_size": 4}
+            assert httpx.post(f"{server.url}/v1/generate", json=body).status_code == 200
+        text = httpx.get(f"{server.url}/metrics").text
+        assert metric_value(text, "groupdiff_group_members_total", fill="full") == 8
+        assert metric_value(text, "groupdiff_group_members_total", fill="partial") == 3
