@@ -6,9 +6,9 @@ about HTTP: it draws requests, times them and counts outcomes.
 
 API
 ---
-``Request(index, class_id, num_images, seed, params)``
-    One generation request. ``params`` holds the optional fields (``steps``, ``group_size``, ...)
-    passed through unchanged to ``send``.
+``Request(index, class_id, num_images, seed, params, prompt)``
+    One generation request: of class ``class_id``, or, for a text model, of ``prompt`` (``class_id`` None).
+    ``params`` holds the optional fields (``steps``, ``group_size``, ...) passed through unchanged to ``send``.
 
 ``send(request) -> result`` (async)
     The pluggable call. On success it returns the images it got: an ``int`` count, or an object with
@@ -18,10 +18,12 @@ API
     anything else is ``"error"``); a built-in `TimeoutError` counts as ``"deadline"``. A blocking call
     can be adapted with ``lambda r: asyncio.to_thread(call, r)``.
 
-``Workload(num_classes, mix="uniform", num_images=(1,), seed=0, params={})``
+``Workload(num_classes, mix="uniform", num_images=(1,), seed=0, params={}, prompts=None, zipf=0.0)``
     How requests are drawn: the class from a condition mix (``"uniform"``, ``"zipf"`` / ``"zipf:1.2"``
     for a skew toward popular classes, ``"class:7"`` for one class, ``"weights:5,1,1"`` for explicit
-    weights), the image count uniformly from ``num_images``, and a per-request seed, all from
+    weights) or, given ``prompts`` (a text model; ``num_classes`` and ``mix`` then do not apply), the prompt
+    by a Zipf law of exponent ``zipf`` over the prompts' order (`groupdiff.clients.prompts.zipf_law`;
+    0 is uniform); the image count uniformly from ``num_images``, and a per-request seed, all from
     ``seed`` so a run's request stream is reproducible.
 
 ``await closed_loop(send, workload, concurrency, duration_s=None, requests=None, timeout_s=None)``
@@ -43,7 +45,8 @@ API
 completion), ``records`` (one `Record` per request: scheduled/start/end seconds from the run start,
 latency, outcome, images, error text, server timings) and ``summary()``: requests, outcomes by kind,
 images, images/s and requests/s (successful only, over ``elapsed_s``), offered rate, and
-p50/p95/p99/mean/max latency of successful requests in seconds. ``to_dict()`` is JSON-ready.
+p50/p95/p99/mean/max latency of successful requests in seconds, and the distinct prompts sent.
+``to_dict()`` is JSON-ready.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ from typing import Any
 
 import numpy as np
 
+from .prompts import zipf_law
+
 OUTCOMES = ("ok", "rejected", "deadline", "error")
 MAX_ERROR_SAMPLES = 5  # distinct error messages kept in a summary
 
@@ -65,10 +70,11 @@ MAX_ERROR_SAMPLES = 5  # distinct error messages kept in a summary
 @dataclass(frozen=True)
 class Request:
     index: int  # position in the run's request stream
-    class_id: int
+    class_id: int | None  # None for a prompt
     num_images: int
     seed: int
     params: dict[str, Any] = field(default_factory=dict)  # optional request fields, passed through
+    prompt: str | None = None  # a text model's condition
 
 
 Send = Callable[[Request], Awaitable[Any]]
@@ -77,7 +83,7 @@ Send = Callable[[Request], Awaitable[Any]]
 @dataclass
 class Record:
     index: int
-    class_id: int
+    class_id: int | None
     num_images: int
     scheduled_s: float  # intended start, seconds from the run start (open loop: the arrival time)
     start_s: float  # when send was called
@@ -87,6 +93,7 @@ class Record:
     images: int = 0  # images received (0 unless ok)
     error: str | None = None
     server_timings_ms: dict[str, float] | None = None
+    prompt: str | None = None
 
 
 def parse_mix(mix: str, num_classes: int) -> np.ndarray:
@@ -100,7 +107,7 @@ def parse_mix(mix: str, num_classes: int) -> np.ndarray:
         exponent = float(argument) if argument else 1.1
         if not exponent > 0:
             raise ValueError(f"zipf exponent must be positive, got {argument}")
-        weights = 1.0 / np.arange(1, num_classes + 1) ** exponent  # class 0 most popular
+        weights = zipf_law(num_classes, exponent)  # class 0 most popular
     elif kind == "class":
         class_id = int(argument)
         if not 0 <= class_id < num_classes:
@@ -122,9 +129,16 @@ class Workload:
     num_images: Sequence[int] = (1,)  # drawn uniformly per request
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    prompts: Sequence[str] | None = None  # a text model's prompts, most popular first
+    zipf: float = 0.0  # the prompts' Zipf exponent
 
     def __post_init__(self) -> None:
-        self.probabilities = parse_mix(self.mix, self.num_classes)
+        if self.prompts is None:
+            self.probabilities = parse_mix(self.mix, self.num_classes)
+        elif self.mix != "uniform":
+            raise ValueError(f"a prompt workload draws prompts by its Zipf exponent; mix {self.mix!r} is for classes")
+        else:
+            self.probabilities = zipf_law(len(self.prompts), self.zipf)
         if not self.num_images or min(self.num_images) < 1:
             raise ValueError(f"num_images choices must be positive, got {list(self.num_images)}")
 
@@ -133,10 +147,12 @@ class Workload:
         rng = np.random.default_rng(self.seed)
 
         def draw(index: int) -> Request:
-            class_id = int(rng.choice(self.num_classes, p=self.probabilities))
+            rank = int(rng.choice(len(self.probabilities), p=self.probabilities))
             num_images = int(rng.choice(self.num_images))
             seed = int(rng.integers(0, 2**62))
-            return Request(index, class_id, num_images, seed, dict(self.params))
+            if self.prompts is None:
+                return Request(index, rank, num_images, seed, dict(self.params))
+            return Request(index, None, num_images, seed, dict(self.params), self.prompts[rank])
 
         return draw
 
@@ -184,6 +200,7 @@ def summarize(records: Sequence[Record], elapsed_s: float, mode: str = "", level
         "latency_mean_s": float(np.mean(latencies)) if latencies else math.nan,
         "latency_max_s": max(latencies) if latencies else math.nan,
         "error_samples": errors,
+        "distinct_prompts": len({r.prompt for r in records if r.prompt is not None}),
     }
 
 
@@ -220,7 +237,7 @@ async def _timed(send: Send, request: Request, clock: _Clock, scheduled_s: float
         error = f"{type(failure).__name__}: {failure}"[:300]
     end = clock.now()
     return Record(request.index, request.class_id, request.num_images, scheduled_s, start, end,
-                  end - scheduled_s, outcome, images, error, timings)
+                  end - scheduled_s, outcome, images, error, timings, request.prompt)
 
 
 def _check_bound(duration_s: float | None, requests: int | None) -> None:

@@ -1,4 +1,6 @@
-"""The load test's report: ``loadtest.json`` (environment, settings and one summary row per level),
+"""The load test's report: ``loadtest.json`` (environment, settings and one summary row per level, with what the
+server's /metrics said about the level: the share of images in full groups and, for a text model, the prompt
+cache's hit rate),
 ``requests.jsonl`` (every request), ``report.md`` (the table and the plots) and two figures:
 ``latency_cdf.png`` (one curve per level) and ``throughput.png`` (images/s and p99 latency against
 the offered load)."""
@@ -18,7 +20,9 @@ from .loadgen import LoadRun
 from .reporting import format_table, json_ready, new_figure, save_figure, write_report
 
 COLUMNS = ["level", "offered_rate", "requests", "ok", "rejected", "deadline", "error", "images_per_s",
-           "requests_per_s", "latency_p50_s", "latency_p95_s", "latency_p99_s", "host_load_1m"]
+           "requests_per_s", "latency_p50_s", "latency_p95_s", "latency_p99_s", "full_group_share", "host_load_1m"]
+PROMPT_COLUMNS = ["distinct_prompts", "cache_hit_rate", "cache_evictions"]  # a text model's levels
+SERVER_FIGURES = ("full_group_share", "group_members", "cache_hit_rate", "cache_lookups", "cache_evictions")
 
 
 def load_axis(mode: str) -> str:
@@ -72,13 +76,19 @@ def markdown(report: dict[str, Any], table: str) -> str:
         f"- target: {settings['target']} ({settings['protocol']}), model: {settings.get('model_version') or '?'}",
         f"- mode: {settings['mode']} loop, levels {settings['levels']}, bound per level: "
         + (f"{settings['duration_s']:g} s" if settings["duration_s"] else f"{settings['requests']} requests"),
-        f"- workload: mix {settings['mix']}, images per request {settings['num_images']}, "
+        "- workload: "
+        + (f"prompts from the {settings['prompt_source']} ({settings['prompt_count']}), Zipf exponent "
+           f"{settings['zipf']:g} over their order" if settings.get("prompt_source") else f"mix {settings['mix']}")
+        + f", images per request {settings['num_images']}, "
         f"request fields {settings['params'] or 'server defaults'}, seed {settings['seed']}, "
         f"warm-up {settings['warmup']} requests (not counted)",
         "",
         "Latency counts from the scheduled arrival (open loop) or the send (closed loop) to the answer; "
         "throughput counts successful requests over the level's wall time; host_load_1m is the machine's "
-        "1-minute load average at the end of the level (client and server share the machine).",
+        "1-minute load average at the end of the level (client and server share the machine). From the server's "
+        "/metrics, read before and after each level: full_group_share is the share of images (real group "
+        "members) started in full groups, cache_hit_rate the prompt cache's hits over its lookups (a text model; "
+        "empty where the metrics could not be read).",
         "", "```", table, "```", "",
         "![latency CDF](latency_cdf.png)", "",
         "![throughput and latency against load](throughput.png)", "",
@@ -92,14 +102,17 @@ def write_loadtest_report(out: str | os.PathLike, runs: list[LoadRun], command: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # host_load_1m: the machine's 1-minute load average when the level ended, where the caller recorded it
-    rows = [json_ready({**run.summary(), "host_load_1m": run.settings.get("host_load_1m")}) for run in runs]
+    # server figures: from /metrics around the level, where the caller could read them (else null)
+    rows = [json_ready({**run.summary(), "host_load_1m": run.settings.get("host_load_1m"),
+                        **{key: run.settings.get("server", {}).get(key) for key in SERVER_FIGURES}}) for run in runs]
     json_path = write_report(out / "loadtest.json", "loadtest", command, rows, json_ready(settings))
     with open(out / "requests.jsonl", "w") as requests:
         for run in runs:
             for record in run.records:
                 requests.write(json.dumps(json_ready({"mode": run.mode, "level": run.level, **asdict(record)})) + "\n")
-    table_rows = [{c: (math.nan if row[c] is None else row[c]) for c in COLUMNS} for row in rows]
-    table = format_table(table_rows, COLUMNS)
+    columns = COLUMNS + (PROMPT_COLUMNS if settings.get("condition") == "text" else [])
+    table_rows = [{c: (math.nan if row[c] is None else row[c]) for c in columns} for row in rows]
+    table = format_table(table_rows, columns)
     report = json.loads(json_path.read_text())
     paths = {"json": json_path, "requests": out / "requests.jsonl",
              "cdf": plot_latency_cdf(runs, out / "latency_cdf.png"),

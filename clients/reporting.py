@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,3 +96,35 @@ def save_figure(figure: Any, path: Path) -> Path:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def counter_totals(exposition: str) -> dict[tuple[str, str], float]:
+    """``{(name, labels), value}`` of every sample in a Prometheus text exposition (``labels`` as written between
+    the braces, "" when none). Standard library only, so `groupdiff loadtest` reads a server's /metrics without
+    prometheus-client."""
+    totals = {}
+    for line in exposition.splitlines():
+        match = re.match(r"^([A-Za-z_:][\w:]*)(?:\{([^}]*)\})?\s+(\S+)", line)
+        if match:
+            totals[match[1], match[2] or ""] = float(match[3])
+    return totals
+
+
+def serving_figures(before: str, after: str) -> dict[str, float | None]:
+    """What a server's /metrics say about the traffic between two scrapes: the share of images (real group members)
+    in full groups (``groupdiff_group_members_total``) and the prompt cache's hit rate, lookups and evictions
+    (``groupdiff_prompt_cache_*``). A share with nothing to count is None (a class model has no cache lookups)."""
+    first, second = counter_totals(before), counter_totals(after)
+
+    def delta(name: str, labels: str = "") -> float:
+        return second.get((name, labels), 0.0) - first.get((name, labels), 0.0)
+
+    full = delta("groupdiff_group_members_total", 'fill="full"')
+    partial = delta("groupdiff_group_members_total", 'fill="partial"')
+    hits = delta("groupdiff_prompt_cache_lookups_total", 'result="hit"')
+    misses = delta("groupdiff_prompt_cache_lookups_total", 'result="miss"')
+    return {"full_group_share": full / (full + partial) if full + partial else None,
+            "group_members": full + partial,
+            "cache_hit_rate": hits / (hits + misses) if hits + misses else None,
+            "cache_lookups": hits + misses,
+            "cache_evictions": delta("groupdiff_prompt_cache_evictions_total")}

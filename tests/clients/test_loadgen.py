@@ -2,12 +2,18 @@
 throughput and queueing are known exactly."""
 
 import asyncio
+import json
 import math
 
 import numpy as np
 import pytest
 
 from groupdiff.clients.loadgen import Workload, closed_loop, open_loop, parse_mix, summarize, sweep
+from groupdiff.clients.prompts import FASHION_MNIST_PROMPTS, read_prompts, zipf_law
+from groupdiff.clients.reporting import serving_figures
+from groupdiff.protocol.prompts import normalise_prompt
+from tests.support.checkpoints import save_text_student
+from tests.support.servers import rest_server
 
 
 class Overloaded(Exception):
@@ -115,3 +121,90 @@ def test_sweep_runs_each_level_and_bounds_are_checked():
         asyncio.run(open_loop(synthetic_server(0.001, 1), Workload(num_classes=2), 5, duration_s=1, requests=3))
     empty = summarize([], 1.0, "open", 5.0)
     assert empty["requests"] == 0 and math.isnan(empty["latency_p99_s"]) and empty["offered_rate"] == 5.0
+
+
+# ---- prompt mixes (text models) -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("exponent", [0.0, 1.1, 2.0])
+def test_prompts_are_drawn_by_the_zipf_law_reproducibly(exponent):
+    prompts = [f"prompt {i}" for i in range(8)]
+    law = zipf_law(len(prompts), exponent)
+    ranks = np.arange(1, 9)
+    assert np.allclose(law, ranks ** -exponent / (ranks ** -exponent).sum())
+    draw = Workload(0, num_images=(1,), seed=11, prompts=prompts, zipf=exponent).stream()
+    requests = [draw(i) for i in range(20000)]
+    assert all(r.class_id is None and r.prompt in prompts for r in requests)
+    counts = np.array([sum(r.prompt == p for r in requests) for p in prompts])
+    # binomial sd is at most 0.0035 at 20000 draws: 0.012 is over 3 sd for every prompt at once
+    assert np.abs(counts / len(requests) - law).max() < 0.012
+    if exponent == 0:
+        assert np.allclose(law, 1 / 8) and counts.min() > 0.115 * len(requests)  # uniform
+    else:
+        assert np.all(np.diff(counts) < 0)  # rank order survives sampling at this size
+    again = Workload(0, num_images=(1,), seed=11, prompts=prompts, zipf=exponent).stream()
+    assert [again(i) for i in range(200)] == requests[:200]
+    assert summarize([], 1.0)["distinct_prompts"] == 0
+    for bad in (-0.5, math.nan, math.inf):
+        with pytest.raises(ValueError):
+            zipf_law(8, bad)
+    with pytest.raises(ValueError, match="for classes"):
+        Workload(0, mix="zipf:1.1", prompts=prompts)
+
+
+def test_prompt_files_and_the_built_in_vocabulary(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red  dress\n\n  a coat\n")
+    assert read_prompts(path) == ["a red dress", "a coat"]  # rank order, normalised, blank lines skipped
+    path.write_text("a coat\na  coat\n")
+    with pytest.raises(ValueError, match="repeats line 1"):
+        read_prompts(path)
+    path.write_text("\n \n")
+    with pytest.raises(ValueError, match="no prompt"):
+        read_prompts(path)
+    assert len(set(FASHION_MNIST_PROMPTS)) == len(FASHION_MNIST_PROMPTS) == 40
+    assert all(normalise_prompt(p) == p for p in FASHION_MNIST_PROMPTS)
+    assert len({p.split(" ", 2)[2] for p in FASHION_MNIST_PROMPTS[:10]}) == 10  # the top ranks span every class
+
+
+def test_serving_figures_are_the_change_between_two_scrapes():
+    before = """# HELP groupdiff_group_members_total Real members
+groupdiff_group_members_total{fill="full"} 8.0
+groupdiff_group_members_total{fill="partial"} 2.0
+groupdiff_prompt_cache_lookups_total{result="hit"} 1.0
+groupdiff_prompt_cache_lookups_total{result="miss"} 5.0
+groupdiff_prompt_cache_evictions_total 0.0
+"""
+    after = before.replace("8.0", "20.0").replace("2.0", "6.0").replace(" 1.0", " 10.0").replace("5.0", "8.0") \
+        .replace("evictions_total 0.0", "evictions_total 3.0")
+    figures = serving_figures(before, after)
+    assert figures["full_group_share"] == 12 / 16 and figures["group_members"] == 16
+    assert figures["cache_hit_rate"] == 9 / 12 and figures["cache_lookups"] == 12
+    assert figures["cache_evictions"] == 3
+    idle = serving_figures(after, after)  # nothing happened: no share to report
+    assert idle["full_group_share"] is None and idle["cache_hit_rate"] is None
+
+
+@pytest.mark.integration  # a real REST server on a tiny text student
+def test_loadtest_of_a_text_model_sends_prompts_and_reports_group_fill_and_cache_hits(tmp_path):
+    """One user, isolated groups of 4, 2 or 4 images per request: each request starts one group alone, so the
+    server's figures are known from the requests sent. The warm-up sends the stream's first requests again."""
+    from groupdiff.cli import main
+
+    checkpoint = save_text_student(tmp_path / "student")
+    with rest_server(checkpoint, env={"GROUPDIFF_CACHE": str(tmp_path / "cache")}) as server:
+        assert main(["loadtest", "--server", server.url, "--requests", "16", "--concurrency", "1", "--zipf", "1.1",
+                     "--num-images", "2", "4", "--group-size", "4", "--steps", "1", "--seed", "3",
+                     "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "loadtest.json").read_text())
+    sent = [json.loads(line) for line in (tmp_path / "report" / "requests.jsonl").read_text().splitlines()]
+    assert report["settings"]["condition"] == "text" and report["settings"]["prompt_count"] == 40
+    assert all(r["outcome"] == "ok" and r["class_id"] is None and r["prompt"] in FASHION_MNIST_PROMPTS for r in sent)
+    (row,) = report["rows"]
+    prompts = [r["prompt"] for r in sent]
+    assert row["distinct_prompts"] == len(set(prompts)) > 1
+    assert row["full_group_share"] == sum(r["images"] for r in sent if r["images"] == 4) / sum(
+        r["images"] for r in sent)
+    new = set(prompts) - set(prompts[:2])  # the warm-up encoded the first two
+    assert row["cache_lookups"] == 16 and row["cache_hit_rate"] == (16 - len(new)) / 16
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert "Zipf exponent 1.1" in table and "cache_hit_rate" in table and "full_group_share" in table
