@@ -39,6 +39,7 @@ import httpx
 from groupdiff.bench import serve_peer, server_process
 from groupdiff.clients.loadgen import Workload, closed_loop, open_loop
 from groupdiff.clients.reporting import format_table, json_ready, new_figure, save_figure, write_report
+from groupdiff.clients.rest import condition
 from groupdiff.serving.serve_config import check_checkpoint
 
 ROW_COLUMNS = ["server", "mode", "level", "repeat", "offered_rate", "requests", "ok", "rejected", "deadline", "error",
@@ -154,7 +155,8 @@ class GroupDiffSend:
                                              connector=aiohttp.TCPConnector(limit=0))
 
     async def __call__(self, request) -> int:
-        body = {"class_id": request.class_id, "num_images": request.num_images, "seed": request.seed, **self.params}
+        body = {**condition(request.class_id, request.prompt), "num_images": request.num_images, "seed": request.seed,
+                **self.params}
         async with self.session.post(self.endpoint, json=body) as response:
             if response.status != 200:
                 raise ServerAnswer(response.status, await response.text())
@@ -205,8 +207,11 @@ def finished_requests(url: str) -> float:
                if sample.name == "groupdiff_requests_total")
 
 
-def drive(make_send, mode: str, level: float, settings: Settings, num_classes: int, repeat: int):
-    workload = Workload(num_classes, "uniform", (settings.num_images,), settings.seed + repeat)
+def drive(make_send, mode: str, level: float, settings: Settings, num_classes: int, repeat: int,
+          prompts: list[str] | None = None, zipf: float = 0.0):
+    """One level of load; with ``prompts`` (a text model) they are drawn by a Zipf law of exponent ``zipf``."""
+    workload = Workload(num_classes, "uniform", (settings.num_images,), settings.seed + repeat, prompts=prompts,
+                        zipf=zipf)
 
     async def go():
         send = make_send()

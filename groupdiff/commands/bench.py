@@ -80,8 +80,11 @@ def register(subparsers) -> None:
     from groupdiff.serving.defaults import BUNDLED_STUDENT
 
     serve = benches.add_parser("serve", help="the serving engine out of process: runtime curve, closed loop, open-loop "
-                                             "overload, and a diffusers + BentoML peer at equal work")
-    serve.add_argument("--checkpoint", default=str(BUNDLED_STUDENT), help="default: the bundled student")
+                                             "overload, and a diffusers + BentoML peer at equal work; with a text "
+                                             "checkpoint, throughput under a Zipf mix of prompts")
+    serve.add_argument("--checkpoint", default=str(BUNDLED_STUDENT),
+                       help="default: the bundled student; a text checkpoint runs the prompt scenario "
+                            "(bench/serve_prompts.py: --zipf, --prompts, --prompt-images, --group-policy)")
     serve.add_argument("--runtime", choices=["onnxruntime", "torch", "tensorrt", "torch-tensorrt"],
                        default="onnxruntime")
     serve.add_argument("--device", help="cpu or cuda (default: the runtime's)")
@@ -100,8 +103,16 @@ def register(subparsers) -> None:
                                                           "e.g. --serve-args=\"--cuda-graphs\"")
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--request-timeout", type=float, default=30.0, help="client-side timeout per request")
-    serve.add_argument("--out", default="docs/results/serve/cpu-student",
-                       help="folder for serve.json, serve.md, serve.png")
+    serve.add_argument("--zipf", type=float, nargs="+", default=[0.0, 1.1], metavar="S",
+                       help="text checkpoints: Zipf exponents of the prompt mix, one server each (0: uniform)")
+    serve.add_argument("--prompts", metavar="FILE", help="text checkpoints: prompts, one per line, most popular first "
+                                                         "(default: a built-in Fashion-MNIST vocabulary of 40)")
+    serve.add_argument("--prompt-images", type=int, default=1,
+                       help="text checkpoints: images per request (fewer than a group, so the mix decides the fill)")
+    serve.add_argument("--group-policy", choices=["shared", "isolated"], default="shared",
+                       help="text checkpoints: the requests' group policy (shared: one prompt's requests fill groups)")
+    serve.add_argument("--out", help="folder for serve.json, serve.md, serve.png (text checkpoints: serve_prompts.json "
+                                     "and .md); default docs/results/serve/cpu-student, or cpu-text-prompts")
     serve.set_defaults(run=run_bench_serve)
 
     distill = benches.add_parser("distill", help="few-step students against the teacher's full recipe: FID, "
@@ -190,16 +201,24 @@ def run_bench_distill(args: argparse.Namespace) -> None:
 
 
 def run_bench_serve(args: argparse.Namespace) -> None:
+    from groupdiff.bench import serve_prompts
     from groupdiff.bench.serve import run
+    from groupdiff.serving.serve_config import check_checkpoint
 
-    for name in ("duration", "repeats", "num_images", "request_timeout"):
+    for name in ("duration", "repeats", "num_images", "request_timeout", "prompt_images"):
         if not getattr(args, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    if min(args.concurrency) < 1 or min(args.overload) <= 0:
-        raise ValueError("--concurrency and --overload take positive values")
-    run(args.checkpoint, args.runtime, args.out, args.invocation, args.duration, args.concurrency, args.overload,
-        args.repeats, args.num_images, args.latency_budget, args.device, args.seed, args.request_timeout, args.peer,
-        tuple(shlex.split(args.serve_args)))
+    if min(args.concurrency) < 1 or min(args.overload) <= 0 or min(args.zipf) < 0:
+        raise ValueError("--concurrency and --overload take positive values, --zipf non-negative ones")
+    if check_checkpoint(args.checkpoint, verify=False).text_encoder is not None:
+        serve_prompts.run(args.checkpoint, args.runtime, args.out or "docs/results/serve/cpu-text-prompts",
+                          args.invocation, args.duration, args.concurrency, args.repeats, args.zipf, args.prompts,
+                          args.prompt_images, args.group_policy, args.device, args.seed, args.request_timeout,
+                          tuple(shlex.split(args.serve_args)))
+        return
+    run(args.checkpoint, args.runtime, args.out or "docs/results/serve/cpu-student", args.invocation, args.duration,
+        args.concurrency, args.overload, args.repeats, args.num_images, args.latency_budget, args.device, args.seed,
+        args.request_timeout, args.peer, tuple(shlex.split(args.serve_args)))
 
 
 def quality_budget(args: argparse.Namespace):
