@@ -7,9 +7,11 @@ images, mostly at member positions 1 and 2. The candidate causes make different 
 - **guidance too strong for the model** (v = v_c + s·(v_c − v_u) overshoots): blanks grow with s in
   plain CFG too, whose unconditional branch never sees a group;
 - **the group (unconditional) branch**: blanks appear in GroupDiff-l but not in plain CFG at equal s;
-- **the sample embedding**: members differ only by their sample id, so if blanks follow the ids when
-  the unconditional branch's ids are reversed, a slot's embedding is to blame; if they stay at the same
-  positions, the cause is not the ids (attention is otherwise symmetric over members).
+- **the sample embedding**: members differ only by their sample id (attention is otherwise symmetric
+  over members, and every position draws fresh noise in every group), so blanks piling up at some
+  positions point at the ids. Rotating the unconditional branch's ids by one (position p gets id p + 1)
+  tells the two apart: blanks that follow the ids move one position down. (Reversing 0..3 would not: it
+  maps positions 1 and 2 onto ids 2 and 1.)
 
 Every setting samples the same groups (``--groups-per-class`` per class, one seed per chunk), so the
 settings differ only in what the experiment changes. A member is blank when its pixel standard deviation
@@ -37,7 +39,7 @@ from groupdiff.model.guidance import Guidance, velocity_function
 from groupdiff.model.images import save_group_grid
 from groupdiff.model.samplers import sample
 
-ID_ORDERS = ("fixed", "reversed")  # the unconditional branch's sample ids: 0..N-1, or N-1..0
+ID_ORDERS = ("fixed", "reversed", "rotated")  # the unconditional branch's ids: 0..N-1, N-1..0, or 1..N-1, 0
 
 
 @dataclass(frozen=True)
@@ -51,17 +53,20 @@ class Setting:
         return f"{self.mode} s={self.scale:g}" + ("" if self.ids == "fixed" else f" ids={self.ids}")
 
 
-def default_settings(scales: list[float]) -> list[Setting]:
-    """Both modes at every scale, plus GroupDiff-l with reversed ids at the largest scale."""
-    settings = [Setting("groupdiff-l", s) for s in scales]
-    settings += [Setting("plain", s) for s in scales if s > 0]  # at s = 0 both modes are the same
-    settings.append(Setting("groupdiff-l", max(scales), "reversed"))
+def default_settings(scales: list[float], modes: tuple[str, ...] = ("groupdiff-l", "plain"),
+                     id_orders: tuple[str, ...] = ("rotated",)) -> list[Setting]:
+    """Each mode at every scale (plain only above 0, where it differs), plus GroupDiff-l with each other id
+    order at the largest scale."""
+    settings = [Setting(mode, s) for mode in modes for s in scales if mode == "groupdiff-l" or s > 0]
+    if "groupdiff-l" in modes:
+        settings += [Setting("groupdiff-l", max(scales), order) for order in id_orders if order != "fixed"]
     return settings
 
 
 def sample_ids(groups: int, group_size: int, order: str) -> torch.Tensor:
     ids = torch.arange(group_size)
-    return (ids if order == "fixed" else ids.flip(0)).repeat(groups)  # (G·N,)
+    ordered = {"fixed": ids, "reversed": ids.flip(0), "rotated": ids.roll(-1)}[order]
+    return ordered.repeat(groups)  # (G·N,)
 
 
 @torch.no_grad()
@@ -93,10 +98,11 @@ def summarize(setting: Setting, images: torch.Tensor, labels: torch.Tensor, grou
 
 
 def run(checkpoint: str, out: str, command: str, scales: list[float], classes: list[int], groups_per_class: int,
-        group_size: int, steps: int, seed: int, progress: bool = True) -> Path:
+        group_size: int, steps: int, seed: int, modes: tuple[str, ...] = ("groupdiff-l", "plain"),
+        id_orders: tuple[str, ...] = ("rotated",), progress: bool = True) -> Path:
     generator = load_generator(checkpoint, "ema")
     generator.model.eval()
-    settings = default_settings(scales)
+    settings = default_settings(scales, modes, id_orders)
     rows, grids = [], Path(out) / "grids"
     for setting in tqdm(settings, desc="settings", disable=not progress):
         images, labels = sample_setting(generator, setting, classes, groups_per_class, group_size, steps, seed)
@@ -124,12 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=25, help="Heun steps (make teacher's grid uses 25)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modes", nargs="+", choices=["groupdiff-l", "plain"], default=["groupdiff-l", "plain"])
+    parser.add_argument("--id-orders", nargs="+", choices=ID_ORDERS, default=["rotated"],
+                        help="the unconditional branch's ids tried at the largest scale besides 0..N-1")
     parser.add_argument("--out", default="outputs/blank-members")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     command = "python -m groupdiff.experiments.blank_members " + shlex.join(sys.argv[1:] if argv is None else argv)
     run(args.checkpoint, args.out, command, args.scales, args.classes, args.groups_per_class, args.group_size,
-        args.steps, args.seed, progress=not args.no_progress)
+        args.steps, args.seed, tuple(args.modes), tuple(args.id_orders), progress=not args.no_progress)
     return 0
 
 
