@@ -38,7 +38,7 @@ from groupdiff.clients.rest import (
 from groupdiff.clients.results import GenerationResult
 from groupdiff.clients.triton import AsyncTritonClient, TritonClient
 from tests.support.processes import NO_TORCH
-from tests.support.servers import rest_server, tiny_checkpoint, triton_server
+from tests.support.servers import rest_and_triton, tiny_checkpoint
 
 pytestmark = pytest.mark.integration  # starts real servers (make test-fast skips it)
 
@@ -169,17 +169,9 @@ def servers(tmp_path_factory):
     stopped in parallel (each takes seconds)."""
     checkpoint = tiny_checkpoint(tmp_path_factory.mktemp("clients") / "teacher", kind="teacher", steps=2)
     quick_stop = ["--drain-timeout", "1"]  # Triton otherwise waits drain + 1 s for idle keep-alive connections
-    managers = [rest_server(checkpoint, args=["--max-queue", "4", "--max-images", "4", "--max-batch-groups", "2",
-                                              *quick_stop]),
-                triton_server(checkpoint, args=quick_stop)]
-    with ThreadPoolExecutor(2) as pool:
-        entered = [pool.submit(manager.__enter__) for manager in managers]
-        try:
-            rest, triton = (future.result() for future in entered)
-            yield SimpleNamespace(rest=rest, triton=triton)
-        finally:
-            running = [m for m, future in zip(managers, entered, strict=True) if future.exception() is None]
-            list(pool.map(lambda manager: manager.__exit__(None, None, None), running))
+    limits = ["--max-queue", "4", "--max-images", "4", "--max-batch-groups", "2"]
+    with rest_and_triton(checkpoint, [*limits, *quick_stop], quick_stop) as (rest, triton):
+        yield SimpleNamespace(rest=rest, triton=triton)
 
 
 def pixels(result) -> np.ndarray:

@@ -3,7 +3,6 @@ SDK and `groupdiff generate`: the normalised prompt echoed, the same refusals an
 and the prompt cache on /metrics."""
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import httpx
@@ -15,7 +14,7 @@ from groupdiff.clients.errors import InvalidRequest
 from groupdiff.clients.rest import GroupDiffClient
 from groupdiff.clients.triton import TritonClient
 from tests.support.checkpoints import save_text_student
-from tests.support.servers import metric_value, rest_server, triton_server
+from tests.support.servers import metric_value, rest_and_triton
 
 pytestmark = pytest.mark.integration  # starts real servers (make test-fast skips it)
 
@@ -26,16 +25,8 @@ TOO_LONG = "shirt " * 40  # 42 tokens; the tiny encoder holds 32
 def servers(tmp_path_factory):
     checkpoint = save_text_student(tmp_path_factory.mktemp("text-clients") / "student")
     quick_stop = ["--drain-timeout", "1"]
-    managers = [rest_server(checkpoint, args=["--prompt-cache-size", "8", *quick_stop]),
-                triton_server(checkpoint, args=quick_stop)]
-    with ThreadPoolExecutor(2) as pool:
-        entered = [pool.submit(manager.__enter__) for manager in managers]
-        try:
-            rest, triton = (future.result() for future in entered)
-            yield SimpleNamespace(rest=rest, triton=triton)
-        finally:
-            running = [m for m, future in zip(managers, entered, strict=True) if future.exception() is None]
-            list(pool.map(lambda manager: manager.__exit__(None, None, None), running))
+    with rest_and_triton(checkpoint, ["--prompt-cache-size", "8", *quick_stop], quick_stop) as (rest, triton):
+        yield SimpleNamespace(rest=rest, triton=triton)
 
 
 def pixels(result) -> np.ndarray:

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,6 +204,22 @@ def triton_server(checkpoint: str | os.PathLike, runtime: str = "torch", args: S
                 if wait else server
         finally:
             stop(server)
+
+
+@contextlib.contextmanager
+def rest_and_triton(checkpoint: str | os.PathLike, rest_args: Sequence[str] = (),
+                    triton_args: Sequence[str] = ()) -> Iterator[tuple[Server, Server]]:
+    """A REST and a Triton server of one checkpoint, started side by side (each start takes most of a minute);
+    both are stopped on exit, also when only one of them came up."""
+    managers = [rest_server(checkpoint, args=rest_args), triton_server(checkpoint, args=triton_args)]
+    with ThreadPoolExecutor(2) as pool:
+        entered = [pool.submit(manager.__enter__) for manager in managers]
+        try:
+            rest, triton = (future.result() for future in entered)
+            yield rest, triton
+        finally:
+            running = [m for m, future in zip(managers, entered, strict=True) if future.exception() is None]
+            list(pool.map(lambda manager: manager.__exit__(None, None, None), running))
 
 
 def metric_value(text: str, name: str, **labels) -> float:
