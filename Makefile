@@ -50,7 +50,7 @@ teacher: $(STAMP) data
 	$(BIN)/groupdiff prepare --config prepare-fmnist-pixel --out data/fmnist-pixel
 	$(BIN)/groupdiff train --config fmnist-tiny --out $(RUN) --resume
 	$(BIN)/groupdiff sample --checkpoint $(RUN)/checkpoints/$$(cat $(RUN)/checkpoints/latest) --weights ema \
-		--class 0 1 2 3 4 5 6 7 8 9 --group-size 4 --steps 25 --guidance-scale 1.0 --out outputs/sample.png
+		--class 0 1 2 3 4 5 6 7 8 9 --group-size 4 --steps 25 --guidance-scale 0.25 --out outputs/sample.png
 
 test: $(STAMP) data layers
 	$(BIN)/python -m pytest -q
