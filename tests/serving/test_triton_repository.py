@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from groupdiff.cli import main
-from groupdiff.protocol.triton import INPUTS
+from groupdiff.protocol.triton import INPUTS, OUTPUTS
 from groupdiff.serving.triton_repository import bundled_tritonserver, missing_plans, write_triton_repository
 from tests.support.servers import free_port, tiny_checkpoint
 
@@ -44,8 +44,9 @@ def test_gpu_repository_configs_parse_and_follow_the_contract(checkpoint, tmp_pa
     assert pipeline.backend == "python" and pipeline.max_batch_size == 0
     assert [i.name for i in pipeline.input] == [tensor.name for tensor in INPUTS]
     assert {i.name for i in pipeline.input if i.optional} == {tensor.name for tensor in INPUTS if tensor.optional}
-    assert [(o.name, o.data_type) for o in pipeline.output] == [
-        ("IMAGES", pb.TYPE_UINT8), ("SEEDS", pb.TYPE_INT64), ("CLASS_IDS", pb.TYPE_INT64)]
+    wire_types = {"UINT8": pb.TYPE_UINT8, "INT64": pb.TYPE_INT64, "FP32": pb.TYPE_FP32, "BYTES": pb.TYPE_STRING}
+    assert [(o.name, o.data_type) for o in pipeline.output] == [(t.name, wire_types[t.datatype]) for t in OUTPUTS]
+    assert [o.name for o in pipeline.output][:3] == ["IMAGES", "SEEDS", "CLASS_IDS"]
     assert [list(i.dims) for i in pipeline.input if i.name == "CLASS_IDS"] == [[-1]]  # an image set: [k]
     assert pipeline.instance_group[0].count == 2 and pipeline.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
     denoiser = configs["denoiser"]
