@@ -212,6 +212,17 @@ def check_text_encoder(directory: str | os.PathLike, encoder: TextEncoder) -> No
 
 def load_text_encoder(directory: str | os.PathLike) -> TextEncoder:
     """The frozen encoder a text checkpoint carries in ``text_encoder/``, verified against its record."""
+    return _carried_text_encoder(directory, TextEncoder.load)
+
+
+def verify_text_encoder(directory: str | os.PathLike) -> None:
+    """`load_text_encoder`'s checks (present, the recorded sha256) without building the encoder."""
+    _carried_text_encoder(directory, TextEncoder.verify)
+
+
+def _carried_text_encoder(directory, open_folder):
+    """``open_folder(folder, expected_sha256=...)`` on the checkpoint's ``text_encoder/``; CheckpointError when
+    the checkpoint is not a text model, carries no encoder, or carries another one."""
     record = text_encoder_record(directory)
     if record is None:
         raise CheckpointError(f"{directory} is a class-conditioned checkpoint: it has no text encoder")
@@ -220,7 +231,7 @@ def load_text_encoder(directory: str | os.PathLike) -> TextEncoder:
         raise CheckpointError(f"{directory} carries no {TEXT_ENCODER_DIR}/: load its encoder {record.name!r} "
                               f"(sha256 {record.sha256}) from its own files with TextEncoder.load")
     try:
-        return TextEncoder.load(folder, expected_sha256=record.sha256)
+        return open_folder(folder, expected_sha256=record.sha256)
     except ValueError as error:
         raise CheckpointError(f"{directory}: {error}") from None
 

@@ -131,7 +131,22 @@ class TextEncoder(torch.nn.Module):
         return cls(tower, _tokenizer(files.model_cfg, files.folder), files.model_cfg, files.name)
 
     @classmethod
+    def verify(cls, folder: str | os.PathLike, expected_sha256: str | None = None) -> str:
+        """Check a folder `save` wrote without building the tower: its weights' sha256 against the hash its
+        config records and against ``expected_sha256``; returns the sha256. A server checks at start-up with
+        this and builds the encoder once, on its model thread."""
+        return cls._read_saved(Path(folder), expected_sha256)[3]
+
+    @classmethod
     def _load_saved(cls, folder: Path, expected_sha256: str | None) -> TextEncoder:
+        weights, name, model_cfg, digest = cls._read_saved(folder, expected_sha256)
+        tower = _text_tower(model_cfg)
+        _load_tower(tower, load_file(str(weights)), weights)
+        return cls(tower, _tokenizer(model_cfg, folder), model_cfg, name, sha256=digest)
+
+    @staticmethod
+    def _read_saved(folder: Path, expected_sha256: str | None) -> tuple[Path, str, dict, str]:
+        """(weights file, name, open_clip model config, sha256) of a saved folder, its hashes checked."""
         try:
             info = json.loads((folder / CONFIG_FILE).read_text())
             if info.get("format") != FORMAT:
@@ -141,10 +156,7 @@ class TextEncoder(torch.nn.Module):
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise TextEncoderError(f"{folder / CONFIG_FILE} is not a text encoder config ({error})") from None
         _check_file_hash(weights, recorded, f"recorded in {CONFIG_FILE}")
-        digest = _check_file_hash(weights, expected_sha256, "expected")
-        tower = _text_tower(model_cfg)
-        _load_tower(tower, load_file(str(weights)), weights)
-        return cls(tower, _tokenizer(model_cfg, folder), model_cfg, name, sha256=digest)
+        return weights, name, model_cfg, _check_file_hash(weights, expected_sha256, "expected")
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the tower's safetensors, its config and (for a Hugging Face tokenizer) the tokenizer files,

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from groupdiff.model.checkpoint import check_loads, load_text_encoder, preferred_weights
+from groupdiff.model.checkpoint import check_loads, load_text_encoder, preferred_weights, verify_text_encoder
 from groupdiff.model.spec import DenoiserSpec, spec_from_checkpoint
 
 from .attention import AttentionCapture
@@ -90,7 +90,7 @@ def check_checkpoint(path: str | os.PathLike, verify: bool = True) -> DenoiserSp
         if autoencoder is not None:
             verify_autoencoder(autoencoder)
         if spec.text_encoder is not None:
-            load_text_encoder(folder)  # CheckpointError: missing, or not the encoder the model was trained with
+            verify_text_encoder(folder)  # CheckpointError: missing, or not the encoder the model was trained with
     return spec
 
 
