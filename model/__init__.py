@@ -1,4 +1,5 @@
-"""GroupDiT (class- or text-conditioned), the flow-matching and DDPM transports, samplers, GroupDiff guidance and checkpoints."""
+"""GroupDiT (class- or text-conditioned), the flow-matching and DDPM transports, samplers, GroupDiff guidance and
+checkpoints."""
 
 from .checkpoint import load_model, save_model
 from .config import SIZES, GroupDiTConfig, model_config, model_names

@@ -3,18 +3,19 @@
 Which pass to capture: the one in which a group's members attend to each other. A student is one forward at
 group size N (guidance baked in): its conditional pass. A teacher's depends on its guidance mode
 (`groupdiff.model.guidance`): GroupDiff-f runs the conditional pass at N; GroupDiff-l runs only the
-unconditional one at N, and only with a guidance scale above 0; plain guidance never groups. The same rule
-decides `groupdiff.evaluation.attention_maps.GroupRecipe.capture_branch`; serving may not import evaluation,
-and both should call one function in `groupdiff.model.guidance` once it has one.
+unconditional one at N, and only with a guidance scale above 0; plain guidance never groups. The rule is
+written once, `Guidance.group_attention_pass`, which the offline maps (`groupdiff attention`) call too.
 
 How: `GroupDiT.forward_with_attention` on the group's latents at the start of its final step (the time and
 conditions of that pass; the member's own, or the null class / null prompt for the unconditional pass). It computes
 attention by explicit math, which no exported graph does: ONNX Runtime and TensorRT cannot hand back attention
-probabilities. So the capture always runs a torch model: the torch runtime's own module (no extra memory), or
-a torch copy of the checkpoint loaded at start-up beside any other runtime (one more set of fp32 weights in
-memory, on the runtime's device). Each asked-for group costs one extra forward at group size N with
-(N·L)² attention probabilities per head, once per request, on the model thread. The capture's output never
-feeds the sampler, so the images are the same with and without the flag.
+probabilities. So the capture always runs a torch model: the torch runtime's own module (no extra memory), or,
+only when the server is started with ``--attention-capture``, a torch copy of the checkpoint loaded at start-up
+beside ONNX Runtime or TensorRT (one more set of fp32 weights on the runtime's device: negligible for the bundled
+student, about 2.7 GB for DiT-XL/2, so a server that never reports attention does not pay for it). Each
+asked-for group costs one extra forward at group size N with (N·L)² attention probabilities per head, once per
+request, on the model thread. The capture's output never feeds the sampler, so the images are the same with and
+without the flag.
 """
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ class AttentionCapture:
         return cls(denoiser.model, runtime.spec) if runtime.name.startswith("torch") and denoiser else None
 
     @classmethod
-    def for_runtime(cls, runtime: Runtime, checkpoint: str | os.PathLike,
-                    weights: str | None = None) -> AttentionCapture:
-        """`of_runtime`, else a torch copy of ``checkpoint`` (fp32) on the runtime's device."""
+    def for_runtime(cls, runtime: Runtime, checkpoint: str | os.PathLike, copy: bool,
+                    weights: str | None = None) -> AttentionCapture | None:
+        """`of_runtime`, else (``copy``) a torch copy of ``checkpoint`` (fp32) on the runtime's device, else None:
+        the server then refuses ``return_attention``."""
         own = cls.of_runtime(runtime)
-        if own is not None:
+        if own is not None or not copy:
             return own
         model = load_model(checkpoint, weights or preferred_weights(checkpoint), runtime.device)
         return cls(model, runtime.spec)

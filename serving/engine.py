@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .admission import Admission, CostModel, Published, choose_knee, request_work
 from groupdiff.model.text_encoder import TextEncoder
 
+from .admission import Admission, CostModel, Published, choose_knee, request_work
 from .attention import AttentionCapture
 from .executor import Executor
 from .metrics import ServingMetrics

@@ -25,9 +25,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .admission import KNEE_TOLERANCE, CurvePoint
 from groupdiff.model.text_condition import NULL_PROMPT, Condition, TextCondition
 
+from .admission import KNEE_TOLERANCE, CurvePoint
 from .attention import AttentionCapture
 from .pipeline import denoise_step, member_noise, step_noise, step_rule, time_grid
 from .prompt_cache import PromptCache

@@ -200,4 +200,4 @@ def check_attention(served: ServedModel, group_size: int, guidance_scale: float)
         raise invalid(f"return_attention: {error}") from None
     if not served.captures_attention:
         raise invalid(f"return_attention: the {served.runtime} runtime of this server has no torch model to "
-                      "capture attention with")
+                      "capture attention with (the server was started without --attention-capture)")

@@ -42,6 +42,7 @@ class ServeConfig:
     drain_timeout_s: float = 20.0  # graceful shutdown: how long in-flight work may take to finish
     cache_dir: str | None = None  # engine cache (ONNX / TensorRT)
     prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE  # a text model's cached prompt encodings (0: none)
+    attention_capture: bool = False  # beside onnxruntime / TensorRT: a torch copy for return_attention
 
     def __post_init__(self) -> None:
         self.limits  # noqa: B018 - checks the limits when the config is made, not when the server starts
@@ -96,8 +97,9 @@ def check_checkpoint(path: str | os.PathLike, verify: bool = True) -> DenoiserSp
 
 def build_engine(config: ServeConfig, metrics: ServingMetrics | None = None) -> Engine:
     """An engine whose model thread loads the runtime and decoder named by ``config``, the torch model that
-    captures attention (`AttentionCapture.for_runtime`: the torch runtime's own, else a copy of the checkpoint)
-    and, for a text model, the checkpoint's own text encoder (verified against its recorded sha256)."""
+    captures attention (`AttentionCapture.for_runtime`: the torch runtime's own, else a copy of the checkpoint
+    when ``config.attention_capture``, else none) and, for a text model, the checkpoint's own text encoder
+    (verified against its recorded sha256)."""
     check_checkpoint(config.checkpoint)
 
     def load():
@@ -120,5 +122,6 @@ def build_engine(config: ServeConfig, metrics: ServingMetrics | None = None) -> 
         latency_budget_s=config.latency_budget_s, naive=config.naive, prompt_cache_size=config.prompt_cache_size,
     )
     return Engine(load, engine_config, metrics,
-                  capture=lambda runtime: AttentionCapture.for_runtime(runtime, config.checkpoint),
+                  capture=lambda runtime: AttentionCapture.for_runtime(
+                      runtime, config.checkpoint, copy=config.attention_capture),
                   text_encoder=lambda runtime: load_text_encoder(config.checkpoint))

@@ -58,6 +58,9 @@ def register(subparsers) -> None:
     p.add_argument("--cache-dir", help="engine cache (default $GROUPDIFF_CACHE/engines)")
     p.add_argument("--prompt-cache-size", type=int, metavar="ENTRIES",
                    help="text models: prompt encodings kept, least recently used out (default 1024; 0: none)")
+    p.add_argument("--attention-capture", action="store_true",
+                   help="onnxruntime and TensorRT: load a torch fp32 copy of the checkpoint at start-up so requests "
+                        "may ask for return_attention (the torch runtime always can, with its own model)")
     p.add_argument("--workspace", help="PyTriton workspace (default: a temporary folder)")
     p.set_defaults(run=run)
 
@@ -86,7 +89,7 @@ def serve_config(args: argparse.Namespace):
         precision=args.precision, compile=args.compile, cuda_graphs=args.cuda_graphs, max_queue=args.max_queue,
         max_images=args.max_images, max_batch_groups=args.max_batch_groups,
         batch_wait_ms=args.batch_wait_ms, latency_budget_s=args.latency_budget, naive=args.naive,
-        drain_timeout_s=args.drain_timeout, cache_dir=args.cache_dir,
+        drain_timeout_s=args.drain_timeout, cache_dir=args.cache_dir, attention_capture=args.attention_capture,
         **({} if args.prompt_cache_size is None else {"prompt_cache_size": args.prompt_cache_size}),
     )
 

@@ -170,7 +170,8 @@ def servers(tmp_path_factory):
     checkpoint = tiny_checkpoint(tmp_path_factory.mktemp("clients") / "teacher", kind="teacher", steps=2)
     quick_stop = ["--drain-timeout", "1"]  # Triton otherwise waits drain + 1 s for idle keep-alive connections
     limits = ["--max-queue", "4", "--max-images", "4", "--max-batch-groups", "2"]
-    with rest_and_triton(checkpoint, [*limits, *quick_stop], quick_stop) as (rest, triton):
+    shared = [*quick_stop, "--attention-capture"]  # onnxruntime: a torch copy answers return_attention
+    with rest_and_triton(checkpoint, [*limits, *shared], shared) as (rest, triton):
         yield SimpleNamespace(rest=rest, triton=triton)
 
 

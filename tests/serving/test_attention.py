@@ -19,6 +19,7 @@ from groupdiff.serving.metrics import ServingMetrics
 from groupdiff.serving.pipeline import member_noise
 from groupdiff.serving.requests import RequestError, ServerLimits, resolve
 from groupdiff.serving.runtimes import load_decoder, load_runtime
+from groupdiff.serving.serve_config import ServeConfig, build_engine
 from tests.support.servers import tiny_checkpoint
 
 
@@ -128,9 +129,9 @@ def test_a_shared_group_names_only_the_asking_requests_members(engines):
     assert other.attention is None
 
 
-def test_refused_where_no_pass_attends_across_a_group(engines, checkpoints):
-    """N = 1, a GroupDiff-l teacher without guidance (its only grouped pass does not run), and a server without
-    a torch model to capture with: invalid_request, before anything is queued."""
+def test_refused_where_no_pass_attends_across_a_group(engines):
+    """N = 1 and a GroupDiff-l teacher without guidance (its only grouped pass does not run): invalid_request,
+    before anything is queued (a server without a torch model: the onnxruntime test below)."""
     cases = [(engines["student"], {"class_id": 1, "group_size": 1}, "group_size >= 2"),
              (engines["student"], {"class_ids": [3]}, "group_size >= 2"),
              (engines["teacher"], {"class_id": 1, "guidance_scale": 0.0}, "scale above 0")]
@@ -139,21 +140,38 @@ def test_refused_where_no_pass_attends_across_a_group(engines, checkpoints):
             request(engine, **fields, return_attention=True)
         assert (caught.value.code, caught.value.status) == ("invalid_request", 422)
         request(engine, **fields)  # the same request without the flag is fine
-    blind = start_engine(checkpoints["student"], capture=lambda runtime: None)
-    try:
-        with pytest.raises(RequestError, match="no torch model") as caught:
-            request(blind, class_id=1, return_attention=True)
-        assert caught.value.code == "invalid_request"
-    finally:
-        blind.close()
 
 
 def test_beside_another_runtime_a_torch_copy_of_the_checkpoint_captures_the_same(engines, checkpoints):
     engine = engines["teacher"]
     other = types.SimpleNamespace(name="onnxruntime", spec=engine.runtime.spec, device=torch.device("cpu"))
-    copy = AttentionCapture.for_runtime(other, checkpoints["teacher"])
-    own = AttentionCapture.for_runtime(engine.runtime, checkpoints["teacher"])
+    assert AttentionCapture.for_runtime(other, checkpoints["teacher"], copy=False) is None
+    copy = AttentionCapture.for_runtime(other, checkpoints["teacher"], copy=True)
+    own = AttentionCapture.for_runtime(engine.runtime, checkpoints["teacher"], copy=False)
     assert own.model is engine.runtime.denoiser.model and copy.model is not own.model
     x, t = member_noise(range(8), (1, 8, 8)), torch.full((8,), 0.4)
     y = torch.tensor([1] * 4 + [7] * 4)
     np.testing.assert_allclose(copy.mass(x, t, y, [1.0, 2.0], 4), own.mass(x, t, y, [1.0, 2.0], 4), atol=1e-6)
+
+
+def test_beside_onnxruntime_a_torch_copy_is_loaded_only_when_the_server_asks_for_it(engines, checkpoints, tmp_path):
+    """`groupdiff serve --attention-capture`: without it an onnxruntime server holds no torch model and refuses
+    ``return_attention`` naming the flag; with it the copy's mass matches the torch runtime's own capture."""
+    fields = {"class_id": 2, "num_images": 4, "steps": 1, "seed": 50, "return_attention": True}
+    (expected,) = run_all(engines["student"], [request(engines["student"], **fields)])
+    for copy in (False, True):
+        config = ServeConfig(checkpoint=str(checkpoints["student"]), runtime="onnxruntime",
+                             cache_dir=str(tmp_path), attention_capture=copy)
+        engine = build_engine(config).start()
+        try:
+            engine.wait_ready(120)
+            assert (engine.executor.capture is not None) is copy
+            if not copy:
+                with pytest.raises(RequestError, match="--attention-capture") as caught:
+                    request(engine, **fields)
+                assert caught.value.code == "invalid_request"
+                continue
+            (result,) = run_all(engine, [request(engine, **fields)])
+            np.testing.assert_allclose(result.attention[0].mass, expected.attention[0].mass, atol=1e-4)
+        finally:
+            engine.close()

@@ -66,7 +66,8 @@ def save_text_student(folder: Path, kind: str = "student", encoder=None) -> Path
     """A tiny text-conditioned student (or, with ``kind="teacher"``, a GroupDiff-l teacher) carrying its encoder
     in ``text_encoder/``; the weights are noise, so prompts change the images."""
     encoder = encoder or text_encoder()
-    model = tiny_model(5 if kind == "student" else 6, condition="text", text_dim=encoder.width, text_tokens=encoder.context_length)
+    model = tiny_model(5 if kind == "student" else 6, condition="text", text_dim=encoder.width,
+                       text_tokens=encoder.context_length)
     model.set_null_prompt(encoder)
     metadata = student_metadata() if kind == "student" else teacher_metadata()
     return save_model(folder, model, metadata=metadata, text_encoder=encoder)
