@@ -24,6 +24,7 @@ from groupdiff.protocol.generate import RequestLimits, describe_validation_error
 from groupdiff.protocol.limits import DEFAULT_MAX_IMAGES, DEFAULT_TIMEOUT_S, MAX_SEED, SEED_SPACE
 
 from .attention import attention_branch
+from .runtimes import RUNTIMES
 
 
 class RequestError(Exception):
@@ -199,5 +200,7 @@ def check_attention(served: ServedModel, group_size: int, guidance_scale: float)
     except ValueError as error:
         raise invalid(f"return_attention: {error}") from None
     if not served.captures_attention:
+        # `groupdiff serve` runtimes can load a copy (--attention-capture); a Triton GPU repository's BLS cannot
+        hint = " (the server was started without --attention-capture)" if served.runtime in RUNTIMES else ""
         raise invalid(f"return_attention: the {served.runtime} runtime of this server has no torch model to "
-                      "capture attention with (the server was started without --attention-capture)")
+                      f"capture attention with{hint}")

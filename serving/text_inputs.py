@@ -19,6 +19,15 @@ import torch.nn.functional as F
 from groupdiff.model.text_condition import TextCondition
 
 TEXT_INPUTS = ("tokens", "mask", "pooled")
+TOKEN_AXIS = -1  # the dynamic token count T in `member_layout`'s shapes (-1: how ONNX and Triton write "any")
+
+
+def member_layout(width: int) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """Each text input's dtype and shape after its (G, N) axes, in `TEXT_INPUTS` order, for ``width``-wide token
+    features: what a model configuration written outside torch (Triton's ``config.pbtxt``) declares for the graph."""
+    return {"tokens": (torch.float32, (TOKEN_AXIS, width)),  # (G, N) + (T, C)
+            "mask": (torch.bool, (TOKEN_AXIS,)),  # (G, N) + (T,)
+            "pooled": (torch.float32, (width,))}  # (G, N) + (C,)
 
 
 def group_text_inputs(condition: TextCondition, groups: int, group_size: int) -> dict[str, torch.Tensor]:

@@ -7,7 +7,10 @@ Python backend's stub process:
 - ``gpu`` variant: the engine's runtime is `BlsRuntime`, which sends each batched sampler step to the
   ``denoiser`` model (a ``tensorrt_plan``) through BLS, and latent models decode through the
   ``decoder`` model. Triton's dynamic batcher on ``denoiser`` also merges the steps of several
-  ``groupdiff`` instances into one engine call.
+  ``groupdiff`` instances into one engine call. A text model's prompts are encoded here, by the checkpoint's own
+  text encoder copied into the repository (verified against its sha256 when it loads), and reach ``denoiser`` as
+  its ``tokens``, ``mask`` and ``pooled`` inputs. Attention capture needs a torch model, which this variant does
+  not hold, so ``return_attention`` is refused (422 ``invalid_request``, as by the other frontends).
 - ``cpu`` variant: the engine loads the runtime named in ``serve.json`` (ONNX Runtime by default)
   in-process from the checkpoint copied into the repository; no GPU model is involved.
 
@@ -23,10 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from groupdiff.model.checkpoint import load_text_encoder
 from groupdiff.model.spec import DenoiserSpec
 from groupdiff.protocol.triton import INPUTS, triton_error_code
 
 from .decoders import PixelDecoder
+from .denoiser import OUTPUT_NAME, check_velocity_inputs, denoiser_inputs
 from .engine import Engine, EngineConfig
 from .metrics import ServingMetrics
 from .requests import RequestError, resolve
@@ -52,16 +57,20 @@ class BlsRuntime:
         self.group_sizes = tuple(range(1, spec.max_group_size + 1))
         self.model_name = model_name
 
-    def velocity(self, x, t, y, guidance_scale):  # (G, N, C, H, W), (G, N), (G, N), (G,)
+    def velocity(self, x, t, y, guidance_scale):  # (G, N, C, H, W), (G, N), (G, N) or G·N prompts, (G,)
+        """The plan's inputs by name (`denoiser_inputs`, as every runtime feeds its graph): class ids as ``y``, a text
+        model's prompts as ``tokens``, ``mask`` and ``pooled``."""
+        check_velocity_inputs(self.spec, self.max_groups, self.group_sizes, x, t, y, guidance_scale)
+        feeds = denoiser_inputs(x, t, y, guidance_scale)
+        feeds["guidance_scale"] = feeds["guidance_scale"].reshape(-1, 1)  # (G,) -> (G, 1): Triton's batch axis
         pb = self._pb
-        inputs = [pb.Tensor("x", x.numpy().astype(np.float32)), pb.Tensor("t", t.numpy().astype(np.float32)),
-                  pb.Tensor("y", y.numpy().astype(np.int64)),
-                  pb.Tensor("guidance_scale", guidance_scale.numpy().astype(np.float32).reshape(-1, 1))]  # (G, 1)
+        inputs = [pb.Tensor(name, np.ascontiguousarray((value.float() if value.is_floating_point() else value).numpy()))
+                  for name, value in feeds.items()]  # float32, int64 class ids, bool mask
         reply = pb.InferenceRequest(model_name=self.model_name, inputs=inputs,
-                                    requested_output_names=["velocity"]).exec()
+                                    requested_output_names=[OUTPUT_NAME]).exec()
         if reply.has_error():
             raise RuntimeError(f"{self.model_name}: {reply.error().message()}")
-        return torch.from_numpy(pb.get_output_tensor_by_name(reply, "velocity").as_numpy().copy())
+        return torch.from_numpy(pb.get_output_tensor_by_name(reply, OUTPUT_NAME).as_numpy().copy())
 
     def close(self) -> None:
         pass
@@ -96,11 +105,12 @@ def engine_for_repository(folder: Path) -> Engine:
                          batch_wait_ms=settings["batch_wait_ms"], cache_dir=str(folder / "engines"))
     if settings["variant"] == "cpu":
         return build_engine(config)
-    spec = check_checkpoint(checkpoint, verify=False)  # the gpu variant copies config.json only: plans hold weights
+    spec = check_checkpoint(checkpoint, verify=False)  # no weights copied: the plans hold them
     decoder = PixelDecoder() if spec.space == "pixel" else BlsDecoder()
     engine_config = EngineConfig(limits=config.limits, max_batch_groups=settings["max_groups"],
-                                 batch_wait_ms=config.batch_wait_ms)
-    return Engine(lambda: (BlsRuntime(spec, settings["max_groups"]), decoder), engine_config, ServingMetrics())
+                                 batch_wait_ms=config.batch_wait_ms, prompt_cache_size=config.prompt_cache_size)
+    return Engine(lambda: (BlsRuntime(spec, settings["max_groups"]), decoder), engine_config, ServingMetrics(),
+                  text_encoder=lambda runtime: load_text_encoder(checkpoint))  # as `build_engine`: sha256 checked
 
 
 class TritonPythonModel:
