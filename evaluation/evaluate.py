@@ -8,6 +8,8 @@ N, so a number without its N is meaningless).
 Samples of a text model come with their prompts: ``accuracy`` then scores the class each prompt names,
 ``attributes`` the brightness and size it asks for (`prompted`), and ``clip_score`` the text–image agreement
 under a separate CLIP model, when one is given (`clip_score`; otherwise the report says why it is missing).
+The first two read prompts in the Fashion-MNIST caption vocabulary; free prompts such as a validation set's
+captions are scored by ``clip_score`` and, against that set's images as the reference, by ``fid`` and ``pr``.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from .images import SampleSet
 from .inception import InceptionFeatures
 from .precision_recall import precision_recall
 from .prompted import attribute_agreement
-from .reference import cached_features, load_reference
+from .reference import cached_features, is_captioned, load_reference
 
 METRICS = ("fid", "pr", "accuracy", "fd_classifier", "diversity", "s_cross", "attributes", "clip_score")
 PROMPT_METRICS = ("attributes", "clip_score")  # need the prompt of every sample
+CLASSIFIER_METRICS = ("accuracy", "fd_classifier", "diversity")  # the project's (Fashion-MNIST) classifier
 NO_INCEPTION_SCORE = ("Inception Score not computed: the shipped TF Inception TorchScript returns pool3 "
                       "features only, no logits")
 
@@ -46,7 +49,7 @@ NO_INCEPTION_SCORE = ("Inception Score not computed: the shipped TF Inception To
 class EvalSettings:
     metrics: list[str] = field(default_factory=lambda: ["fid", "pr", "accuracy", "fd_classifier", "diversity"])
     group_size: int = 4
-    reference: str = FASHION_MNIST_DIR  # idx folder; its train split trains the classifier
+    reference: str = FASHION_MNIST_DIR  # idx folder (its train split trains the classifier) or a captioned folder
     reference_split: str = "test"
     reference_count: int = 2000
     cache: str | None = None
@@ -71,6 +74,10 @@ class EvalSettings:
             raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
         if self.s_cross_labels not in ("null", "class"):
             raise ValueError(f"s_cross labels must be 'null' or 'class', got {self.s_cross_labels!r}")
+        classifier_metrics = sorted(set(self.metrics) & set(CLASSIFIER_METRICS))
+        if classifier_metrics and not self.classifier and is_captioned(self.reference):
+            raise ValueError(f"{classifier_metrics} use the project's classifier, trained on an idx reference's train "
+                             f"split; {self.reference} is a captioned folder: give --classifier DIR or leave them out")
 
 
 def model_space(images: np.ndarray, model: GroupDiT) -> torch.Tensor:
@@ -112,7 +119,8 @@ def evaluate(samples: SampleSet, settings: EvalSettings, model: GroupDiT | None 
 
     reference = None
     if wanted & {"fid", "pr", "fd_classifier"}:
-        reference = load_reference(settings.reference, settings.reference_split, settings.reference_count)
+        reference = load_reference(settings.reference, settings.reference_split, settings.reference_count,
+                                   size=samples.images.shape[1])
         counts["reference"] = len(reference.images)
         info["reference"] = reference.key
 
@@ -132,7 +140,7 @@ def evaluate(samples: SampleSet, settings: EvalSettings, model: GroupDiT | None 
         notes.append(NO_INCEPTION_SCORE)
         seconds["inception"] = time.perf_counter() - start
 
-    if wanted & {"accuracy", "fd_classifier", "diversity"}:
+    if wanted & set(CLASSIFIER_METRICS):
         start = time.perf_counter()
         classifier, record = project_classifier(settings)
         check_input(classifier, samples.images, samples.source)

@@ -15,15 +15,23 @@ Layout (see docs/data.md)::
 
 ``class`` and ``random`` have no files under embeddings/ or neighbours/*.safetensors: their
 neighbours are virtual (`GroupNeighbours`), built from the labels on request.
+
+The caption tables are memory-mapped, never read whole: at COCO scale (118k images x 5 captions x 77 tokens x
+768 wide, float16) the tokens alone are 70 GB, and a training step needs one caption row per sample
+(see `PreparedText`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from groupdiff.model.text_condition import TextCondition
@@ -36,16 +44,61 @@ VIRTUAL_ENCODERS = ("class", "random")
 __all__ = ["Neighbours", "GroupNeighbours", "PreparedData", "PreparedText", "load_prepared"]
 
 
+TEXT_TABLES = ("tokens", "mask", "pooled")  # the per-caption tables of text/embeddings.safetensors
+
+
+@functools.cache
+def _madvise():
+    """madvise(2) of the C library, or None where Python's mmap module knows no advice (Windows)."""
+    if not hasattr(mmap, "MADV_RANDOM") or not hasattr(mmap, "MADV_WILLNEED"):
+        return None
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes, madvise.restype = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), ctypes.c_int
+    return madvise
+
+
+def _advise(table: torch.Tensor, rows: list[int] | None, advice: int) -> None:
+    """Give the kernel ``advice`` about the pages under rows ``rows`` of a memory-mapped ``table`` (all of it for
+    None). Only a hint: what is read never depends on it, and memory that is not a map just ignores it."""
+    madvise = _madvise()
+    if madvise is None:
+        return
+    row_bytes = table.stride(0) * table.element_size()
+    spans = [(0, len(table) * row_bytes)] if rows is None else [(row * row_bytes, row_bytes) for row in rows]
+    for offset, length in spans:
+        start = table.data_ptr() + offset
+        page = start - start % mmap.PAGESIZE  # madvise takes page-aligned addresses
+        madvise(page, start + length - page, advice)
+
+
+def _map_tables(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file as a view of a memory map of it (safetensors' CPU tensors are zero-copy
+    views of its map), the caption tables advised for random access: the kernel then reads only the pages a
+    gather touches, where its default read-around (``read_ahead_kb`` per fault: 128 KB on most disks, 8 MB on
+    some virtual ones) read up to hundreds of times the rows a step asked for (docs/data.md has the figures)."""
+    with safe_open(str(path), framework="pt") as file:
+        tables = {name: file.get_tensor(name) for name in file.keys()}
+    for name in TEXT_TABLES:
+        _advise(tables[name], None, mmap.MADV_RANDOM)
+    return tables
+
+
 @dataclass
 class PreparedText:
-    """Captions and their cached text embeddings. Row ``i * per_image + j`` of the tensors is caption ``j``
-    of image ``i``; tokens beyond the longest caption are cut (a `TextCondition` pads them back, masked)."""
+    """Captions and their cached text embeddings. Row ``i * per_image + j`` of the tables is caption ``j``
+    of image ``i``; tokens beyond the longest caption are cut (a `TextCondition` pads them back, masked).
+
+    ``tokens``, ``mask`` and ``pooled`` are views of a memory map of text/embeddings.safetensors, not copies: a
+    set the size of COCO's (70 GB of tokens at 5 captions per image) costs no process memory, only the page cache
+    of the rows read, which the kernel shares between the ranks of one machine and drops under pressure.
+    `condition` reads the rows of one step and nothing else; anything that reduces a whole table (``.float()``,
+    ``.sum()``) reads the whole file."""
 
     root: Path
     captions: list[list[str]]  # per image, per_image each
-    tokens: torch.Tensor  # (N * per_image, T, C) float16
-    mask: torch.Tensor  # (N * per_image, T) bool, True = a real token
-    pooled: torch.Tensor  # (N * per_image, C) float16
+    tokens: torch.Tensor  # (N * per_image, T, C) float16, memory-mapped
+    mask: torch.Tensor  # (N * per_image, T) bool, True = a real token, memory-mapped
+    pooled: torch.Tensor  # (N * per_image, C) float16, memory-mapped
     null: TextCondition  # the empty prompt (the unconditional branch), one row, float32
     encoder_record: TextEncoderRecord  # the encoder's name, weights sha256 and context length
 
@@ -68,7 +121,16 @@ class PreparedText:
         else:
             choice = torch.randint(self.per_image, index.shape, generator=generator)
         rows = index * self.per_image + choice
-        return TextCondition(self.tokens[rows], self.mask[rows], self.pooled[rows]).to(device, torch.float32)
+        return TextCondition(*self._read(rows)).to(device, torch.float32)
+
+    def _read(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Rows ``rows`` of each table; their pages are asked for first (MADV_WILLNEED), so the kernel reads the
+        missing ones together instead of one page fault at a time (a cold 115 KiB COCO row: 29 faults)."""
+        wanted = rows.unique().tolist()
+        tables = [self.tokens, self.mask, self.pooled]
+        for table in tables:
+            _advise(table, wanted, mmap.MADV_WILLNEED)
+        return [table[rows] for table in tables]
 
     def encoder(self) -> TextEncoder:
         """The text encoder the embeddings came from; refused unless its weights match the recorded sha256."""
@@ -108,7 +170,7 @@ class PreparedData:
         if "text" not in self.info:
             raise ValueError(f"{self.root} has no captions: prepare it with text.captions set "
                              "(e.g. --config prepare-fmnist-text)")
-        tensors = load_file(str(self.root / "text" / "embeddings.safetensors"))
+        tensors = _map_tables(self.root / "text" / "embeddings.safetensors")
         null = TextCondition(tensors["null_tokens"], tensors["null_mask"], tensors["null_pooled"])
         return PreparedText(
             root=self.root,
