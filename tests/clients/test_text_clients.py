@@ -89,3 +89,25 @@ def test_prompts_over_triton_match_rest(servers, tmp_path):
     assert main(["generate", "--grpc", "--prompt", "a red shirt", "-n", "3", "--seed", "9", "--group-size", "2",
                  "--server", grpc, "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "metadata.json").read_text())["prompt"] == "a red shirt"
+
+
+def test_loadtest_with_a_zipf_prompt_mix_over_rest_and_grpc(servers, tmp_path):
+    """`groupdiff loadtest --prompts --zipf` against both frontends: every request carries a prompt from the file
+    (a class request would be refused by this text model), and the server's figures (full groups, prompt-cache
+    hits) are read from its metrics (Triton: the scheduler's port, passed as --metrics-url)."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red shirt\na leather bag\na dark coat\na small sneaker\n")
+    targets = {"rest": ["--server", servers.rest.url],
+               "grpc": ["--grpc", "--server", f"127.0.0.1:{servers.triton.grpc_port}",
+                        "--metrics-url", servers.triton.scheduler_metrics_url]}
+    for name, target in targets.items():
+        out = tmp_path / name
+        assert main(["loadtest", *target, "--prompts", str(prompts), "--zipf", "2.0", "--mode", "closed",
+                     "--concurrency", "2", "--requests", "12", "--num-images", "1", "--group-size", "2",
+                     "--group-policy", "shared", "--warmup", "1", "--out", str(out)]) == 0
+        report = json.loads((out / "loadtest.json").read_text())
+        (row,) = report["rows"]
+        assert report["settings"]["condition"] == "text" and row["ok"] == row["requests"] == 12
+        assert 1 <= row["distinct_prompts"] <= 4
+        assert row["cache_hit_rate"] is not None and row["cache_hit_rate"] > 0.5  # 4 prompts, 12 requests
+        assert row["full_group_share"] is not None
