@@ -8,7 +8,9 @@ differs) for each training seed, and are scored on one evaluation set shape: gro
 saw), the class model through that class id. Scores: FID and precision against the test split, class accuracy
 (the project's classifier against the asked class), and the brightness / size agreement with the prompt's words
 (`evaluation.prompted`) for both: a class model cannot read them, so its agreement is the chance level the text
-model's is measured against. Trained runs are reused (and a stopped one resumed) on a rerun.
+model's is measured against. Trained runs are reused (and a stopped one resumed) on a rerun, and so are the
+rows an earlier results.json scored with the same settings: a later run with other ``--seeds`` adds its rows to
+them (the report lists the earlier runs' commands).
 
     python -m groupdiff.experiments.text_vs_class --class-data data/fmnist-pixel --text-data data/fmnist-text \\
         --out experiments/results/text-vs-class
@@ -17,6 +19,7 @@ model's is measured against. Trained runs are reused (and a stopped one resumed)
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -54,7 +57,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, default=1000, help="images per row (a multiple of 40 x group size "
                                                                     "balances classes and attributes)")
     p.add_argument("--sample-steps", type=int, default=25, help="Heun sampler steps")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="GroupDiff-l guidance of both rows")
+    p.add_argument("--guidance-scale", type=float, default=0.25,
+                   help="GroupDiff-l guidance of both rows (the recipes' sampling scale, "
+                        "experiments/notes/blank-members.md)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a training config override applied to both rows (equal compute), repeatable")
     p.add_argument("--reference", default=FASHION_MNIST_DIR)
@@ -93,27 +98,50 @@ def score_row(args: argparse.Namespace, config: TrainConfig, checkpoint: Path) -
             "chunk_seeds": generated.seeds, **result}
 
 
+def earlier_rows(path: Path, settings: dict) -> tuple[dict, list[dict]]:
+    """The rows of an earlier report at ``path`` by (condition, seed), and its commands, when it was scored with
+    ``settings`` (everything but the training seeds); nothing when it was not, so a changed setting re-scores."""
+    if not path.is_file():
+        return {}, []
+    report = json.loads(path.read_text())
+    earlier_settings = {k: v for k, v in report["settings"].items() if k != "training_seeds"}
+    if earlier_settings != json.loads(json.dumps(json_ready(settings))):
+        return {}, []
+    runs = [*report.get("earlier_runs", []), {"command": report["command"], "date": report["date"]}]
+    return {(row["condition"], row["seed"]): row for row in report["rows"]}, runs
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "groupdiff.experiments.text_vs_class", *argv])
     if args.num_samples < 1:
         raise ValueError("--num-samples must be positive")
+    settings = {"recipes": RECIPES, "class_data": args.class_data, "text_data": args.text_data,
+                "overrides": args.overrides, "eval_seed": args.eval_seed,
+                "num_samples": args.num_samples, "sampler": "heun", "steps": args.sample_steps,
+                "guidance": {"scale": args.guidance_scale, "mode": "groupdiff-l"}, "prompt_templates": "heldout",
+                "reference": args.reference, "reference_count": args.reference_count}
+    path = Path(args.out) / "results.json"
+    earlier, earlier_runs = earlier_rows(path, settings)
     dist = distributed.setup(args.device)
     rows = []
     try:
         for seed in args.seeds:
             for condition in RECIPES:
+                if (condition, seed) in earlier:
+                    print(f"text_vs_class: {condition} seed {seed} scored by an earlier run, kept")
+                    rows.append(earlier.pop((condition, seed)))
+                    continue
                 config = row_config(args, condition, seed)
                 rows.append(score_row(args, config, train_row(config, dist)))
     finally:
         distributed.teardown()
-    settings = {"recipes": RECIPES, "class_data": args.class_data, "text_data": args.text_data,
-                "overrides": args.overrides, "training_seeds": args.seeds, "eval_seed": args.eval_seed,
-                "num_samples": args.num_samples, "sampler": "heun", "steps": args.sample_steps,
-                "guidance": {"scale": args.guidance_scale, "mode": "groupdiff-l"}, "prompt_templates": "heldout",
-                "reference": args.reference, "reference_count": args.reference_count}
-    path = write_report(Path(args.out) / "results.json", "text_vs_class", command, json_ready(rows), settings)
+    rows += earlier.values()  # seeds this run did not ask for
+    rows.sort(key=lambda row: (row["seed"], list(RECIPES).index(row["condition"])))
+    settings["training_seeds"] = sorted({row["seed"] for row in rows})
+    path = write_report(path, "text_vs_class", command, json_ready(rows), settings,
+                        {"earlier_runs": earlier_runs} if earlier_runs else None)
     table = [{"condition": r["condition"], "seed": r["seed"], **r["metrics"]} for r in rows]
     print(format_table(table, [c for c in COLUMNS if all(c in row for row in table)]))
     print(f"wrote {path}")

@@ -53,6 +53,22 @@ def test_both_rows_train_at_equal_settings_and_score_on_held_out_prompts(kit, ca
         assert trained[0][key] == trained[1][key], key  # equal compute
     assert (out / "runs/text/seed-0/checkpoints/step-0000003/text_encoder").is_dir()
 
-    text_vs_class.main(args)  # a rerun reuses both trained runs and scores the same
-    again = {row["condition"]: row["metrics"] for row in json.loads((out / "results.json").read_text())["rows"]}
-    assert again == {condition: row["metrics"] for condition, row in rows.items()}
+    capsys.readouterr()
+    text_vs_class.main([*args, "--seeds", "0", "1"])  # adds seed 1; seed 0's rows are kept, not re-scored
+    assert "seed 0 scored by an earlier run, kept" in capsys.readouterr().out
+    both = json.loads((out / "results.json").read_text())
+    assert both["settings"]["training_seeds"] == [0, 1]
+    assert [(row["condition"], row["seed"]) for row in both["rows"]] == [("class", 0), ("text", 0), ("class", 1),
+                                                                         ("text", 1)]
+    assert both["rows"][:2] == report["rows"] and both["earlier_runs"] == [
+        {"command": report["command"], "date": report["date"]}]
+    assert (out / "runs/text/seed-1/checkpoints/step-0000003").is_dir()
+
+    (out / "results.json").unlink()
+    text_vs_class.main(args)  # without a report: both trained runs reused, seed 0 re-scored to the same figures
+    again = json.loads((out / "results.json").read_text())
+    assert {row["condition"]: row["metrics"] for row in again["rows"]} == {c: r["metrics"] for c, r in rows.items()}
+    assert "earlier_runs" not in again
+
+    text_vs_class.main([*args, "--eval-seed", "1"])  # another evaluation setting: re-scored, nothing kept
+    assert "earlier_runs" not in json.loads((out / "results.json").read_text())
