@@ -51,7 +51,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--class-data", default="data/fmnist-pixel", help="prepared data of the class row")
     p.add_argument("--text-data", default="data/fmnist-text", help="prepared data with captions (the text row)")
-    p.add_argument("--out", default="experiments/results/text-vs-class", help="runs/ and results.json go here")
+    p.add_argument("--out", default="experiments/results/text-vs-class", help="results.json (and runs/) go here")
+    p.add_argument("--runs", help="the trained rows' folder (default OUT/runs): another scoring of the same "
+                                  "trainings, e.g. at another --guidance-scale, points here")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (one run per row and seed)")
     p.add_argument("--eval-seed", type=int, default=0, help="the evaluation set's seed (noise and prompt words)")
     p.add_argument("--num-samples", type=int, default=1000, help="images per row (a multiple of 40 x group size "
@@ -72,7 +74,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def row_config(args: argparse.Namespace, condition: str, seed: int) -> TrainConfig:
     data = args.class_data if condition == "class" else args.text_data
-    fixed = [f"data={data}", f"out={Path(args.out) / 'runs' / condition / f'seed-{seed}'}", f"seed={seed}",
+    runs = Path(args.runs) if args.runs else Path(args.out) / "runs"
+    fixed = [f"data={data}", f"out={runs / condition / f'seed-{seed}'}", f"seed={seed}",
              f"device={args.device}", "sample.every=0"]
     return load_config(TrainConfig, find_config(RECIPES[condition], "train"), fixed + args.overrides)
 

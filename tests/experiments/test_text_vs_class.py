@@ -72,3 +72,9 @@ def test_both_rows_train_at_equal_settings_and_score_on_held_out_prompts(kit, ca
 
     text_vs_class.main([*args, "--eval-seed", "1"])  # another evaluation setting: re-scored, nothing kept
     assert "earlier_runs" not in json.loads((out / "results.json").read_text())
+
+    other = kit / "scored-again"  # the same trainings scored into another folder
+    text_vs_class.main([*args, "--out", str(other), "--runs", str(out / "runs"), "--guidance-scale", "1.0"])
+    scored = json.loads((other / "results.json").read_text())
+    assert not (other / "runs").exists() and scored["settings"]["guidance"]["scale"] == 1.0
+    assert [row["checkpoint"] for row in scored["rows"]] == [row["checkpoint"] for row in report["rows"]]
