@@ -103,7 +103,8 @@ def score_row(args: argparse.Namespace, config: TrainConfig, checkpoint: Path) -
 
 def earlier_rows(path: Path, settings: dict) -> tuple[dict, list[dict]]:
     """The rows of an earlier report at ``path`` by (condition, seed), and its commands, when it was scored with
-    ``settings`` (everything but the training seeds); nothing when it was not, so a changed setting re-scores."""
+    ``settings`` (everything but the training seeds); nothing when it was not, so a changed setting re-scores. The
+    caller keeps a row only if its checkpoint is in the run folder it would train (``--runs`` may differ)."""
     if not path.is_file():
         return {}, []
     report = json.loads(path.read_text())
@@ -132,11 +133,12 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         for seed in args.seeds:
             for condition in RECIPES:
-                if (condition, seed) in earlier:
-                    print(f"text_vs_class: {condition} seed {seed} scored by an earlier run, kept")
-                    rows.append(earlier.pop((condition, seed)))
-                    continue
                 config = row_config(args, condition, seed)
+                kept = earlier.pop((condition, seed), None)
+                if kept and Path(kept["checkpoint"]).is_relative_to(config.out):  # the same trained run
+                    print(f"text_vs_class: {condition} seed {seed} scored by an earlier run, kept")
+                    rows.append(kept)
+                    continue
                 rows.append(score_row(args, config, train_row(config, dist)))
     finally:
         distributed.teardown()

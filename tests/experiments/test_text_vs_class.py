@@ -2,6 +2,7 @@
 same held-out prompt set, and the report records command, machine, date, sample count and seeds."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +73,12 @@ def test_both_rows_train_at_equal_settings_and_score_on_held_out_prompts(kit, ca
 
     text_vs_class.main([*args, "--eval-seed", "1"])  # another evaluation setting: re-scored, nothing kept
     assert "earlier_runs" not in json.loads((out / "results.json").read_text())
+    capsys.readouterr()
+    elsewhere = kit / "runs-elsewhere"  # the same settings on other trainings: trained and scored, nothing kept
+    text_vs_class.main([*args, "--eval-seed", "1", "--runs", str(elsewhere)])
+    assert "kept" not in capsys.readouterr().out and (elsewhere / "text/seed-0/checkpoints/step-0000003").is_dir()
+    moved = json.loads((out / "results.json").read_text())["rows"]
+    assert all(Path(row["checkpoint"]).is_relative_to(elsewhere) for row in moved)
 
     other = kit / "scored-again"  # the same trainings scored into another folder
     text_vs_class.main([*args, "--out", str(other), "--runs", str(out / "runs"), "--guidance-scale", "1.0"])
